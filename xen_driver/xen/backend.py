@@ -1,0 +1,149 @@
+"""The seam between the driver core and a Xen toolstack.
+
+The driver core talks to a :class:`Backend` and nothing else: ``XlBackend`` (the ``xl`` CLI)
+and ``LibvirtBackend`` (libvirt's libxl driver) both satisfy it, and unit tests of the driver
+may use a fake.  The shared data model lives here so that neither backend module has to import
+the other, and so the watcher and the stats sampler can work on any backend.
+
+Everything a backend reports about a domain is a :class:`DomainInfo` snapshot: a value, never a
+live handle, because the domain may change or vanish the moment after it was read.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from xen_driver.xen.spec import DomainSpec
+
+
+class DomainState(enum.Enum):
+    """Coarse life-cycle state of a domain, the same for every backend."""
+
+    RUNNING = "running"  # on a CPU or runnable
+    BLOCKED = "blocked"  # alive, waiting for an event (idle unikernels sit here)
+    PAUSED = "paused"  # created with -p / suspended by the toolstack, not yet unpaused
+    SHUTDOWN = "shutdown"  # the guest has shut down (any reason) but the domain still exists
+    DYING = "dying"  # being torn down by the hypervisor
+    UNKNOWN = "unknown"
+
+    @property
+    def alive(self) -> bool:
+        """True while the guest can still execute (it has not shut down or started dying)."""
+        return self in (DomainState.RUNNING, DomainState.BLOCKED, DomainState.PAUSED)
+
+
+class ExitReason(enum.Enum):
+    """Why a guest stopped.
+
+    The first six mirror Xen's ``SHUTDOWN_*`` codes (``sched.h``: poweroff 0, reboot 1,
+    suspend 2, crash 3, watchdog 4, soft_reset 5), which a guest passes to
+    ``SCHEDOP_shutdown`` and which the hypervisor keeps for as long as the domain exists.
+    ``DESTROYED`` means the domain vanished without us ever seeing it shut down (``xl destroy``
+    by us or by someone else, or the host toolstack reaping it); ``UNKNOWN`` is a shutdown with
+    a code we do not know.
+    """
+
+    POWEROFF = "poweroff"
+    REBOOT = "reboot"
+    SUSPEND = "suspend"
+    CRASH = "crash"
+    WATCHDOG = "watchdog"
+    SOFT_RESET = "soft_reset"
+    DESTROYED = "destroyed"
+    UNKNOWN = "unknown"
+
+    @classmethod
+    def from_code(cls, code: int) -> "ExitReason":
+        """Map a Xen shutdown reason code to an :class:`ExitReason`."""
+        return _CODE_TO_REASON.get(code, cls.UNKNOWN)
+
+
+_CODE_TO_REASON = {
+    0: ExitReason.POWEROFF,
+    1: ExitReason.REBOOT,
+    2: ExitReason.SUSPEND,
+    3: ExitReason.CRASH,
+    4: ExitReason.WATCHDOG,
+    5: ExitReason.SOFT_RESET,
+}
+
+
+@dataclass(frozen=True)
+class DomainInfo:
+    """One domain as a backend saw it at one moment.
+
+    ``shutdown_reason`` is set only when ``state`` is SHUTDOWN (or DYING after a shutdown we
+    could read).  ``domid`` is ``None`` for a libvirt domain that is defined but not running.
+    ``cpu_seconds`` is cumulative CPU time of all vCPUs since the domain was created; its
+    resolution depends on the backend (``xl list`` prints tenths of a second).
+    """
+
+    name: str
+    domid: int | None
+    uuid: str | None
+    state: DomainState
+    shutdown_reason: ExitReason | None = None
+    cpu_seconds: float = 0.0
+    memory_kib: int = 0
+    max_memory_kib: int = 0
+    vcpus: int = 0
+    flags: str = ""  # backend-native state text (xl's "r-----"), for logs
+
+
+class XenBackendError(Exception):
+    """Base class of every error a backend raises."""
+
+
+class DomainNotFound(XenBackendError):
+    """The named domain does not exist (any more)."""
+
+    def __init__(self, name: str):
+        super().__init__(f"domain {name!r} does not exist")
+        self.name = name
+
+
+class DomainExists(XenBackendError):
+    """A domain with this name already exists, so it cannot be created again."""
+
+    def __init__(self, name: str):
+        super().__init__(f"a domain named {name!r} already exists")
+        self.name = name
+
+
+class BackendUnavailable(XenBackendError):
+    """The toolstack itself is missing (no ``xl`` binary, libvirt not installed/reachable)."""
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What the driver core needs from a toolstack.
+
+    All methods are coroutines and never block the event loop.  Names are Xen domain names
+    (the driver derives them from the Nomad task id); a backend never invents names itself.
+    """
+
+    #: Short identifier stored in the task's driver_state ("xl", "libvirt").
+    kind: str
+
+    async def validate(self, spec: DomainSpec) -> None:
+        """Check that the toolstack accepts ``spec`` without creating anything."""
+
+    async def create_domain(self, spec: DomainSpec, *, paused: bool = True) -> DomainInfo:
+        """Create the domain (paused by default, so XenStore can be filled before it runs)."""
+
+    async def unpause(self, name: str) -> None:
+        """Let a paused domain run."""
+
+    async def shutdown(self, name: str, *, wait: bool = False) -> None:
+        """Ask the guest to shut down cooperatively (PV ``control/shutdown``)."""
+
+    async def destroy(self, name: str) -> None:
+        """Kill the domain now and free its resources; a missing domain is not an error."""
+
+    async def list_domains(self) -> list[DomainInfo]:
+        """All domains the toolstack knows, in one call (the watcher and stats rely on this)."""
+
+    async def domain(self, name: str) -> DomainInfo:
+        """One domain, or :class:`DomainNotFound`."""
