@@ -1,0 +1,427 @@
+"""Stream guest consoles (xenconsoled log files) into sinks, resumably, from one loop.
+
+``xenconsoled --log=guest`` appends everything a guest prints to
+``<log_dir>/guest-<name>.log``.  The driver must copy that into Nomad's stdout FIFO so it shows
+in ``nomad alloc logs``, and must resume after a plugin restart without duplicating or losing
+output.  Hence:
+
+* **Offsets are committed only after the sink accepted the bytes.**  ``ConsoleStream.offset``
+  (and the ``on_commit`` callback) is the file offset up to which output has been delivered;
+  the driver persists it and passes it back to :meth:`ConsolePump.add` after a restart.  Writes
+  go in pieces of at most ``PIPE_BUF`` bytes, which a FIFO takes atomically, so a write either
+  delivered all of its piece or none of it.
+* **One loop for all guests.**  A single task wakes every ``tick_s`` (default 150 ms), stats
+  each file and reads what is new.  Reading a regular file from the page cache does not block
+  for long, so this scales to many guests without a task or thread per guest.
+* **Files come and go.**  A log that does not exist yet is waited for; a file that shrank was
+  truncated (start again at 0); a file whose inode changed was rotated (finish the old one, then
+  start the new one at 0).
+* **Sinks fail.**  Nomad's logmon may restart, so a FIFO write can hit EPIPE or find no reader;
+  the stream keeps its unsent bytes, backs off and retries, and :class:`FifoSink` reopens.
+* **Boot markers.**  :meth:`ConsoleStream.wait_for` matches against bytes as the pump reads
+  them, plus a bounded history of what was already read, so it never re-reads the file from the
+  start and cannot miss a marker printed just before it was called.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import re
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+PIPE_BUF = 4096
+
+
+class SinkUnavailable(Exception):
+    """The sink cannot take data right now (no FIFO reader, EPIPE, ...); retry later."""
+
+
+class ConsoleSink(Protocol):
+    """Where console bytes go.  ``write`` delivers all of ``data`` or raises."""
+
+    async def write(self, data: bytes) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class FifoSink:
+    """Write to a FIFO (Nomad's ``.stdout.fifo``), a file or ``/dev/null`` without blocking.
+
+    The FIFO is opened ``O_WRONLY|O_NONBLOCK``: with no reader that fails with ENXIO instead of
+    blocking the event loop, and we report :class:`SinkUnavailable`.  On EPIPE (the reader went
+    away, e.g. logmon restarted) the descriptor is closed and reopened on the next write.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, write_timeout_s: float = 5.0):
+        self.path = os.fspath(path)
+        self.write_timeout_s = write_timeout_s
+        self._fd: int | None = None
+
+    def _open(self) -> int:
+        if self._fd is None:
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK | os.O_APPEND | os.O_CLOEXEC)
+            except OSError as exc:
+                if exc.errno in (errno.ENXIO, errno.ENOENT):
+                    raise SinkUnavailable(f"{self.path}: {exc.strerror}") from None
+                raise
+            if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+                os.set_blocking(fd, True)  # regular files and /dev/null never block for long
+            self._fd = fd
+        return self._fd
+
+    async def write(self, data: bytes) -> None:
+        fd = self._open()
+        deadline = time.monotonic() + self.write_timeout_s
+        view = memoryview(data)
+        while view:
+            try:
+                n = os.write(fd, view)
+                view = view[n:]
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise SinkUnavailable(f"{self.path}: reader is not draining") from None
+                await asyncio.sleep(0.01)
+            except BrokenPipeError:
+                self._reset()
+                raise SinkUnavailable(f"{self.path}: reader closed the FIFO") from None
+
+    def _reset(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+
+    async def close(self) -> None:
+        self._reset()
+
+
+class MemorySink:
+    """Collects bytes in memory; for tests and for callers that post-process output."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    async def write(self, data: bytes) -> None:
+        self.data += data
+
+    async def close(self) -> None:
+        pass
+
+
+@dataclass
+class _Waiter:
+    pattern: re.Pattern[bytes]
+    future: asyncio.Future[int]
+    carry: bytes  # tail of already-scanned bytes, so a marker split across reads is found
+    carry_start: int  # file offset of carry[0]
+
+
+class ConsoleStream:
+    """One guest console being copied into one sink (created by :meth:`ConsolePump.add`)."""
+
+    def __init__(
+        self,
+        name: str,
+        path: str,
+        sink: ConsoleSink,
+        offset: int,
+        on_commit: Callable[[int], None] | None,
+        history_bytes: int,
+    ):
+        self.name = name
+        self.path = path
+        self.sink = sink
+        self.offset = offset  # committed: delivered to the sink
+        self.read_offset = offset  # read from the file (>= offset)
+        self.start_offset = offset
+        self.on_commit = on_commit
+        self.inode: int | None = None
+        self.truncations = 0
+        self.rotations = 0
+        self.sink_errors = 0
+        self._fd: int | None = None
+        self._pending = bytearray()  # read from the current file but not yet delivered
+        self._orphan = bytearray()  # undelivered bytes of a file that was rotated or truncated
+        self._history = bytearray()  # recently read bytes, for wait_for
+        self._history_start = offset
+        self._history_max = history_bytes
+        self._waiters: list[_Waiter] = []
+        self._retry_at = 0.0
+        self._backoff = 0.1
+
+    # ---------------------------------------------------------------- waiting
+    async def wait_for(self, pattern: bytes | str | re.Pattern[bytes], timeout_s: float, *, since: int | None = None) -> int:
+        """Wait until ``pattern`` appears in the console at or after file offset ``since``.
+
+        ``since`` defaults to the offset the stream started at.  Returns the file offset just
+        past the match.  Raises ``TimeoutError``.
+        """
+        if isinstance(pattern, str):
+            pattern = pattern.encode()
+        regex = re.compile(re.escape(pattern)) if isinstance(pattern, bytes) else pattern
+        start = self.start_offset if since is None else since
+        # First look at what was already read (bounded history, no file re-read).
+        hist_from = max(start, self._history_start)
+        known = bytes(self._history[hist_from - self._history_start :])
+        m = regex.search(known)
+        if m:
+            return hist_from + m.end()
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        carry = known[-PIPE_BUF:]
+        waiter = _Waiter(regex, fut, carry, hist_from + len(known) - len(carry))
+        self._waiters.append(waiter)
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), timeout_s)
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"{self.path}: {regex.pattern!r} not seen within {timeout_s:g}s") from None
+        finally:
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
+
+    def _feed(self, data: bytes, at: int) -> None:
+        self._history += data
+        if len(self._history) > self._history_max:
+            cut = len(self._history) - self._history_max
+            del self._history[:cut]
+            self._history_start += cut
+        for w in list(self._waiters):
+            if w.future.done():
+                continue
+            buf = w.carry + data
+            m = w.pattern.search(buf)
+            if m:
+                w.future.set_result(w.carry_start + m.end())
+            else:
+                w.carry = buf[-PIPE_BUF:]
+                w.carry_start = at + len(data) - len(w.carry)
+
+    def _restart_file(self, why: str) -> None:
+        log.warning("console log restarted", domain=self.name, path=self.path, why=why, old_offset=self.read_offset)
+        self._close_fd()
+        # Undelivered bytes of the old file are still delivered (first), but they no longer
+        # have an offset: the committed offset refers to the new file from now on.
+        self._orphan += self._pending
+        self._pending.clear()
+        self.inode = None
+        self.read_offset = self.offset = 0
+        self._history.clear()
+        self._history_start = 0
+        for w in self._waiters:
+            w.carry, w.carry_start = b"", 0
+
+    def _close_fd(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+
+    # ------------------------------------------------------------- pumping
+    def _read_new(self, max_bytes: int) -> int:
+        """Read whatever is new in the file into ``_pending``; returns bytes read."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return 0
+        if self._fd is None:
+            try:
+                self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return 0
+            fst = os.fstat(self._fd)
+            if self.inode is not None and fst.st_ino != self.inode:
+                self.rotations += 1
+                self.read_offset = self.offset = 0
+            self.inode = fst.st_ino
+            if fst.st_size < self.read_offset:
+                self.truncations += 1
+                self.read_offset = self.offset = 0
+        elif st.st_ino != self.inode:
+            # Rotated: drain the old file through our open descriptor first.
+            got = self._read_fd(max_bytes)
+            if got:
+                return got
+            self.rotations += 1
+            self._close_fd()
+            self._restart_file("rotated")
+            return self._read_new(max_bytes)
+        elif st.st_size < self.read_offset:
+            self.truncations += 1
+            self._restart_file("truncated")
+            return self._read_new(max_bytes)
+        return self._read_fd(max_bytes)
+
+    def _read_fd(self, max_bytes: int) -> int:
+        assert self._fd is not None
+        room = max_bytes - len(self._pending)
+        if room <= 0:
+            return 0
+        data = os.pread(self._fd, room, self.read_offset)
+        if data:
+            at = self.read_offset
+            self.read_offset += len(data)
+            self._pending += data
+            self._feed(data, at)
+        return len(data)
+
+    async def _deliver(self, now: float) -> int:
+        if not (self._pending or self._orphan) or now < self._retry_at:
+            return 0
+        sent = 0
+        while self._orphan or self._pending:
+            buf = self._orphan if self._orphan else self._pending
+            piece = bytes(buf[:PIPE_BUF])
+            try:
+                await self.sink.write(piece)
+            except (SinkUnavailable, OSError) as exc:
+                self.sink_errors += 1
+                self._retry_at = time.monotonic() + self._backoff
+                self._backoff = min(self._backoff * 2, 5.0)
+                log.debug("console sink unavailable", domain=self.name, error=str(exc))
+                break
+            del buf[: len(piece)]
+            sent += len(piece)
+            self._backoff = 0.1
+            if buf is self._pending:
+                self.offset += len(piece)
+                if self.on_commit is not None:
+                    self.on_commit(self.offset)
+        return sent
+
+    @property
+    def caught_up(self) -> bool:
+        """All bytes currently in the file were delivered."""
+        try:
+            size = os.stat(self.path).st_size
+        except FileNotFoundError:
+            return not (self._pending or self._orphan)
+        return not (self._pending or self._orphan) and self.read_offset >= size
+
+    def close(self) -> None:
+        self._close_fd()
+        for w in self._waiters:
+            if not w.future.done():
+                w.future.cancel()
+
+
+class ConsolePump:
+    """Copies many console logs into their sinks from one asyncio task."""
+
+    def __init__(self, *, tick_s: float = 0.15, max_pending: int = 1 << 20, history_bytes: int = 1 << 16):
+        self.tick_s = tick_s
+        self.max_pending = max_pending
+        self.history_bytes = history_bytes
+        self._streams: dict[str, ConsoleStream] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+
+    @staticmethod
+    def log_path(log_dir: str | os.PathLike[str], name: str) -> str:
+        """xenconsoled's per-guest log file name."""
+        return os.path.join(os.fspath(log_dir), f"guest-{name}.log")
+
+    def add(
+        self,
+        name: str,
+        path: str | os.PathLike[str],
+        sink: ConsoleSink,
+        *,
+        offset: int = 0,
+        inode: int | None = None,
+        on_commit: Callable[[int], None] | None = None,
+    ) -> ConsoleStream:
+        """Start copying ``path`` from byte ``offset`` into ``sink``; ``name`` keys the stream.
+
+        When resuming after a restart, pass the ``offset`` (and, if it was persisted, the
+        ``inode``) the previous stream had committed: a file with another inode, or one shorter
+        than ``offset``, is taken as rotated/truncated and read from 0.
+        """
+        if name in self._streams:
+            raise ValueError(f"console stream {name!r} already exists")
+        if offset < 0:
+            raise ValueError("offset must be >= 0")
+        stream = ConsoleStream(name, os.fspath(path), sink, offset, on_commit, self.history_bytes)
+        stream.inode = inode
+        self._streams[name] = stream
+        self._wake.set()
+        return stream
+
+    def get(self, name: str) -> ConsoleStream:
+        return self._streams[name]
+
+    async def remove(self, name: str, *, drain_timeout_s: float = 0.0) -> ConsoleStream | None:
+        """Stop a stream, first delivering what is left for up to ``drain_timeout_s``."""
+        stream = self._streams.get(name)
+        if stream is None:
+            return None
+        if drain_timeout_s > 0:
+            await self.drain(name, drain_timeout_s)
+        self._streams.pop(name, None)
+        stream.close()
+        await stream.sink.close()
+        return stream
+
+    async def drain(self, name: str, timeout_s: float) -> bool:
+        """Wait until everything currently in the file was delivered; False on timeout."""
+        stream = self._streams[name]
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            await self.pump_once(only=stream)
+            if stream.caught_up:
+                return True
+            await asyncio.sleep(min(self.tick_s, 0.05))
+        return stream.caught_up
+
+    async def pump_once(self, only: ConsoleStream | None = None) -> int:
+        """One pass over all streams (or one); returns bytes delivered."""
+        now = time.monotonic()
+        total = 0
+        for stream in [only] if only is not None else list(self._streams.values()):
+            try:
+                # Read in rounds so one chatty guest cannot starve the others for long.
+                stream._read_new(self.max_pending)
+                total += await stream._deliver(now)
+            except OSError as exc:
+                log.warning("console read failed", domain=stream.name, path=stream.path, error=str(exc))
+        return total
+
+    async def _run(self) -> None:
+        while True:
+            await self.pump_once()
+            self._wake.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.tick_s)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="console-pump")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for stream in list(self._streams.values()):
+            stream.close()
+            with contextlib.suppress(Exception):
+                await stream.sink.close()
+        self._streams.clear()
+
+    async def __aenter__(self) -> "ConsolePump":
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()

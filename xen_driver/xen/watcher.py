@@ -1,0 +1,251 @@
+"""One watcher for the death of every domain the driver runs.
+
+Why this shape:
+
+* **One XenStore watch on ``@releaseDomain``, not a poll loop per task.**  xenstored fires that
+  special watch whenever *any* introduced domain shuts down (poweroff, reboot, crash, watchdog:
+  it checks the hypervisor's shutdown flag on every ``VIRQ_DOM_EXC``) and again when a domain is
+  destroyed.  The event carries no domid (per-domain ``@releaseDomain/<domid>`` only exists from
+  Xen 4.22; we target 4.17), so each event triggers one ``list_domains()`` of the whole host and
+  a diff against the tracked names.  Bursts of events are coalesced into one re-list.
+* **A slow safety re-scan** (default 30 s) covers anything a watch can miss: a xenstored restart,
+  a backend without XenStore (libvirt's test driver), a bug.
+* **Reason detection on Xen 4.17.**  The xl backend creates domains without an xl monitor and
+  with ``on_* = "preserve"``, so a guest that calls ``SCHEDOP_shutdown`` stays in the
+  shut-down state and ``xl list -v`` shows its reason code (``s`` flag plus the reason letter
+  and hex code).  The watcher reports that reason.  A domain that disappears (or starts dying)
+  without ever having been seen shut down was destroyed: by us (the driver announced it with
+  :meth:`DomainWatcher.expect_exit` first, so ``requested`` is True) or behind our back
+  (``requested`` False).  Either way the reason is ``DESTROYED``.
+* **Reaping.**  With ``reap=True`` the watcher destroys a shut-down domain right after it has
+  reported the exit, so the driver does not have to; leave it False when the driver wants to
+  look at the preserved domain first (e.g. to collect a crash dump or final stats).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from xen_driver.xen.backend import Backend, DomainInfo, DomainState, ExitReason, XenBackendError
+from xen_driver.xen.xenstore import XenStore, XenStoreError
+
+log = structlog.get_logger(__name__)
+
+RELEASE_DOMAIN = "@releaseDomain"
+
+
+@dataclass(frozen=True)
+class DomainExit:
+    """A tracked domain stopped running.
+
+    ``requested`` is True when the driver had announced a stop/destroy of this domain before it
+    went away (see :meth:`DomainWatcher.expect_exit`), so "destroyed by us" and "destroyed
+    behind our back" can be told apart.  ``last_seen`` is the last snapshot of the domain (None
+    if it was never seen).
+    """
+
+    name: str
+    domid: int | None
+    reason: ExitReason
+    requested: bool = False
+    last_seen: DomainInfo | None = None
+    detected_at: float = field(default_factory=time.time)
+
+
+@dataclass
+class _Tracked:
+    name: str
+    domid: int | None
+    future: asyncio.Future[DomainExit]
+    requested: bool = False
+    last: DomainInfo | None = None
+
+
+class DomainWatcher:
+    """Track named domains and resolve one future per domain when it exits."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        xenstore: XenStore | None = None,
+        rescan_interval_s: float = 30.0,
+        coalesce_s: float = 0.02,
+        reap: bool = False,
+    ):
+        self.backend = backend
+        self.xenstore = xenstore
+        self.rescan_interval_s = rescan_interval_s
+        self.coalesce_s = coalesce_s
+        self.reap = reap
+        self._tracked: dict[str, _Tracked] = {}
+        self._listeners: list[Callable[[DomainExit], object]] = []
+        self._kick = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._reapers: set[asyncio.Task[None]] = set()
+        self.scans = 0
+        self.events = 0
+
+    # ------------------------------------------------------------- lifecycle
+    async def start(self) -> None:
+        """Register the ``@releaseDomain`` watch (if XenStore is available) and start scanning."""
+        if self.xenstore is not None:
+            watch = await self.xenstore.watch(RELEASE_DOMAIN)
+            self._tasks.append(asyncio.create_task(self._watch_loop(watch), name="domain-watcher-events"))
+        self._tasks.append(asyncio.create_task(self._scan_loop(), name="domain-watcher-scan"))
+
+    async def stop(self) -> None:
+        for task in self._tasks + list(self._reapers):
+            task.cancel()
+        for task in self._tasks + list(self._reapers):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        self._reapers.clear()
+
+    async def __aenter__(self) -> "DomainWatcher":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # ------------------------------------------------------------ interface
+    def subscribe(self, name: str, domid: int | None = None) -> asyncio.Future[DomainExit]:
+        """Start tracking ``name`` (optionally only the incarnation with ``domid``).
+
+        Returns a future that resolves with the :class:`DomainExit`; await it through
+        ``asyncio.shield`` when several waiters share it.  Subscribing again returns the same
+        future.  Call after the domain was created: a name that is absent at the next scan is
+        reported as destroyed.
+        """
+        entry = self._tracked.get(name)
+        if entry is None or (domid is not None and entry.domid not in (None, domid) and entry.future.done()):
+            fut: asyncio.Future[DomainExit] = asyncio.get_running_loop().create_future()
+            entry = _Tracked(name=name, domid=domid, future=fut)
+            self._tracked[name] = entry
+            self.kick()
+        elif domid is not None and entry.domid is None:
+            entry.domid = domid
+        return entry.future
+
+    def unsubscribe(self, name: str) -> None:
+        entry = self._tracked.pop(name, None)
+        if entry is not None and not entry.future.done():
+            entry.future.cancel()
+
+    def expect_exit(self, name: str) -> None:
+        """The driver is about to stop or destroy ``name``: mark its exit as requested."""
+        entry = self._tracked.get(name)
+        if entry is not None:
+            entry.requested = True
+
+    def add_listener(self, callback: Callable[[DomainExit], object]) -> None:
+        """Call ``callback(exit)`` for every exit (in the watcher's task; keep it quick)."""
+        self._listeners.append(callback)
+
+    def kick(self) -> None:
+        """Ask for a re-scan soon (after our own destroy, or from the event watch)."""
+        self._kick.set()
+
+    @property
+    def tracked(self) -> list[str]:
+        return [n for n, e in self._tracked.items() if not e.future.done()]
+
+    # ---------------------------------------------------------------- loops
+    async def _watch_loop(self, watch) -> None:  # type: ignore[no-untyped-def]
+        try:
+            async for _event in watch:
+                self.events += 1
+                self.kick()
+        except XenStoreError as exc:
+            log.warning("releaseDomain watch ended; relying on periodic re-scan", error=str(exc))
+
+    async def _scan_loop(self) -> None:
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), self.rescan_interval_s)
+            if self.coalesce_s:
+                await asyncio.sleep(self.coalesce_s)  # let a burst of events collapse into one scan
+            self._kick.clear()
+            if not self.tracked:
+                continue
+            try:
+                await self.rescan()
+            except XenBackendError as exc:
+                log.warning("domain re-scan failed; retrying", error=str(exc))
+                await asyncio.sleep(1.0)
+                self.kick()
+
+    async def rescan(self) -> list[DomainExit]:
+        """List all domains once and resolve the futures of tracked domains that exited."""
+        domains = await self.backend.list_domains()
+        self.scans += 1
+        by_name = {d.name: d for d in domains}
+        exits = []
+        for entry in list(self._tracked.values()):
+            if entry.future.done():
+                continue
+            exit_ = self._judge(entry, by_name.get(entry.name))
+            if exit_ is not None:
+                exits.append(exit_)
+                self._finish(entry, exit_)
+        return exits
+
+    def _judge(self, entry: _Tracked, info: DomainInfo | None) -> DomainExit | None:
+        if info is not None and entry.domid is not None and info.domid not in (None, entry.domid):
+            # Same name, new domain: the incarnation we tracked is gone.
+            return DomainExit(entry.name, entry.domid, self._vanished_reason(entry), entry.requested, entry.last)
+        if info is None:
+            return DomainExit(entry.name, entry.domid, self._vanished_reason(entry), entry.requested, entry.last)
+        if entry.domid is None:
+            entry.domid = info.domid
+        if info.state is DomainState.SHUTDOWN:
+            entry.last = info
+            return DomainExit(
+                entry.name, info.domid, info.shutdown_reason or ExitReason.UNKNOWN, entry.requested, info
+            )
+        if info.state is DomainState.DYING:
+            reason = info.shutdown_reason or self._vanished_reason(entry)
+            entry.last = info
+            return DomainExit(entry.name, info.domid, reason, entry.requested, info)
+        entry.last = info
+        return None
+
+    @staticmethod
+    def _vanished_reason(entry: _Tracked) -> ExitReason:
+        if entry.last is not None and entry.last.state is DomainState.SHUTDOWN and entry.last.shutdown_reason:
+            return entry.last.shutdown_reason
+        return ExitReason.DESTROYED
+
+    def _finish(self, entry: _Tracked, exit_: DomainExit) -> None:
+        log.info(
+            "domain exited",
+            domain=exit_.name,
+            domid=exit_.domid,
+            reason=exit_.reason.value,
+            requested=exit_.requested,
+        )
+        if not entry.future.done():
+            entry.future.set_result(exit_)
+        for cb in self._listeners:
+            try:
+                cb(exit_)
+            except Exception:  # a listener bug must not stop the watcher
+                log.exception("domain exit listener failed", domain=exit_.name)
+        if self.reap and exit_.last_seen is not None and exit_.last_seen.state is DomainState.SHUTDOWN:
+            task = asyncio.create_task(self._reap(exit_.name), name=f"reap-{exit_.name}")
+            self._reapers.add(task)
+            task.add_done_callback(self._reapers.discard)
+
+    async def _reap(self, name: str) -> None:
+        try:
+            await self.backend.destroy(name)
+        except XenBackendError as exc:
+            log.warning("could not destroy shut-down domain", domain=name, error=str(exc))

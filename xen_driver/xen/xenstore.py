@@ -1,0 +1,451 @@
+"""An asyncio XenStore client that speaks xenstored's socket protocol directly.
+
+Why not the ``xenstore-*`` tools or libxenstore through ctypes: a process per read would cost
+milliseconds per ClickOS push and per watch, and libxenstore's watch API wants a thread.  The
+wire protocol is small and stable (``xen/include/public/io/xs_wire.h``, ``docs/misc/xenstore.txt``):
+
+* every message is a 16-byte header of four little-endian u32 -- ``type``, ``req_id``,
+  ``tx_id``, ``len`` -- followed by ``len`` (at most 4096) bytes of payload;
+* replies carry the request's ``req_id``; failures come back as type ERROR with an errno
+  *name* ("ENOENT") as payload;
+* watch events arrive unsolicited as WATCH_EVENT (``req_id`` 0) with ``path NUL token NUL``.
+
+One :class:`XenStore` object holds one connection and multiplexes any number of concurrent
+requests by ``req_id`` (a reader task resolves one future per request), delivers watch events to
+per-watch queues, and reconnects after xenstored restarts: pending requests fail with
+:class:`XenStoreClosed`, watches are re-registered and get one synthetic event so their
+consumers re-check state they may have missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import itertools
+import os
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+#: Where cxenstored/oxenstored listen in dom0; ``XENSTORED_PATH`` overrides, as for libxenstore.
+DEFAULT_SOCKET = "/run/xenstored/socket"
+PAYLOAD_MAX = 4096
+HEADER = struct.Struct("<IIII")
+
+T = TypeVar("T")
+
+
+class Op(enum.IntEnum):
+    """Message types, numbered as in ``xs_wire.h``."""
+
+    DEBUG = 0
+    DIRECTORY = 1
+    READ = 2
+    GET_PERMS = 3
+    WATCH = 4
+    UNWATCH = 5
+    TRANSACTION_START = 6
+    TRANSACTION_END = 7
+    INTRODUCE = 8
+    RELEASE = 9
+    GET_DOMAIN_PATH = 10
+    WRITE = 11
+    MKDIR = 12
+    RM = 13
+    SET_PERMS = 14
+    WATCH_EVENT = 15
+    ERROR = 16
+    IS_DOMAIN_INTRODUCED = 17
+    RESUME = 18
+    SET_TARGET = 19
+    RESTRICT = 20
+    RESET_WATCHES = 21
+    DIRECTORY_PART = 22
+
+
+class XenStoreError(Exception):
+    """xenstored refused a request; ``errno_name`` is its answer ("ENOENT", "EAGAIN", ...)."""
+
+    def __init__(self, op: Op | str, path: str | None, errno_name: str):
+        self.op = op
+        self.path = path
+        self.errno_name = errno_name
+        where = f" {path}" if path else ""
+        opname = op.name if isinstance(op, Op) else op
+        super().__init__(f"xenstore {opname}{where}: {errno_name}")
+
+
+class XenStoreClosed(XenStoreError):
+    """The connection to xenstored is gone (or was never made)."""
+
+    def __init__(self, reason: str):
+        super().__init__("CONNECT", None, reason)
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    path: str
+    token: str
+
+
+def default_socket_path() -> str:
+    return os.environ.get("XENSTORED_PATH", DEFAULT_SOCKET)
+
+
+def _check_path(path: str) -> bytes:
+    """Paths are ASCII; refuse NULs (they would split the payload) and relative paths."""
+    if not path or "\x00" in path:
+        raise ValueError(f"invalid xenstore path {path!r}")
+    if not (path.startswith("/") or path.startswith("@")):
+        raise ValueError(f"xenstore path must be absolute (dom0 sockets have no base), got {path!r}")
+    return path.encode("ascii")
+
+
+class Watch:
+    """A registered watch: ``async for event in watch`` or ``await watch.get()``.
+
+    The queue is bounded; when a consumer falls behind, the oldest events are dropped
+    (``dropped`` counts them).  Watch events are hints that something changed, so a consumer
+    re-reads state on each one anyway; losing a duplicate hint loses nothing.
+    """
+
+    def __init__(self, client: "XenStore", path: str, token: str, maxsize: int):
+        self.client = client
+        self.path = path
+        self.token = token
+        self.dropped = 0
+        self._queue: asyncio.Queue[WatchEvent] = asyncio.Queue(maxsize)
+        self.closed = False
+
+    def _deliver(self, event: WatchEvent) -> None:
+        if self._queue.full():
+            self._queue.get_nowait()
+            self.dropped += 1
+        self._queue.put_nowait(event)
+
+    async def get(self) -> WatchEvent:
+        return await self._queue.get()
+
+    def pending(self) -> int:
+        return self._queue.qsize()
+
+    def __aiter__(self) -> AsyncIterator[WatchEvent]:
+        return self._iter()
+
+    async def _iter(self) -> AsyncIterator[WatchEvent]:
+        while not self.closed:
+            yield await self._queue.get()
+
+    async def close(self) -> None:
+        await self.client.unwatch(self)
+
+
+class _Ops:
+    """Read/write operations, shared by the client (tx 0) and transactions."""
+
+    async def _request(self, op: Op, payload: bytes, *, path: str | None = None) -> bytes:
+        raise NotImplementedError
+
+    async def read(self, path: str) -> bytes:
+        return await self._request(Op.READ, _check_path(path) + b"\x00", path=path)
+
+    async def read_str(self, path: str) -> str:
+        return (await self.read(path)).decode("utf-8", "replace")
+
+    async def read_or_none(self, path: str) -> bytes | None:
+        try:
+            return await self.read(path)
+        except XenStoreError as exc:
+            if exc.errno_name == "ENOENT":
+                return None
+            raise
+
+    async def exists(self, path: str) -> bool:
+        return await self.read_or_none(path) is not None
+
+    async def write(self, path: str, value: bytes | str) -> None:
+        data = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+        await self._request(Op.WRITE, _check_path(path) + b"\x00" + data, path=path)
+
+    async def mkdir(self, path: str) -> None:
+        await self._request(Op.MKDIR, _check_path(path) + b"\x00", path=path)
+
+    async def rm(self, path: str, *, missing_ok: bool = True) -> None:
+        try:
+            await self._request(Op.RM, _check_path(path) + b"\x00", path=path)
+        except XenStoreError as exc:
+            if not (missing_ok and exc.errno_name == "ENOENT"):
+                raise
+
+    async def directory(self, path: str) -> list[str]:
+        raw = await self._request(Op.DIRECTORY, _check_path(path) + b"\x00", path=path)
+        return [p.decode("ascii", "replace") for p in raw.split(b"\x00") if p]
+
+    async def get_perms(self, path: str) -> list[str]:
+        raw = await self._request(Op.GET_PERMS, _check_path(path) + b"\x00", path=path)
+        return [p.decode("ascii") for p in raw.split(b"\x00") if p]
+
+    async def set_perms(self, path: str, perms: list[str]) -> None:
+        """``perms[0]`` is the owner and the default for everyone else (``n0``, ``r5``, ``b5``)."""
+        for p in perms:
+            if len(p) < 2 or p[0] not in "rwbn" or not p[1:].isdigit():
+                raise ValueError(f"invalid xenstore permission {p!r}")
+        payload = _check_path(path) + b"\x00" + b"".join(p.encode("ascii") + b"\x00" for p in perms)
+        await self._request(Op.SET_PERMS, payload, path=path)
+
+
+class Transaction(_Ops):
+    """Operations inside one XenStore transaction (see :meth:`XenStore.transaction`)."""
+
+    def __init__(self, client: "XenStore", tx_id: int):
+        self.client = client
+        self.tx_id = tx_id
+
+    async def _request(self, op: Op, payload: bytes, *, path: str | None = None) -> bytes:
+        return await self.client._call(op, payload, tx_id=self.tx_id, path=path)
+
+
+class XenStore(_Ops):
+    """One multiplexed connection to xenstored.  Use ``async with XenStore() as xs:``."""
+
+    def __init__(
+        self,
+        socket_path: str | None = None,
+        *,
+        reconnect: bool = True,
+        reconnect_delay_s: float = 0.5,
+        request_timeout_s: float = 30.0,
+        watch_queue_size: int = 1024,
+    ):
+        self.socket_path = socket_path or default_socket_path()
+        self.reconnect = reconnect
+        self.reconnect_delay_s = reconnect_delay_s
+        self.request_timeout_s = request_timeout_s
+        self.watch_queue_size = watch_queue_size
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._pending: dict[int, tuple[asyncio.Future[tuple[int, bytes]], Op]] = {}
+        self._watches: dict[str, Watch] = {}
+        self._req_ids = itertools.count(1)
+        self._tokens = itertools.count(1)
+        self._read_task: asyncio.Task[None] | None = None
+        self._connected = asyncio.Event()
+        self._closing = False
+        self.reconnects = 0
+
+    # ------------------------------------------------------------ connection
+    async def connect(self) -> "XenStore":
+        await self._open()
+        self._read_task = asyncio.create_task(self._read_loop(), name="xenstore-reader")
+        return self
+
+    async def _open(self) -> None:
+        try:
+            self._reader, self._writer = await asyncio.open_unix_connection(self.socket_path)
+        except (FileNotFoundError, ConnectionRefusedError, PermissionError) as exc:
+            raise XenStoreClosed(f"cannot connect to xenstored at {self.socket_path}: {exc}") from None
+        self._connected.set()
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._read_task is not None:
+            self._read_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._read_task
+            self._read_task = None
+        self._drop_connection("client closed")
+        for w in self._watches.values():
+            w.closed = True
+        self._watches.clear()
+
+    async def __aenter__(self) -> "XenStore":
+        return await self.connect()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def _drop_connection(self, reason: str) -> None:
+        self._connected.clear()
+        if self._writer is not None:
+            self._writer.close()
+        self._reader = self._writer = None
+        pending, self._pending = self._pending, {}
+        for fut, _op in pending.values():
+            if not fut.done():
+                fut.set_exception(XenStoreClosed(reason))
+
+    async def _read_loop(self) -> None:
+        while True:
+            try:
+                assert self._reader is not None
+                while True:
+                    header = await self._reader.readexactly(HEADER.size)
+                    mtype, req_id, _tx, length = HEADER.unpack(header)
+                    payload = await self._reader.readexactly(length) if length else b""
+                    self._dispatch(mtype, req_id, payload)
+            except asyncio.CancelledError:
+                raise
+            except (asyncio.IncompleteReadError, ConnectionError, OSError, AssertionError) as exc:
+                reason = f"connection to xenstored lost: {exc.__class__.__name__}"
+            if self._closing:
+                return
+            log.warning("xenstore connection lost", socket=self.socket_path, reason=reason)
+            self._drop_connection(reason)
+            if not self.reconnect:
+                return
+            await self._reconnect_forever()
+
+    async def _reconnect_forever(self) -> None:
+        delay = self.reconnect_delay_s
+        while not self._closing:
+            await asyncio.sleep(delay)
+            try:
+                await self._open()
+            except XenStoreClosed:
+                delay = min(delay * 2, 10.0)
+                continue
+            self.reconnects += 1
+            log.info("xenstore reconnected", socket=self.socket_path, reconnects=self.reconnects)
+            # The reader must run before we can await replies to the re-registrations.
+            asyncio.get_running_loop().create_task(self._rewatch())
+            return
+
+    async def _rewatch(self) -> None:
+        for watch in list(self._watches.values()):
+            try:
+                await self._call(Op.WATCH, _check_path(watch.path) + b"\x00" + watch.token.encode() + b"\x00")
+            except XenStoreError as exc:
+                log.warning("xenstore re-watch failed", path=watch.path, error=str(exc))
+            # Anything may have happened while we were away: make the consumer look.
+            watch._deliver(WatchEvent(watch.path, watch.token))
+
+    def _dispatch(self, mtype: int, req_id: int, payload: bytes) -> None:
+        if mtype == Op.WATCH_EVENT:
+            parts = payload.split(b"\x00")
+            if len(parts) >= 2:
+                path, token = parts[0].decode("ascii", "replace"), parts[1].decode("ascii", "replace")
+                watch = self._watches.get(token)
+                if watch is not None:
+                    watch._deliver(WatchEvent(path, token))
+            return
+        entry = self._pending.pop(req_id, None)
+        if entry is None:
+            log.debug("xenstore reply for unknown request", req_id=req_id, type=mtype)
+            return
+        fut, _op = entry
+        if not fut.done():
+            fut.set_result((mtype, payload))
+
+    # ------------------------------------------------------------- requests
+    async def _call(self, op: Op, payload: bytes, *, tx_id: int = 0, path: str | None = None) -> bytes:
+        if len(payload) > PAYLOAD_MAX:
+            # xenstored drops the whole connection on an oversized message; fail just this call.
+            raise XenStoreError(op, path, "E2BIG")
+        if not self._connected.is_set():
+            if self._closing or not self.reconnect or self._read_task is None:
+                raise XenStoreClosed("not connected to xenstored")
+            try:
+                await asyncio.wait_for(self._connected.wait(), self.request_timeout_s)
+            except asyncio.TimeoutError:
+                raise XenStoreClosed("timed out waiting to reconnect to xenstored") from None
+        req_id = next(self._req_ids) & 0xFFFFFFFF or next(self._req_ids)
+        fut: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
+        self._pending[req_id] = (fut, op)
+        assert self._writer is not None
+        self._writer.write(HEADER.pack(op, req_id, tx_id, len(payload)) + payload)
+        try:
+            await self._writer.drain()
+            mtype, reply = await asyncio.wait_for(fut, self.request_timeout_s)
+        except asyncio.TimeoutError:
+            self._pending.pop(req_id, None)
+            raise XenStoreError(op, path, "ETIMEDOUT") from None
+        except (ConnectionError, OSError) as exc:
+            self._pending.pop(req_id, None)
+            raise XenStoreClosed(f"write to xenstored failed: {exc}") from None
+        finally:
+            if not fut.done():
+                fut.cancel()
+                self._pending.pop(req_id, None)
+        if mtype == Op.ERROR:
+            raise XenStoreError(op, path, reply.rstrip(b"\x00").decode("ascii", "replace"))
+        return reply
+
+    async def _request(self, op: Op, payload: bytes, *, path: str | None = None) -> bytes:
+        return await self._call(op, payload, path=path)
+
+    async def get_domain_path(self, domid: int) -> str:
+        raw = await self._call(Op.GET_DOMAIN_PATH, str(int(domid)).encode() + b"\x00")
+        return raw.rstrip(b"\x00").decode("ascii")
+
+    async def is_domain_introduced(self, domid: int) -> bool:
+        raw = await self._call(Op.IS_DOMAIN_INTRODUCED, str(int(domid)).encode() + b"\x00")
+        return raw.rstrip(b"\x00") == b"T"
+
+    # --------------------------------------------------------------- watches
+    async def watch(self, path: str, token: str | None = None) -> Watch:
+        """Register a watch on ``path`` (or ``@releaseDomain``); xenstored fires it once at once."""
+        token = token or f"ndx-{next(self._tokens)}"
+        if token in self._watches:
+            raise ValueError(f"watch token {token!r} already in use")
+        if "\x00" in token:
+            raise ValueError("watch token must not contain NUL")
+        watch = Watch(self, path, token, self.watch_queue_size)
+        self._watches[token] = watch  # before the request: the first event may beat the reply
+        try:
+            await self._call(Op.WATCH, _check_path(path) + b"\x00" + token.encode() + b"\x00", path=path)
+        except BaseException:
+            self._watches.pop(token, None)
+            raise
+        return watch
+
+    async def unwatch(self, watch: Watch) -> None:
+        if self._watches.pop(watch.token, None) is None:
+            return
+        watch.closed = True
+        with contextlib.suppress(XenStoreError):
+            await self._call(
+                Op.UNWATCH, _check_path(watch.path) + b"\x00" + watch.token.encode() + b"\x00", path=watch.path
+            )
+
+    # ---------------------------------------------------------- transactions
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        """One attempt at a transaction: commits on normal exit, aborts on exception.
+
+        A commit that conflicts raises ``XenStoreError(errno_name="EAGAIN")``; use
+        :meth:`run_transaction` to retry automatically.
+        """
+        raw = await self._call(Op.TRANSACTION_START, b"\x00")
+        tx = Transaction(self, int(raw.rstrip(b"\x00")))
+        try:
+            yield tx
+        except BaseException:
+            with contextlib.suppress(XenStoreError):
+                await self._call(Op.TRANSACTION_END, b"F\x00", tx_id=tx.tx_id)
+            raise
+        await self._call(Op.TRANSACTION_END, b"T\x00", tx_id=tx.tx_id)
+
+    async def run_transaction(self, body: Callable[[Transaction], Awaitable[T]], *, attempts: int = 8) -> T:
+        """Run ``body(tx)`` in a transaction, retrying the whole body when the commit conflicts."""
+        delay = 0.005
+        for attempt in range(1, attempts + 1):
+            try:
+                async with self.transaction() as tx:
+                    result = await body(tx)
+                return result
+            except XenStoreError as exc:
+                if exc.errno_name != "EAGAIN" or attempt == attempts:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.2)
+        raise AssertionError("unreachable")
