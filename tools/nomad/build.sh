@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Build the pinned Nomad agent from the Go module proxy and cache it outside the repository.
+#
+#   bash tools/nomad/build.sh        -> prints the path of the binary as its last line
+#
+# Nomad cannot be `go install`ed (its go.mod has `replace` directives), so we generate a small
+# wrapper module that requires the pinned release, re-declares that release's own non-local
+# replaces, pins the `api` sub-module to the release's commit (upstream builds it from ./api),
+# and builds the dependency's main package with cgo off (cgo is only needed by Nomad's own
+# `exec` driver, which our tests do not use).
+#
+# The result lives at $NDX_CACHE_DIR/nomad/<version>/nomad. When it exists and reports the pinned
+# version, this script does nothing but print that path.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+version="$(tr -d ' \n\r\t' < "$here/VERSION")"
+[[ "$version" =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]] || { echo "build.sh: bad version '$version' in $here/VERSION" >&2; exit 2; }
+
+cache_root="${NDX_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/nomad-driver-xen}"
+out_dir="$cache_root/nomad/$version"
+bin="$out_dir/nomad"
+mkdir -p "$out_dir"
+
+is_ready() {
+    [[ -x "$bin" ]] && "$bin" version 2>/dev/null | head -n1 | grep -qx "Nomad v$version"
+}
+
+if is_ready; then
+    echo "$bin"
+    exit 0
+fi
+
+# One builder at a time (make and the test fixtures may ask concurrently).
+exec 9>"$out_dir/.lock"
+flock 9
+if is_ready; then
+    echo "$bin"
+    exit 0
+fi
+
+command -v go >/dev/null || { echo "build.sh: a Go toolchain is needed to build Nomad (go not on PATH)" >&2; exit 2; }
+command -v python3 >/dev/null || { echo "build.sh: python3 is needed to read go.mod metadata" >&2; exit 2; }
+
+started=$(date +%s)
+src="$out_dir/wrapper"
+rm -rf "$src"
+mkdir -p "$src"
+cd "$src"
+
+export GOFLAGS="${GOFLAGS:-} -mod=mod"
+mod="github.com/hashicorp/nomad"
+
+# 1. Metadata of the exact tag: its go.mod (for the replaces and the go directive), its commit
+#    and the commit time, from which the api module's pseudo-version is formed
+#    (v0.0.0-<UTC yyyymmddhhmmss>-<12 hex>; the proxy does not resolve bare commit hashes).
+meta="$(go mod download -json "$mod@v$version")"
+read -r gomod_file commit api_version < <(python3 -c '
+import datetime, json, sys
+m = json.load(sys.stdin)
+if m.get("Error"):
+    sys.exit("build.sh: " + m["Error"])
+commit = (m.get("Origin") or {}).get("Hash", "")
+if not commit:
+    sys.exit("build.sh: the module proxy did not report the commit of " + m["Version"])
+with open(m["Info"]) as f:
+    when = datetime.datetime.strptime(json.load(f)["Time"], "%Y-%m-%dT%H:%M:%SZ")
+print(m["GoMod"], commit, "v0.0.0-%s-%s" % (when.strftime("%Y%m%d%H%M%S"), commit[:12]))
+' <<<"$meta")
+
+go_directive="$(go mod edit -json "$gomod_file" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Go"])')"
+
+# Non-local replaces of that tag, as `go mod edit` arguments.
+mapfile -t replaces < <(go mod edit -json "$gomod_file" | python3 -c '
+import json, sys
+for r in json.load(sys.stdin).get("Replace") or []:
+    new = r["New"]
+    if not new.get("Version"):
+        continue  # local directory replace such as ./api; handled below
+    old = r["Old"]["Path"] + ("@" + r["Old"]["Version"] if r["Old"].get("Version") else "")
+    print("-replace=%s=%s@%s" % (old, new["Path"], new["Version"]))
+')
+
+cat > go.mod <<EOF
+module ndx.invalid/nomad-build
+
+go $go_directive
+EOF
+if ((${#replaces[@]})); then
+    go mod edit "${replaces[@]}"
+fi
+
+# 2. The api sub-module at the tag's commit (upstream builds it from ./api; there are no api/v*
+#    tags). Fails here, with the proxy's answer, if that pseudo-version cannot be had.
+go mod download "$mod/api@$api_version"
+go mod edit "-replace=$mod/api=$mod/api@$api_version"
+
+# 3. Require Nomad as a tool of this module and build its main package.
+go get -tool "$mod@v$version"
+echo "build.sh: building Nomad v$version (commit ${commit:0:12}, api $api_version) ..." >&2
+CGO_ENABLED=0 go build -trimpath -o "$bin.tmp" "$mod"
+mv -f "$bin.tmp" "$bin"
+
+is_ready || { echo "build.sh: built binary does not report Nomad v$version:" >&2; "$bin" version >&2 || true; exit 1; }
+echo "build.sh: built in $(( $(date +%s) - started ))s" >&2
+echo "$bin"
