@@ -215,7 +215,10 @@ class ConsoleStream:
         self._orphan += self._pending
         self._pending.clear()
         self.inode = None
-        self.read_offset = self.offset = 0
+        self._zero_offsets()
+
+    def _zero_offsets(self) -> None:
+        self.read_offset = self.offset = self.start_offset = 0
         self._history.clear()
         self._history_start = 0
         for w in self._waiters:
@@ -240,13 +243,15 @@ class ConsoleStream:
             except FileNotFoundError:
                 return 0
             fst = os.fstat(self._fd)
-            if self.inode is not None and fst.st_ino != self.inode:
+            if self.inode is not None and fst.st_ino != self.inode and self.read_offset:
+                # Resumed with the inode of a file that has since been rotated away.
                 self.rotations += 1
-                self.read_offset = self.offset = 0
-            self.inode = fst.st_ino
-            if fst.st_size < self.read_offset:
+                self._zero_offsets()
+            elif fst.st_size < self.read_offset:
+                # Resumed with an offset beyond the end: the file was truncated meanwhile.
                 self.truncations += 1
-                self.read_offset = self.offset = 0
+                self._zero_offsets()
+            self.inode = fst.st_ino
         elif st.st_ino != self.inode:
             # Rotated: drain the old file through our open descriptor first.
             got = self._read_fd(max_bytes)
@@ -400,8 +405,9 @@ class ConsolePump:
         while True:
             await self.pump_once()
             self._wake.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.tick_s)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.tick_s):
+                    await self._wake.wait()
 
     def start(self) -> None:
         if self._task is None:
