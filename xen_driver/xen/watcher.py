@@ -126,14 +126,19 @@ class DomainWatcher:
         reported as destroyed.
         """
         entry = self._tracked.get(name)
-        if entry is None or (domid is not None and entry.domid not in (None, domid) and entry.future.done()):
-            fut: asyncio.Future[DomainExit] = asyncio.get_running_loop().create_future()
-            entry = _Tracked(name=name, domid=domid, future=fut)
-            self._tracked[name] = entry
-            self.kick()
-        elif domid is not None and entry.domid is None:
-            entry.domid = domid
-        return entry.future
+        if entry is not None:
+            same = domid is None or entry.domid in (None, domid)
+            if same:
+                if domid is not None:
+                    entry.domid = domid
+                return entry.future
+            if not entry.future.done():
+                # A new incarnation was subscribed before the old one's exit was seen.
+                self._finish(entry, DomainExit(name, entry.domid, self._vanished_reason(entry), entry.requested, entry.last))
+        fut: asyncio.Future[DomainExit] = asyncio.get_running_loop().create_future()
+        self._tracked[name] = _Tracked(name=name, domid=domid, future=fut)
+        self.kick()
+        return fut
 
     def unsubscribe(self, name: str) -> None:
         entry = self._tracked.pop(name, None)
