@@ -1,0 +1,182 @@
+"""The driver core: what the Nomad ``Driver`` service delegates to.
+
+``xen_driver.nomad.service`` converts every request into the dataclasses of
+:mod:`xen_driver.driver.models` and calls one coroutine here; it never sees Xen, and this class
+never sees protobuf or gRPC. Errors are the precise types of :mod:`xen_driver.driver.errors`;
+the Nomad layer maps them to gRPC statuses in one place.
+
+Implemented here: host fingerprinting (via :mod:`xen_driver.xen.probe`), capabilities and the
+task-event broadcast. The task lifecycle methods raise :class:`NotSupported` until the lifecycle
+lands; a subclass (or this class, extended) provides them with the same signatures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+from typing import AsyncIterator, Awaitable, Callable, Sequence
+
+from xen_driver.driver.config import PluginConfig
+from xen_driver.driver.errors import NotSupported
+from xen_driver.driver.models import (
+    AgentInfo,
+    Attr,
+    Capabilities,
+    ExitResult,
+    Fingerprint,
+    Health,
+    RecoveredTask,
+    TaskEvent,
+    TaskHandle,
+    TaskSpec,
+    TaskStats,
+    TaskStatus,
+)
+from xen_driver.logging import get_logger
+from xen_driver.xen.probe import HostProbe, ProbeState, probe_host
+
+#: The name jobs use in ``driver = "xen"``; also the prefix of our node attributes.
+DRIVER_NAME = "xen"
+ATTR_PREFIX = f"driver.{DRIVER_NAME}."
+
+Prober = Callable[[PluginConfig], Awaitable[HostProbe]]
+
+
+async def default_prober(config: PluginConfig) -> HostProbe:
+    return await probe_host(config.xl_path, xenstored_socket=config.xenstored_socket)
+
+
+def fingerprint_from_probe(probe: HostProbe, config: PluginConfig) -> Fingerprint:
+    """Map a host probe onto Nomad's health model and node attributes."""
+    if probe.state is ProbeState.UNDETECTED:
+        return Fingerprint(Health.UNDETECTED, probe.reason)
+    attrs: dict = {ATTR_PREFIX + "backend": config.backend}
+    if probe.state is ProbeState.UNHEALTHY:
+        return Fingerprint(Health.UNHEALTHY, probe.reason, attrs)
+    info = probe.info
+    assert info is not None
+    if config.backend == "libvirt" and importlib.util.find_spec("libvirt") is None:
+        return Fingerprint(
+            Health.UNHEALTHY,
+            'backend "libvirt" is configured but the libvirt Python binding is not installed '
+            "(install nomad-driver-xen[libvirt])",
+            attrs,
+        )
+    attrs.update(
+        {
+            ATTR_PREFIX + "version": info.xen_version,
+            ATTR_PREFIX + "scheduler": info.xen_scheduler,
+            ATTR_PREFIX + "free_memory": Attr(info.free_memory_mib, "MiB"),
+            ATTR_PREFIX + "total_memory": Attr(info.total_memory_mib, "MiB"),
+            ATTR_PREFIX + "nr_cpus": info.nr_cpus,
+            ATTR_PREFIX + "clickos_layout": config.clickos_layout,
+        }
+    )
+    return Fingerprint(Health.HEALTHY, probe.reason, attrs)
+
+
+class DriverCore:
+    """One per configured plugin process (re-created when SetConfig changes the config)."""
+
+    def __init__(
+        self,
+        config: PluginConfig,
+        agent: AgentInfo | None = None,
+        *,
+        prober: Prober = default_prober,
+    ) -> None:
+        self.config = config
+        self.agent = agent or AgentInfo()
+        self._prober = prober
+        self._log = get_logger("driver")
+        self._wake = asyncio.Event()
+        self._event_queues: set[asyncio.Queue[TaskEvent]] = set()
+
+    # ---- node level ----------------------------------------------------------------------------
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities()
+
+    async def fingerprint_once(self) -> Fingerprint:
+        try:
+            probe = await self._prober(self.config)
+        except Exception as exc:  # a bug in probing must not end the stream
+            self._log.error("host probe failed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+            return Fingerprint(Health.UNHEALTHY, f"probing the Xen host failed: {exc}")
+        return fingerprint_from_probe(probe, self.config)
+
+    def request_fingerprint(self) -> None:
+        """Ask for a fresh fingerprint now (e.g. after a toolstack call failed unexpectedly)."""
+        self._wake.set()
+
+    async def fingerprints(self) -> AsyncIterator[Fingerprint]:
+        """First fingerprint at once, then every ``fingerprint_period`` and on request.
+
+        Never ends by itself; the caller cancels it when Nomad closes the stream.
+        """
+        previous: Fingerprint | None = None
+        while True:
+            fp = await self.fingerprint_once()
+            if previous is None or fp.health != previous.health or fp.description != previous.description:
+                # A host that cannot run guests is worth a warning in the agent's log.
+                emit = self._log.info if fp.health is Health.HEALTHY else self._log.warn
+                emit("xen host fingerprint", health=fp.health.name.lower(), description=fp.description)
+            previous = fp
+            yield fp
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.config.fingerprint_period)
+            except asyncio.TimeoutError:
+                pass
+
+    # ---- task events ---------------------------------------------------------------------------
+
+    def emit_event(self, event: TaskEvent) -> None:
+        """Send a task event to every open TaskEvents stream."""
+        for queue in list(self._event_queues):
+            queue.put_nowait(event)
+
+    async def task_events(self) -> AsyncIterator[TaskEvent]:
+        """Events for all tasks; never ends by itself."""
+        queue: asyncio.Queue[TaskEvent] = asyncio.Queue()
+        self._event_queues.add(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self._event_queues.discard(queue)
+
+    # ---- task lifecycle (provided by the lifecycle implementation) ------------------------------
+
+    async def start_task(self, spec: TaskSpec) -> TaskHandle:
+        raise NotSupported("StartTask", "the Xen task lifecycle is not implemented yet")
+
+    async def recover_task(self, task: RecoveredTask) -> None:
+        raise NotSupported("RecoverTask", "the Xen task lifecycle is not implemented yet")
+
+    async def wait_task(self, task_id: str) -> ExitResult:
+        raise NotSupported("WaitTask", "the Xen task lifecycle is not implemented yet")
+
+    async def stop_task(self, task_id: str, timeout: float, signal: str) -> None:
+        raise NotSupported("StopTask", "the Xen task lifecycle is not implemented yet")
+
+    async def destroy_task(self, task_id: str, force: bool) -> None:
+        raise NotSupported("DestroyTask", "the Xen task lifecycle is not implemented yet")
+
+    async def inspect_task(self, task_id: str) -> TaskStatus:
+        raise NotSupported("InspectTask", "the Xen task lifecycle is not implemented yet")
+
+    def task_stats(self, task_id: str, interval: float) -> AsyncIterator[TaskStats]:
+        raise NotSupported("TaskStats", "the Xen task lifecycle is not implemented yet")
+
+    async def signal_task(self, task_id: str, signal: str) -> None:
+        raise NotSupported("SignalTask", "Xen PV guests cannot receive POSIX signals")
+
+    async def exec_task(
+        self, task_id: str, command: Sequence[str], timeout: float | None
+    ) -> tuple[bytes, bytes, ExitResult]:
+        raise NotSupported("ExecTask", "unikernels have no shell to run commands in")
+
+    async def shutdown(self) -> None:
+        """The plugin process is about to exit. Release our resources; leave guests running."""
+        self._event_queues.clear()
