@@ -1,0 +1,142 @@
+"""Command line: serve the plugin (how Nomad runs us), install a launcher, print the version.
+
+    nomad-driver-xen                              # serve (only when started by Nomad)
+    nomad-driver-xen install --plugin-dir DIR     # write DIR/xen-driver, a launcher for Nomad
+    nomad-driver-xen version
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+from xen_driver import __version__
+
+DEFAULT_LAUNCHER_NAME = "xen-driver"
+
+
+def serve() -> int:
+    """Run as a Nomad plugin. Refuses (exit 1, nothing on stdout) unless Nomad started us."""
+    from xen_driver.plugin.handshake import NOMAD_HANDSHAKE, HandshakeError, check_cookie
+
+    try:
+        check_cookie(NOMAD_HANDSHAKE, os.environ)
+    except HandshakeError as exc:
+        sys.stderr.write(str(exc))
+        sys.stderr.flush()
+        return 1
+
+    import asyncio
+
+    from xen_driver import logging as xlog
+
+    xlog.configure()
+    log = xlog.get_logger("plugin")
+
+    from xen_driver.nomad.service import BasePluginService, DriverService, PluginState
+    from xen_driver._proto.nomad import base_pb2_grpc, driver_pb2_grpc
+    from xen_driver.plugin.server import PluginServer
+
+    state = PluginState()
+
+    def register(server) -> None:
+        base_pb2_grpc.add_BasePluginServicer_to_server(BasePluginService(state), server)
+        driver_pb2_grpc.add_DriverServicer_to_server(DriverService(state), server)
+
+    async def main() -> int:
+        asyncio.get_running_loop().set_exception_handler(xlog.asyncio_exception_handler)
+        return await PluginServer(register=register, on_stop=state.shutdown).serve()
+
+    try:
+        code = asyncio.run(main())
+    except HandshakeError as exc:
+        log.error("handshake failed", error=str(exc).strip())
+        return 1
+    log.debug("plugin exited", code=code)
+    return code
+
+
+def launcher_text(python: str, pythonpath: str | None) -> str:
+    lines = [
+        "#!/bin/sh",
+        f"# Nomad task driver plugin launcher for nomad-driver-xen {__version__}.",
+        "# Written by `nomad-driver-xen install`; put it into the agent's plugin_dir.",
+    ]
+    if pythonpath:
+        lines.append(f"PYTHONPATH={shlex.quote(pythonpath)}${{PYTHONPATH:+:$PYTHONPATH}}")
+        lines.append("export PYTHONPATH")
+    lines.append(f'exec {shlex.quote(python)} -m xen_driver "$@"')
+    return "\n".join(lines) + "\n"
+
+
+def _needs_pythonpath(python: str, package_parent: str) -> bool:
+    """True unless ``python`` imports this very xen_driver without help."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    try:
+        out = subprocess.run(
+            [python, "-c", "import os, xen_driver; print(os.path.dirname(os.path.dirname(os.path.realpath(xen_driver.__file__))))"],
+            cwd="/",
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return True
+    return out.returncode != 0 or out.stdout.strip() != os.path.realpath(package_parent)
+
+
+def install(plugin_dir: str, name: str = DEFAULT_LAUNCHER_NAME, python: str | None = None) -> Path:
+    """Write an executable launcher ``plugin_dir/name`` that runs this installation."""
+    python = python or sys.executable
+    package_parent = str(Path(__file__).resolve().parent.parent)
+    pythonpath = package_parent if _needs_pythonpath(python, package_parent) else None
+    directory = Path(plugin_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / name
+    tmp = directory / f".{name}.tmp"
+    tmp.write_text(launcher_text(python, pythonpath))
+    tmp.chmod(stat.S_IRWXU | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
+    os.replace(tmp, target)
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] == "serve":
+        return serve()
+    parser = argparse.ArgumentParser(prog="nomad-driver-xen", description="Nomad task driver for Xen PV unikernels")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="serve the plugin (what Nomad runs; refuses without Nomad's cookie)")
+    p_install = sub.add_parser("install", help="write a launcher for this installation into a Nomad plugin_dir")
+    p_install.add_argument("--plugin-dir", required=True, help="the agent's plugin_dir")
+    p_install.add_argument(
+        "--name",
+        default=DEFAULT_LAUNCHER_NAME,
+        help=f'file name of the launcher, also the label of the agent\'s plugin block (default "{DEFAULT_LAUNCHER_NAME}")',
+    )
+    sub.add_parser("version", help="print the version")
+    args = parser.parse_args(argv)
+    if args.command == "version":
+        print(f"nomad-driver-xen {__version__}")
+        return 0
+    if args.command == "install":
+        if "/" in args.name or args.name in ("", ".", ".."):
+            parser.error("--name must be a plain file name")
+        path = install(args.plugin_dir, args.name)
+        print(path)
+        print(
+            f'Add to the agent configuration:\n\n  plugin "{args.name}" {{\n    config {{\n      backend = "xl"\n    }}\n  }}',
+            file=sys.stderr,
+        )
+        return 0
+    return 2  # pragma: no cover
+
+
+if __name__ == "__main__":
+    sys.exit(main())

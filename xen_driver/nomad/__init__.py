@@ -1,0 +1,1 @@
+"""Nomad's plugin protocol: BasePlugin/Driver services, hclspec schemas, cty-msgpack, conversions."""

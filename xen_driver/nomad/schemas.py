@@ -1,0 +1,56 @@
+"""The two hclspec schemas we give Nomad: the agent's plugin block and a job's task config.
+
+Shapes and defaults live here; *values* are checked by :mod:`xen_driver.driver.config`, which
+also owns the default values (so a config decoded without Nomad gets the same ones).
+"""
+
+from __future__ import annotations
+
+from xen_driver.driver.config import PLUGIN_DEFAULTS, TASK_DEFAULTS
+from xen_driver.nomad.hclspec import Object, Schema, attr, block_list
+
+_P = PLUGIN_DEFAULTS
+_T = TASK_DEFAULTS
+
+PLUGIN_SCHEMA = Schema(
+    Object(
+        {
+            "backend": attr("backend", "string", default=_P["backend"]),
+            "xl_path": attr("xl_path", "string", default=_P["xl_path"]),
+            "libvirt_uri": attr("libvirt_uri", "string", default=_P["libvirt_uri"]),
+            "image_dirs": attr("image_dirs", "list(string)", default=_P["image_dirs"]),
+            "fingerprint_period": attr("fingerprint_period", "string", default=_P["fingerprint_period"]),
+            "console_log_dir": attr("console_log_dir", "string", default=_P["console_log_dir"]),
+            "clickos_layout": attr("clickos_layout", "string", default=_P["clickos_layout"]),
+            "state_dir": attr("state_dir", "string", default=_P["state_dir"]),
+            "xenstored_socket": attr("xenstored_socket", "string", default=_P["xenstored_socket"]),
+        }
+    )
+)
+
+VIF_SCHEMA = {
+    "bridge": attr("bridge", "string"),
+    "mac": attr("mac", "string"),
+    "ip": attr("ip", "string"),
+    "script": attr("script", "string"),
+}
+
+TASK_SCHEMA = Schema(
+    Object(
+        {
+            "kernel": attr("kernel", "string", required=True),
+            "ramdisk": attr("ramdisk", "string"),
+            "cmdline": attr("cmdline", "string"),
+            "memory": attr("memory", "number"),
+            "vcpus": attr("vcpus", "number", default=_T["vcpus"]),
+            "cpus": attr("cpus", "string"),
+            "vif": block_list("vif", VIF_SCHEMA),
+            "click_config": attr("click_config", "string"),
+            "click_config_file": attr("click_config_file", "string"),
+            "click_router_id": attr("click_router_id", "number", default=_T["click_router_id"]),
+            "on_crash": attr("on_crash", "string", default=_T["on_crash"]),
+            "boot_marker": attr("boot_marker", "string"),
+            "boot_timeout": attr("boot_timeout", "string", default=_T["boot_timeout"]),
+        }
+    )
+)
