@@ -6,15 +6,16 @@ never sees protobuf or gRPC. Errors are the precise types of :mod:`xen_driver.dr
 the Nomad layer maps them to gRPC statuses in one place.
 
 Implemented here: host fingerprinting (via :mod:`xen_driver.xen.probe`), capabilities and the
-task-event broadcast. The task lifecycle methods raise :class:`NotSupported` until the lifecycle
-lands; a subclass (or this class, extended) provides them with the same signatures.
+task-event broadcast. Task methods are delegated to a lifecycle object built by
+``tasks_factory(config, emit_event)``; without one they raise :class:`NotSupported`, which
+Nomad sees as UNIMPLEMENTED. :func:`make_core` is the single place that wires the two.
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib.util
-from typing import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
 from xen_driver.driver.config import PluginConfig
 from xen_driver.driver.errors import NotSupported
@@ -40,6 +41,8 @@ DRIVER_NAME = "xen"
 ATTR_PREFIX = f"driver.{DRIVER_NAME}."
 
 Prober = Callable[[PluginConfig], Awaitable[HostProbe]]
+#: Builds the task lifecycle object from the config and the core's event sink.
+TasksFactory = Callable[[PluginConfig, Callable[[TaskEvent], None]], Any]
 
 
 async def default_prober(config: PluginConfig) -> HostProbe:
@@ -84,6 +87,7 @@ class DriverCore:
         agent: AgentInfo | None = None,
         *,
         prober: Prober = default_prober,
+        tasks_factory: TasksFactory | None = None,
     ) -> None:
         self.config = config
         self.agent = agent or AgentInfo()
@@ -91,6 +95,9 @@ class DriverCore:
         self._log = get_logger("driver")
         self._wake = asyncio.Event()
         self._event_queues: set[asyncio.Queue[TaskEvent]] = set()
+        #: The task lifecycle implementation (start/wait/stop/... with the signatures below);
+        #: None until one is plugged in, and every task RPC then answers "not supported".
+        self.tasks: Any = tasks_factory(config, self.emit_event) if tasks_factory is not None else None
 
     # ---- node level ----------------------------------------------------------------------------
 
@@ -146,31 +153,36 @@ class DriverCore:
         finally:
             self._event_queues.discard(queue)
 
-    # ---- task lifecycle (provided by the lifecycle implementation) ------------------------------
+    # ---- task lifecycle: delegated to ``self.tasks`` ---------------------------------------------
+
+    def _tasks(self, operation: str) -> Any:
+        if self.tasks is None:
+            raise NotSupported(operation, "the Xen task lifecycle is not implemented yet")
+        return self.tasks
 
     async def start_task(self, spec: TaskSpec) -> TaskHandle:
-        raise NotSupported("StartTask", "the Xen task lifecycle is not implemented yet")
+        return await self._tasks("StartTask").start_task(spec)
 
     async def recover_task(self, task: RecoveredTask) -> None:
-        raise NotSupported("RecoverTask", "the Xen task lifecycle is not implemented yet")
+        await self._tasks("RecoverTask").recover_task(task)
 
     async def wait_task(self, task_id: str) -> ExitResult:
-        raise NotSupported("WaitTask", "the Xen task lifecycle is not implemented yet")
+        return await self._tasks("WaitTask").wait_task(task_id)
 
     async def stop_task(self, task_id: str, timeout: float, signal: str) -> None:
-        raise NotSupported("StopTask", "the Xen task lifecycle is not implemented yet")
+        await self._tasks("StopTask").stop_task(task_id, timeout, signal)
 
     async def destroy_task(self, task_id: str, force: bool) -> None:
-        raise NotSupported("DestroyTask", "the Xen task lifecycle is not implemented yet")
+        await self._tasks("DestroyTask").destroy_task(task_id, force)
 
     async def inspect_task(self, task_id: str) -> TaskStatus:
-        raise NotSupported("InspectTask", "the Xen task lifecycle is not implemented yet")
+        return await self._tasks("InspectTask").inspect_task(task_id)
 
     def task_stats(self, task_id: str, interval: float) -> AsyncIterator[TaskStats]:
-        raise NotSupported("TaskStats", "the Xen task lifecycle is not implemented yet")
+        return self._tasks("TaskStats").task_stats(task_id, interval)
 
     async def signal_task(self, task_id: str, signal: str) -> None:
-        raise NotSupported("SignalTask", "Xen PV guests cannot receive POSIX signals")
+        await self._tasks("SignalTask").signal_task(task_id, signal)
 
     async def exec_task(
         self, task_id: str, command: Sequence[str], timeout: float | None
@@ -179,4 +191,11 @@ class DriverCore:
 
     async def shutdown(self) -> None:
         """The plugin process is about to exit. Release our resources; leave guests running."""
+        if self.tasks is not None:
+            await self.tasks.close()
         self._event_queues.clear()
+
+
+def make_core(config: PluginConfig, agent: AgentInfo | None = None) -> DriverCore:
+    """The core the plugin process serves (the one place that picks the task implementation)."""
+    return DriverCore(config, agent)

@@ -21,7 +21,7 @@ import grpc
 from xen_driver import __version__
 from xen_driver._proto.nomad import base_pb2, base_pb2_grpc, driver_pb2, driver_pb2_grpc
 from xen_driver.driver.config import PluginConfig
-from xen_driver.driver.core import DRIVER_NAME, DriverCore
+from xen_driver.driver.core import DRIVER_NAME, make_core
 from xen_driver.driver.errors import NotSupported
 from xen_driver.driver.models import AgentInfo
 from xen_driver.logging import get_logger
@@ -82,7 +82,7 @@ def server_stream(method):
 class PluginState:
     """Configuration and core shared by the two services of one plugin process."""
 
-    def __init__(self, core_factory: CoreFactory = DriverCore) -> None:
+    def __init__(self, core_factory: CoreFactory = make_core) -> None:
         self._factory = core_factory
         self.config: PluginConfig | None = None
         self.agent: AgentInfo | None = None

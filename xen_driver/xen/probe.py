@@ -128,8 +128,7 @@ def explain_failure(stderr: str, *, xenstored_socket: str, sys_root: str = "/") 
         return f"Xen is running but /proc/xen is not mounted (mount -t xenfs xenfs /proc/xen){said}"
     if "control_d" not in caps:
         return f"this is a Xen guest, not the control domain (dom0): xl cannot manage domains here{said}"
-    sock = xenstored_socket if os.path.isabs(xenstored_socket) else os.path.join(sys_root, xenstored_socket)
-    if not os.path.exists(os.path.join(sys_root, sock.lstrip("/"))):
+    if not os.path.exists(os.path.join(sys_root, xenstored_socket.lstrip("/"))):
         return f"xenstored is not running: its socket {xenstored_socket} does not exist{said}"
     if os.geteuid() != 0 and ("ermission" in stderr or "EACCES" in stderr):
         return f"xl needs root privileges{said}"
