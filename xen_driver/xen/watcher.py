@@ -174,8 +174,11 @@ class DomainWatcher:
 
     async def _scan_loop(self) -> None:
         while True:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._kick.wait(), self.rescan_interval_s)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancellation that
+            # arrives as the event fires, and this loop would then never stop.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.rescan_interval_s):
+                    await self._kick.wait()
             if self.coalesce_s:
                 await asyncio.sleep(self.coalesce_s)  # let a burst of events collapse into one scan
             self._kick.clear()

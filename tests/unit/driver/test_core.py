@@ -1,0 +1,86 @@
+"""The driver core: fingerprint stream, event broadcast, delegation, and a shutdown that leaves guests alone."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from xen_driver.driver.config import PluginConfig
+from xen_driver.driver.core import DriverCore, fingerprint_from_probe
+from xen_driver.driver.errors import NotSupported
+from xen_driver.driver.models import ExitResult, Health, TaskEvent
+from xen_driver.xen.probe import HostProbe, ProbeState, XenHostInfo
+
+INFO = XenHostInfo(xen_version="4.17.5", xen_scheduler="credit2", free_memory_mib=1843, total_memory_mib=3071, nr_cpus=2)
+
+
+def test_fingerprint_mapping():
+    cfg = PluginConfig()
+    fp = fingerprint_from_probe(HostProbe(ProbeState.UNDETECTED, "no xl"), cfg)
+    assert (fp.health, fp.description, dict(fp.attributes)) == (Health.UNDETECTED, "no xl", {})
+    fp = fingerprint_from_probe(HostProbe(ProbeState.UNHEALTHY, "no hypervisor", "/usr/sbin/xl"), cfg)
+    assert fp.health is Health.UNHEALTHY and fp.attributes == {"driver.xen.backend": "xl"}
+    fp = fingerprint_from_probe(HostProbe(ProbeState.HEALTHY, "ok", "/usr/sbin/xl", INFO), cfg)
+    assert fp.health is Health.HEALTHY
+    assert fp.attributes["driver.xen.version"] == "4.17.5" and fp.attributes["driver.xen.free_memory"].value == 1843
+
+
+class FakeTasks:
+    def __init__(self, config, emit):
+        self.emit = emit
+        self.calls: list[str] = []
+
+    async def wait_task(self, task_id):
+        self.calls.append("wait")
+        return ExitResult(exit_code=0)
+
+    async def destroy_task(self, task_id, force):
+        self.calls.append("destroy")
+
+    async def close(self):
+        self.calls.append("close")
+
+
+def test_core_streams_and_delegation():
+    async def scenario():
+        probes = iter([ProbeState.UNDETECTED, ProbeState.HEALTHY, ProbeState.HEALTHY])
+
+        async def prober(cfg):
+            state = next(probes)
+            return HostProbe(state, state.value, info=INFO if state is ProbeState.HEALTHY else None)
+
+        core = DriverCore(PluginConfig(fingerprint_period=3600.0), prober=prober, tasks_factory=FakeTasks)
+        stream = core.fingerprints()
+        first = await asyncio.wait_for(stream.__anext__(), 1)
+        assert first.health is Health.UNDETECTED
+        core.request_fingerprint()  # "on change": no need to wait for the period
+        second = await asyncio.wait_for(stream.__anext__(), 1)
+        assert second.health is Health.HEALTHY
+        await stream.aclose()
+
+        events = core.task_events()
+        pending = asyncio.ensure_future(events.__anext__())
+        await asyncio.sleep(0)
+        core.tasks.emit(TaskEvent(task_id="t", alloc_id="a", task_name="web", message="hello"))
+        assert (await asyncio.wait_for(pending, 1)).message == "hello"
+        await events.aclose()
+
+        assert (await core.wait_task("t")).exit_code == 0
+        await core.shutdown()
+        assert core.tasks.calls == ["wait", "close"]  # shutdown closes, never destroys guests
+
+    asyncio.run(scenario())
+
+
+def test_core_without_lifecycle_answers_not_supported():
+    async def scenario():
+        core = DriverCore(PluginConfig())
+        with pytest.raises(NotSupported, match="StartTask"):
+            await core.start_task(None)
+        with pytest.raises(NotSupported, match="TaskStats"):
+            core.task_stats("x", 1.0)
+        with pytest.raises(NotSupported):
+            await core.exec_task("x", ["sh"], None)
+
+    asyncio.run(scenario())

@@ -1,0 +1,346 @@
+"""State machine of the task lifecycle, against an in-memory backend.
+
+These tests check the driver core's bookkeeping quickly (start/boot/exit/stop/destroy/recover,
+clean-up after failures).  The same behaviours are shown on real Xen by ``tests/xen``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import stat
+from pathlib import Path
+
+import pytest
+
+from xen_driver.driver.config import PluginConfig, TaskConfig
+from xen_driver.driver.errors import ConfigError, NotSupported, RecoverableError, TaskNotFound
+from xen_driver.driver.lifecycle import TaskLifecycle, domain_name_for
+from xen_driver.driver.models import RecoveredTask, TaskSpec, TaskState
+from xen_driver.driver.state import DriverState
+from xen_driver.xen.backend import DomainInfo, DomainNotFound, DomainState, ExitReason
+from xen_driver.xen.spec import DomainSpec
+
+
+class FakeXen:
+    """Domains in a dict; 'guests' print to console files like xenconsoled would."""
+
+    kind = "fake"
+
+    def __init__(self, console_dir: Path, *, boot_line: bytes = b"NDX-GUEST READY\n"):
+        self.console_dir = console_dir
+        self.boot_line = boot_line
+        self.domains: dict[str, DomainInfo] = {}
+        self.specs: dict[str, DomainSpec] = {}
+        self.ignore_shutdown: set[str] = set()
+        self.next_domid = 1
+        self.calls: list[tuple[str, str]] = []
+
+    def _console(self, name: str) -> Path:
+        return self.console_dir / f"guest-{name}.log"
+
+    def _set(self, name: str, **changes) -> None:
+        old = self.domains[name]
+        self.domains[name] = DomainInfo(**{**old.__dict__, **changes})
+
+    async def validate(self, spec: DomainSpec) -> None:
+        spec.validate()
+
+    async def create_domain(self, spec: DomainSpec, *, paused: bool = True) -> DomainInfo:
+        self.calls.append(("create", spec.name))
+        self.specs[spec.name] = spec
+        info = DomainInfo(spec.name, self.next_domid, spec.uuid, DomainState.PAUSED, memory_kib=spec.memory_mb * 1024)
+        self.next_domid += 1
+        self.domains[spec.name] = info
+        self._console(spec.name).write_bytes(b"")
+        return info
+
+    async def unpause(self, name: str) -> None:
+        self.calls.append(("unpause", name))
+        self._set(name, state=DomainState.BLOCKED)
+        if "silent" not in self.specs[name].cmdline:
+            with open(self._console(name), "ab") as fh:
+                fh.write(b"fake guest booting\n" + self.boot_line)
+
+    async def shutdown(self, name: str, *, wait: bool = False) -> None:
+        self.calls.append(("shutdown", name))
+        if name not in self.domains:
+            raise DomainNotFound(name)
+        if name not in self.ignore_shutdown:
+            self.power_off(name, ExitReason.POWEROFF)
+
+    def power_off(self, name: str, reason: ExitReason) -> None:
+        self._set(name, state=DomainState.SHUTDOWN, shutdown_reason=reason)
+
+    async def destroy(self, name: str) -> None:
+        self.calls.append(("destroy", name))
+        self.domains.pop(name, None)
+
+    async def list_domains(self) -> list[DomainInfo]:
+        return list(self.domains.values())
+
+    async def domain(self, name: str) -> DomainInfo:
+        try:
+            return self.domains[name]
+        except KeyError:
+            raise DomainNotFound(name) from None
+
+
+@pytest.fixture
+def host(tmp_path: Path):
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "kernel").write_bytes(b"\x7fELF fake kernel")
+    consoles = tmp_path / "console"
+    consoles.mkdir()
+    alloc = tmp_path / "alloc"
+    (alloc / "web").mkdir(parents=True)
+    (tmp_path / "stdout.log").write_bytes(b"")  # Nomad's logmon makes this (a FIFO) before StartTask
+    config = PluginConfig.from_dict(
+        {
+            "image_dirs": [str(images)],
+            "console_log_dir": str(consoles),
+            "state_dir": str(tmp_path / "state"),
+            "xenstored_socket": str(tmp_path / "no-xenstored"),
+        }
+    )
+    return tmp_path, config, FakeXen(consoles)
+
+
+def make_spec(tmp_path: Path, task_id: str = "a1b2c3d4-0000-0000-0000-000000000000/web/5f6e7d8c", **cfg) -> TaskSpec:
+    raw = {"kernel": str(tmp_path / "images" / "kernel"), "boot_marker": "NDX-GUEST READY", "boot_timeout": "5s"}
+    raw.update(cfg)
+    return TaskSpec(
+        id=task_id,
+        name="web",
+        alloc_id=task_id.split("/")[0],
+        task_group="g",
+        job_name="j",
+        job_id="j",
+        namespace="default",
+        node_id="n",
+        node_name="n",
+        env={},
+        memory_mb=16,
+        memory_max_mb=0,
+        cpu_shares=100,
+        alloc_dir=str(tmp_path / "alloc"),
+        stdout_path=str(tmp_path / "stdout.log"),
+        stderr_path=os.devnull,
+        config=TaskConfig.from_dict(raw),
+    )
+
+
+async def _lifecycle(config, fake, events=None):
+    lc = TaskLifecycle(config, (events.append if events is not None else (lambda e: None)), backend=fake, rescan_interval_s=0.05)
+    return lc
+
+
+def _leftovers(tmp_path: Path, fake: FakeXen) -> list[str]:
+    files = [str(p) for p in (tmp_path / "console").iterdir()]
+    state = tmp_path / "state" / "tasks"
+    if state.exists():
+        files += [str(p) for p in state.iterdir()]
+    return files + [f"domain {n}" for n in fake.domains]
+
+
+def test_domain_name_is_valid_unique_and_bounded(host):
+    tmp_path, _, _ = host
+    a = domain_name_for(make_spec(tmp_path))
+    b = domain_name_for(make_spec(tmp_path, task_id="a1b2c3d4-0000-0000-0000-000000000000/web/99999999"))
+    assert a == "nomad-web-a1b2c3d4-5f6e7d8c"
+    assert a != b
+    long = make_spec(tmp_path)
+    long = TaskSpec(**{**long.__dict__, "name": "x" * 200 + "/ ü"})
+    name = domain_name_for(long)
+    DomainSpec(name=name, kernel="/k", memory_mb=8).validate()
+    assert len(name) <= 64
+
+
+async def test_start_boot_poweroff_destroy(host):
+    tmp_path, config, fake = host
+    events = []
+    lc = await _lifecycle(config, fake, events)
+    try:
+        spec = make_spec(tmp_path)
+        handle = await lc.start_task(spec)
+        state = DriverState.decode(handle.driver_state)
+        assert handle.state is TaskState.RUNNING and handle.version >= 1
+        assert fake.calls[:2] == [("create", state.domain_name), ("unpause", state.domain_name)]
+        assert fake.specs[state.domain_name].memory_mb == 16  # from the task's resources
+        status = await lc.inspect_task(spec.id)
+        assert status.state is TaskState.RUNNING
+        assert {"timing.boot_ms", "timing.domain_build_ms", "timing.total_ms"} <= set(status.driver_attributes)
+        assert events and "booted" in events[0].message and "boot_ms" in events[0].annotations
+
+        fake.power_off(state.domain_name, ExitReason.POWEROFF)
+        result = await asyncio.wait_for(lc.wait_task(spec.id), 5)
+        assert (result.exit_code, result.signal) == (0, 0)
+        assert state.domain_name not in fake.domains  # the preserved domain was freed
+        # Console reached the task's stdout sink.
+        assert b"NDX-GUEST READY" in Path(spec.stdout_path).read_bytes()
+
+        await lc.destroy_task(spec.id, True)
+        with pytest.raises(TaskNotFound):
+            await lc.inspect_task(spec.id)
+        assert _leftovers(tmp_path, fake) == []
+    finally:
+        await lc.close()
+
+
+async def test_crash_is_a_failure(host):
+    tmp_path, config, fake = host
+    lc = await _lifecycle(config, fake)
+    try:
+        spec = make_spec(tmp_path)
+        handle = await lc.start_task(spec)
+        fake.power_off(DriverState.decode(handle.driver_state).domain_name, ExitReason.CRASH)
+        result = await asyncio.wait_for(lc.wait_task(spec.id), 5)
+        assert result.exit_code != 0 and "crashed" in result.err
+    finally:
+        await lc.close()
+
+
+async def test_stop_graceful_and_timeout_destroy(host):
+    tmp_path, config, fake = host
+    lc = await _lifecycle(config, fake)
+    try:
+        polite = make_spec(tmp_path)
+        await lc.start_task(polite)
+        await lc.stop_task(polite.id, 5.0, "")
+        result = await lc.wait_task(polite.id)
+        assert result.signal == signal.SIGTERM
+
+        stubborn = make_spec(tmp_path, task_id="a1b2c3d4-0000-0000-0000-000000000000/web/00000002")
+        handle = await lc.start_task(stubborn)
+        name = DriverState.decode(handle.driver_state).domain_name
+        fake.ignore_shutdown.add(name)
+        await lc.stop_task(stubborn.id, 0.3, "SIGTERM")
+        result = await asyncio.wait_for(lc.wait_task(stubborn.id), 5)
+        assert result.signal == signal.SIGKILL
+        assert ("destroy", name) in fake.calls and name not in fake.domains
+    finally:
+        await lc.close()
+
+
+async def test_concurrent_waiters_all_return(host):
+    tmp_path, config, fake = host
+    lc = await _lifecycle(config, fake)
+    try:
+        spec = make_spec(tmp_path)
+        await lc.start_task(spec)
+        waiters = [asyncio.ensure_future(lc.wait_task(spec.id)) for _ in range(5)]
+        await lc.stop_task(spec.id, 2.0, "SIGINT")
+        results = await asyncio.wait_for(asyncio.gather(*waiters), 5)
+        assert {r.signal for r in results} == {signal.SIGINT}
+    finally:
+        await lc.close()
+
+
+@pytest.mark.parametrize(
+    "cfg, field",
+    [
+        ({"kernel": "/etc/passwd"}, '"kernel"'),
+        ({"kernel": "../../../etc/passwd"}, '"kernel"'),
+        ({"kernel": "missing-kernel"}, '"kernel"'),
+        ({"memory": 2}, '"memory"'),
+        ({"click_config_file": "local/none.click"}, '"click_config_file"'),
+    ],
+)
+async def test_bad_config_names_field_and_leaves_nothing(host, cfg, field):
+    tmp_path, config, fake = host
+    lc = await _lifecycle(config, fake)
+    try:
+        with pytest.raises(ConfigError) as err:
+            await lc.start_task(make_spec(tmp_path, **cfg))
+        assert field in str(err.value)
+        assert fake.calls == [] and _leftovers(tmp_path, fake) == []
+    finally:
+        await lc.close()
+
+
+async def test_boot_timeout_undoes_everything(host):
+    tmp_path, config, fake = host
+    lc = await _lifecycle(config, fake)
+    try:
+        spec = make_spec(tmp_path, cmdline="silent", boot_timeout="500ms")
+        with pytest.raises(RecoverableError, match="boot_timeout"):
+            await lc.start_task(spec)
+        assert [c for c, _ in fake.calls] == ["create", "unpause", "destroy"]
+        assert _leftovers(tmp_path, fake) == []
+    finally:
+        await lc.close()
+
+
+async def test_recover_adopts_live_domain_and_resumes_console(host):
+    tmp_path, config, fake = host
+    lc = await _lifecycle(config, fake)
+    spec = make_spec(tmp_path)
+    handle = await lc.start_task(spec)
+    state = DriverState.decode(handle.driver_state)
+    await asyncio.sleep(0.4)  # let the pump deliver and record its offset
+    await lc.close()  # plugin exits: the guest keeps running
+    assert fake.domains[state.domain_name].state.alive
+
+    console = tmp_path / "console" / f"guest-{state.domain_name}.log"
+    with open(console, "ab") as fh:
+        fh.write(b"printed while the plugin was down\n")
+    before = Path(spec.stdout_path).read_bytes()
+
+    lc2 = await _lifecycle(config, fake)
+    try:
+        recovered = RecoveredTask(spec=spec, version=handle.version, state=handle.state, driver_state=handle.driver_state)
+        await lc2.recover_task(recovered)
+        await lc2.recover_task(recovered)  # idempotent
+        assert (await lc2.inspect_task(spec.id)).state is TaskState.RUNNING
+        await asyncio.sleep(0.5)
+        after = Path(spec.stdout_path).read_bytes()
+        assert after.count(b"NDX-GUEST READY") == 1  # nothing duplicated
+        assert after[len(before):] == b"printed while the plugin was down\n"  # nothing lost
+        fake.power_off(state.domain_name, ExitReason.POWEROFF)
+        assert (await asyncio.wait_for(lc2.wait_task(spec.id), 5)).exit_code == 0
+    finally:
+        await lc2.close()
+
+
+async def test_recover_vanished_domain_reports_exit(host):
+    tmp_path, config, fake = host
+    lc = await _lifecycle(config, fake)
+    spec = make_spec(tmp_path)
+    handle = await lc.start_task(spec)
+    await lc.close()
+    fake.domains.clear()  # destroyed behind Nomad's back while the plugin was down
+    lc2 = await _lifecycle(config, fake)
+    try:
+        await lc2.recover_task(
+            RecoveredTask(spec=spec, version=handle.version, state=handle.state, driver_state=handle.driver_state)
+        )
+        result = await asyncio.wait_for(lc2.wait_task(spec.id), 2)
+        assert result.exit_code != 0 and "vanished" in result.err
+        assert _leftovers(tmp_path, fake) == []
+    finally:
+        await lc2.close()
+
+
+async def test_unknown_ids_and_signals(host):
+    tmp_path, config, fake = host
+    lc = await _lifecycle(config, fake)
+    try:
+        for call in (
+            lc.wait_task("nope"),
+            lc.stop_task("nope", 1, ""),
+            lc.destroy_task("nope", True),
+            lc.inspect_task("nope"),
+            lc.signal_task("nope", "SIGTERM"),
+        ):
+            with pytest.raises(TaskNotFound):
+                await call
+        spec = make_spec(tmp_path)
+        await lc.start_task(spec)
+        with pytest.raises(NotSupported, match="SIGHUP"):
+            await lc.signal_task(spec.id, "SIGHUP")
+        await lc.signal_task(spec.id, "SIGTERM")
+        assert (await asyncio.wait_for(lc.wait_task(spec.id), 5)).exit_code == 0
+    finally:
+        await lc.close()

@@ -1,0 +1,719 @@
+"""The task lifecycle: one Nomad task is one Xen PV domain.
+
+What happens to a task, and why:
+
+* **Start.**  The job's ``config {}`` (already decoded and value-checked into a
+  :class:`~xen_driver.driver.config.TaskConfig`) is resolved against the host: the kernel must
+  live in one of the plugin's ``image_dirs`` or in the task directory (so Nomad's ``artifact``
+  works), the memory comes from the task's resources unless the job overrides it.  The domain
+  is created *paused*, the ClickOS configuration is pushed through XenStore while nothing runs,
+  the console stream into Nomad's stdout FIFO is attached, and only then is the domain
+  unpaused, so the guest never races its own configuration and not one console byte is lost.
+  Start returns once the guest's console shows the boot marker (bounded by ``boot_timeout``).
+  Each phase is timed (:mod:`xen_driver.driver.timing`).
+* **Failure half-way leaves nothing behind.**  Whatever was created (domain, rendered config,
+  per-task directory, console log, XenStore nodes) is undone before the error is returned.
+* **Exit.**  One :class:`~xen_driver.xen.watcher.DomainWatcher` follows every domain of every
+  task.  Domains are created without an ``xl`` monitor and with ``on_* = preserve``, so a guest
+  that shuts down stays until we have read *why* (poweroff → exit 0, crash → failure); then the
+  console is drained into Nomad and the domain is destroyed.
+* **Recovery.**  Everything needed to re-adopt a guest is in the handle's ``driver_state``
+  (:mod:`xen_driver.driver.state`) plus a per-task directory under ``state_dir`` that records
+  how far the console has been streamed, so a restarted plugin resumes the console exactly
+  where the previous one stopped.
+* **Plugin exit never touches guests.**  :meth:`TaskLifecycle.close` stops our loops and
+  closes FIFOs; domains keep running and are re-adopted by RecoverTask.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import os
+import re
+import shutil
+import signal as signal_mod
+import time
+import uuid as uuidlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import AsyncIterator, Callable
+
+from xen_driver.driver.config import TASK, PluginConfig, TaskConfig
+from xen_driver.driver.errors import (
+    ConfigError,
+    DriverError,
+    NotSupported,
+    RecoverableError,
+    TaskAlreadyExists,
+    TaskNotFound,
+)
+from xen_driver.driver.models import (
+    CpuUsage,
+    ExitResult,
+    MemoryUsage,
+    RecoveredTask,
+    TaskEvent,
+    TaskHandle,
+    TaskSpec,
+    TaskState,
+    TaskStats,
+    TaskStatus,
+)
+from xen_driver.driver.state import STATE_VERSION, DriverState, DriverStateError
+from xen_driver.driver.timing import PhaseTimer
+from xen_driver.logging import get_logger
+from xen_driver.xen import clickos
+from xen_driver.xen.backend import Backend, DomainInfo, DomainNotFound, ExitReason, XenBackendError
+from xen_driver.xen.console import ConsolePump, ConsoleStream, FifoSink
+from xen_driver.xen.spec import DomainSpec, SpecError, VifSpec
+from xen_driver.xen.stats import StatsSampler
+from xen_driver.xen.watcher import DomainExit, DomainWatcher
+from xen_driver.xen.xenstore import XenStore, XenStoreError
+from xen_driver.xen.xl import XlBackend
+
+#: Smallest guest we create.  A PV domain needs its page tables, start info, console and
+#: XenStore rings; below a few MiB the domain builder fails with an obscure error, so refuse
+#: early with a message that names the field.
+MIN_MEMORY_MIB = 8
+#: Signals that mean "shut down gracefully" (ACPI-style power button for a PV guest).
+GRACEFUL_SIGNALS = {"", "SIGTERM", "SIGINT", "SIGQUIT", "TERM", "INT", "QUIT"}
+#: Signals that mean "pull the plug".
+FORCE_SIGNALS = {"SIGKILL", "KILL"}
+#: How long the console of an exited guest may take to drain into Nomad's FIFO.
+DRAIN_TIMEOUT_S = 2.0
+
+_NAME_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def domain_name_for(spec: TaskSpec) -> str:
+    """A valid, host-unique Xen domain name for a task.
+
+    ``nomad-<task>-<alloc id prefix>-<task id suffix>``: the task name makes ``xl list``
+    readable, the alloc id prefix ties it to ``nomad alloc status``, and the random suffix
+    Nomad puts in every task id makes restarts of the same task distinct (the previous
+    incarnation may still be shutting down).
+    """
+    task = _NAME_SAFE.sub("-", spec.name).strip("-.") or "task"
+    alloc = _NAME_SAFE.sub("", spec.alloc_id)[:8] or "alloc"
+    suffix = _NAME_SAFE.sub("", spec.id.rsplit("/", 1)[-1])[:8] or uuidlib.uuid4().hex[:8]
+    head = f"nomad-{task}"
+    tail = f"-{alloc}-{suffix}"
+    return head[: 64 - len(tail)] + tail
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def _signal_number(name: str) -> int:
+    name = name.upper()
+    if not name.startswith("SIG"):
+        name = "SIG" + name
+    return int(getattr(signal_mod, name, signal_mod.SIGTERM))
+
+
+@dataclass
+class XenTask:
+    """One task the driver runs: its Nomad spec, its domain and where it is in its life."""
+
+    spec: TaskSpec
+    state: DriverState
+    started_at: dt.datetime
+    timings: dict[str, float] = field(default_factory=dict)
+    exited: asyncio.Future[ExitResult] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    completed_at: dt.datetime | None = None
+    stop_signal: str | None = None  # set when Nomad asked us to stop the task
+    killed: bool = False  # StopTask had to destroy the domain
+    exit_reason: str = ""
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+    @property
+    def name(self) -> str:
+        return self.state.domain_name
+
+    @property
+    def running(self) -> bool:
+        return not self.exited.done()
+
+
+class TaskLifecycle:
+    """Starts, follows, stops and re-adopts the domains of Nomad tasks on one host."""
+
+    def __init__(
+        self,
+        config: PluginConfig,
+        emit_event: Callable[[TaskEvent], None],
+        *,
+        backend: Backend | None = None,
+        rescan_interval_s: float = 2.0,
+    ) -> None:
+        self.config = config
+        self._rescan_s = rescan_interval_s
+        self._emit = emit_event
+        self._log = get_logger("lifecycle")
+        self._state_dir = Path(config.state_dir)
+        self.backend: Backend = backend or self._make_backend(config)
+        self._tasks: dict[str, XenTask] = {}
+        self._by_domain: dict[str, XenTask] = {}
+        self._xenstore: XenStore | None = None
+        self._watcher: DomainWatcher | None = None
+        self._pump = ConsolePump()
+        self._sampler = StatsSampler(self.backend)
+        self._started = False
+        self._start_lock = asyncio.Lock()
+        self._exit_tasks: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------------ set-up / tear-down
+    def _make_backend(self, config: PluginConfig) -> Backend:
+        if config.backend == "libvirt":
+            from xen_driver.xen.libvirt_backend import LibvirtBackend
+
+            return LibvirtBackend(config.libvirt_uri)
+        return XlBackend(self._state_dir / "domains", xl=config.xl_path)
+
+    async def _ensure_started(self) -> None:
+        """Open XenStore and start the shared loops on first use (inside the running loop)."""
+        if self._started:
+            return
+        async with self._start_lock:
+            if self._started:
+                return
+            try:
+                self._xenstore = await XenStore(self.config.xenstored_socket).connect()
+            except XenStoreError as exc:
+                # The watcher still works by re-scanning; ClickOS pushes will fail clearly.
+                self._log.warn("xenstored not reachable; following domains by re-scan only", error=str(exc))
+                self._xenstore = None
+            self._watcher = DomainWatcher(
+                self.backend,
+                xenstore=self._xenstore,
+                rescan_interval_s=self._rescan_s if self._xenstore is None else 15.0,
+            )
+            self._watcher.add_listener(self._on_domain_exit)
+            await self._watcher.start()
+            self._pump.start()
+            self._sampler.start()
+            self._started = True
+
+    async def close(self) -> None:
+        """The plugin is exiting: stop following guests, leave them running."""
+        for task in list(self._exit_tasks):
+            task.cancel()
+        if self._watcher is not None:
+            await self._watcher.stop()
+        await self._sampler.stop()
+        await self._pump.stop()
+        if self._xenstore is not None:
+            with contextlib.suppress(Exception):
+                await self._xenstore.close()
+        self._started = False
+
+    # ------------------------------------------------------------------ helpers
+    def _get(self, task_id: str) -> XenTask:
+        task = self._tasks.get(task_id)
+        if task is None:
+            raise TaskNotFound(task_id)
+        return task
+
+    def _task_dir(self, domain_name: str) -> Path:
+        return self._state_dir / "tasks" / domain_name
+
+    def _event(self, task: XenTask | TaskSpec, message: str, annotations: dict[str, str] | None = None) -> None:
+        spec = task.spec if isinstance(task, XenTask) else task
+        self._emit(
+            TaskEvent(
+                task_id=spec.id,
+                alloc_id=spec.alloc_id,
+                task_name=spec.name,
+                message=message,
+                annotations=annotations or {},
+                timestamp=_now(),
+            )
+        )
+
+    def resolve_image(self, spec: TaskSpec, field_name: str, value: str) -> str:
+        """Absolute real path of a kernel/ramdisk, checked against where images may come from."""
+        task_dir = spec.task_dir
+        if os.path.isabs(value):
+            path = os.path.realpath(value)
+        else:
+            if not task_dir:
+                raise ConfigError(TASK, field_name, value, "must be an absolute path (this task has no task directory)")
+            path = os.path.realpath(os.path.join(task_dir, value))
+        allowed = [os.path.realpath(d) for d in self.config.image_dirs]
+        if task_dir:
+            allowed.append(os.path.realpath(task_dir))
+        if not any(path == d or path.startswith(d.rstrip("/") + "/") for d in allowed):
+            where = ", ".join(self.config.image_dirs) or "(none configured)"
+            raise ConfigError(
+                TASK,
+                field_name,
+                value,
+                f"must be inside the task directory or one of the plugin's image_dirs: {where}",
+            )
+        if not os.path.isfile(path):
+            raise ConfigError(TASK, field_name, value, "must name an existing file (nothing is there)")
+        if not os.access(path, os.R_OK):
+            raise ConfigError(TASK, field_name, value, "must be a readable file")
+        return path
+
+    def _click_config(self, spec: TaskSpec) -> str | None:
+        cfg = spec.config
+        if cfg.click_config is not None:
+            return cfg.click_config
+        if cfg.click_config_file is None:
+            return None
+        base = os.path.realpath(spec.task_dir)
+        path = os.path.realpath(os.path.join(base, cfg.click_config_file))
+        if not path.startswith(base.rstrip("/") + "/"):
+            raise ConfigError(TASK, "click_config_file", cfg.click_config_file, "must stay inside the task directory")
+        try:
+            with open(path, encoding="utf-8") as fh:
+                return fh.read()
+        except FileNotFoundError:
+            raise ConfigError(
+                TASK,
+                "click_config_file",
+                cfg.click_config_file,
+                "must name a file in the task directory (none is there: is the template's destination the same?)",
+            ) from None
+        except UnicodeDecodeError:
+            raise ConfigError(TASK, "click_config_file", cfg.click_config_file, "must be a UTF-8 text file") from None
+
+    def domain_spec(self, spec: TaskSpec, name: str) -> DomainSpec:
+        """Map a task onto a toolstack-neutral domain description (validated)."""
+        cfg: TaskConfig = spec.config
+        kernel = self.resolve_image(spec, "kernel", cfg.kernel)
+        ramdisk = self.resolve_image(spec, "ramdisk", cfg.ramdisk) if cfg.ramdisk else None
+        if cfg.memory is not None:
+            memory, mem_field = cfg.memory, "memory"
+        else:
+            memory, mem_field = spec.memory_mb, "resources.memory"
+        if memory < MIN_MEMORY_MIB:
+            raise ConfigError(TASK, mem_field, memory, f"must be at least {MIN_MEMORY_MIB} MiB for a PV guest")
+        maxmem = spec.memory_max_mb if cfg.memory is None and spec.memory_max_mb > memory else None
+        dspec = DomainSpec(
+            name=name,
+            uuid=str(uuidlib.uuid4()),
+            kernel=kernel,
+            ramdisk=ramdisk,
+            cmdline=cfg.cmdline or "",
+            memory_mb=memory,
+            maxmem_mb=maxmem,
+            vcpus=cfg.vcpus,
+            cpus=cfg.cpus,
+            vifs=tuple(VifSpec(bridge=v.bridge, mac=v.mac, ip=v.ip, script=v.script) for v in cfg.vif),
+            on_crash="preserve" if cfg.on_crash == "destroy" else cfg.on_crash,
+        )
+        try:
+            dspec.validate()
+        except SpecError as exc:
+            raise ConfigError(TASK, _task_field(exc.field), "", exc.problem) from None
+        return dspec
+
+    def _handle(self, task: XenTask) -> TaskHandle:
+        return TaskHandle(
+            task_id=task.id,
+            version=STATE_VERSION,
+            state=TaskState.RUNNING if task.running else TaskState.EXITED,
+            driver_state=task.state.encode(),
+        )
+
+    # ------------------------------------------------------------------ console
+    def _offset_file(self, task_dir: Path) -> Path:
+        return task_dir / "console.offset"
+
+    def _read_offset(self, state: DriverState) -> int:
+        try:
+            return int(self._offset_file(Path(state.task_state_dir)).read_text().strip() or 0)
+        except (FileNotFoundError, ValueError):
+            return state.console_offset
+
+    def _attach_console(self, spec: TaskSpec, state: DriverState, offset: int) -> ConsoleStream:
+        offset_file = self._offset_file(Path(state.task_state_dir))
+
+        def commit(pos: int) -> None:
+            tmp = offset_file.with_suffix(".tmp")
+            try:
+                tmp.write_text(str(pos))
+                os.replace(tmp, offset_file)
+            except OSError as exc:  # the state dir vanished: keep streaming, lose only resumability
+                self._log.warn("cannot record console offset", task_id=spec.id, error=str(exc))
+
+        sink = FifoSink(spec.stdout_path) if spec.stdout_path else FifoSink(os.devnull)
+        return self._pump.add(state.domain_name, state.console_path, sink, offset=offset, on_commit=commit)
+
+    # ------------------------------------------------------------------ StartTask
+    async def start_task(self, spec: TaskSpec) -> TaskHandle:
+        if spec.id in self._tasks:
+            raise TaskAlreadyExists(spec.id)
+        await self._ensure_started()
+        assert self._watcher is not None
+        timer = PhaseTimer()
+        name = domain_name_for(spec)
+        log = self._log.bind(task_id=spec.id, domain=name)
+
+        with timer.phase("validate"):
+            dspec = self.domain_spec(spec, name)
+            click_text = self._click_config(spec)
+            if click_text is not None and self._xenstore is None:
+                raise RecoverableError(
+                    f"cannot push the Click configuration: xenstored is not reachable at {self.config.xenstored_socket}"
+                )
+
+        task_dir = self._task_dir(name)
+        console_path = ConsolePump.log_path(self.config.console_log_dir, name)
+        created: DomainInfo | None = None
+        stream: ConsoleStream | None = None
+        try:
+            with timer.phase("render"):
+                task_dir.mkdir(parents=True, exist_ok=False)
+                if isinstance(self.backend, XlBackend):
+                    cfg_path = str(self.backend.write_config(dspec))
+                else:
+                    cfg_path = ""
+            with timer.phase("domain_build"):
+                if isinstance(self.backend, XlBackend):
+                    created = await self.backend.create(cfg_path, name, paused=True)
+                else:
+                    created = await self.backend.create_domain(dspec, paused=True)
+            assert created.domid is not None
+            exit_future = self._watcher.subscribe(name, created.domid)
+            state = DriverState(
+                task_id=spec.id,
+                domain_name=name,
+                domid=created.domid,
+                uuid=created.uuid or dspec.uuid or "",
+                started_at_ns=time.time_ns(),
+                backend=self.backend.kind,
+                config_path=cfg_path,
+                task_state_dir=str(task_dir),
+                console_path=console_path,
+                console_offset=0,
+            )
+            if click_text is not None:
+                assert self._xenstore is not None
+                with timer.phase("clickos_push"):
+                    await clickos.push_config(
+                        self._xenstore,
+                        created.domid,
+                        click_text,
+                        layout=clickos.ClickLayout(self.config.clickos_layout),
+                        router_id=spec.config.click_router_id,
+                        config_name=os.path.basename(spec.config.click_config_file or "config.click"),
+                    )
+            stream = self._attach_console(spec, state, 0)
+            with timer.phase("unpause"):
+                await self.backend.unpause(name)
+            with timer.phase("boot"):
+                await self._wait_boot(spec, stream, exit_future)
+        except BaseException as exc:
+            await self._undo_start(name, created is not None, task_dir, console_path, stream)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            log.error("task start failed", error=str(exc), timings=timer.as_dict())
+            if isinstance(exc, DriverError):
+                raise
+            if isinstance(exc, (XenBackendError, clickos.ClickOSError, XenStoreError, OSError)):
+                raise RecoverableError(f"starting the Xen domain failed: {exc}") from exc
+            raise
+
+        task = XenTask(spec=spec, state=state, started_at=_now(), timings=timer.as_dict())
+        self._tasks[spec.id] = task
+        self._by_domain[name] = task
+        if exit_future.done():  # it booted and died already: report it through WaitTask
+            self._on_domain_exit(exit_future.result())
+        log.info("task started", domid=state.domid, timings=task.timings, summary=timer.summary())
+        self._event(task, f"Guest {name} (domid {state.domid}) booted: {timer.summary()}", timer.annotations())
+        return self._handle(task)
+
+    async def _wait_boot(
+        self, spec: TaskSpec, stream: ConsoleStream, exit_future: asyncio.Future[DomainExit]
+    ) -> None:
+        marker = spec.config.boot_marker
+        pattern: bytes | re.Pattern[bytes] = marker.encode() if marker else re.compile(rb"\S")
+        booted = asyncio.ensure_future(stream.wait_for(pattern, spec.config.boot_timeout))
+        died = asyncio.ensure_future(asyncio.shield(exit_future))
+        try:
+            done, _ = await asyncio.wait({booted, died}, return_when=asyncio.FIRST_COMPLETED)
+            if booted in done:
+                try:
+                    booted.result()
+                    return
+                except TimeoutError:
+                    what = f"boot marker {marker!r}" if marker else "any console output"
+                    raise RecoverableError(
+                        f"the guest did not print {what} within {spec.config.boot_timeout:g}s "
+                        f"(boot_timeout); see its console log"
+                    ) from None
+            exit_ = died.result()
+            raise RecoverableError(f"the guest stopped while booting (reason: {exit_.reason.value})")
+        finally:
+            for fut in (booted, died):
+                fut.cancel()
+
+    async def _undo_start(
+        self, name: str, created: bool, task_dir: Path, console_path: str, stream: ConsoleStream | None
+    ) -> None:
+        """Remove everything a failed start made: domain, stream, config, state and console log."""
+        if self._watcher is not None:
+            self._watcher.expect_exit(name)
+            self._watcher.unsubscribe(name)
+        if stream is not None:
+            with contextlib.suppress(Exception):
+                await self._pump.remove(name)
+        if created:
+            try:
+                await self.backend.destroy(name)
+            except XenBackendError as exc:
+                self._log.error("could not destroy half-started domain", domain=name, error=str(exc))
+        self._remove_files(name, task_dir, console_path)
+
+    def _remove_files(self, name: str, task_dir: Path, console_path: str) -> None:
+        if isinstance(self.backend, XlBackend):
+            self.backend.remove_config(name)
+        shutil.rmtree(task_dir, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(console_path)
+
+    # ------------------------------------------------------------------ exits
+    def _on_domain_exit(self, exit_: DomainExit) -> None:
+        task = self._by_domain.get(exit_.name)
+        if task is None or not task.running:
+            return
+        job = asyncio.get_running_loop().create_task(self._finish_exit(task, exit_), name=f"exit-{exit_.name}")
+        self._exit_tasks.add(job)
+        job.add_done_callback(self._exit_tasks.discard)
+
+    def _exit_result(self, task: XenTask, exit_: DomainExit) -> ExitResult:
+        reason = exit_.reason
+        if task.stop_signal is not None:
+            sig = _signal_number("SIGKILL" if task.killed else task.stop_signal or "SIGTERM")
+            return ExitResult(exit_code=0, signal=sig)
+        if reason is ExitReason.POWEROFF:
+            return ExitResult(exit_code=0)
+        if reason is ExitReason.REBOOT:
+            return ExitResult(exit_code=0, err="the guest asked to reboot; Nomad's restart policy decides")
+        if reason is ExitReason.CRASH:
+            return ExitResult(exit_code=1, err="the guest crashed")
+        if reason is ExitReason.WATCHDOG:
+            return ExitResult(exit_code=2, err="the guest's watchdog fired")
+        if reason is ExitReason.DESTROYED:
+            return ExitResult(
+                exit_code=1,
+                signal=int(signal_mod.SIGKILL),
+                err=f"domain {task.name} was destroyed outside of Nomad",
+            )
+        return ExitResult(exit_code=3, err=f"the guest shut down (reason: {reason.value})")
+
+    async def _finish_exit(self, task: XenTask, exit_: DomainExit) -> None:
+        result = self._exit_result(task, exit_)
+        task.exit_reason = exit_.reason.value
+        with contextlib.suppress(Exception):
+            await self._pump.drain(task.name, DRAIN_TIMEOUT_S)
+        with contextlib.suppress(Exception):
+            await self._pump.remove(task.name)
+        await self._dispose_exited_domain(task, exit_)
+        if self._watcher is not None:
+            self._watcher.unsubscribe(task.name)
+        task.completed_at = _now()
+        self._log.info(
+            "task exited",
+            task_id=task.id,
+            domain=task.name,
+            reason=exit_.reason.value,
+            exit_code=result.exit_code,
+            signal=result.signal,
+        )
+        if not task.exited.done():
+            task.exited.set_result(result)
+        if result.err and task.stop_signal is None:
+            self._event(task, f"Guest {task.name} exited: {result.err}")
+
+    async def _dispose_exited_domain(self, task: XenTask, exit_: DomainExit) -> None:
+        """Apply the job's ``on_crash`` policy to a shut-down domain, then free it.
+
+        Domains run without an ``xl`` monitor (see :mod:`xen_driver.xen.xl`), so the policy is
+        ours to apply: ``preserve`` keeps a crashed domain for inspection until Nomad destroys
+        the task; ``coredump-destroy`` writes the guest's memory image into the task directory
+        (where ``nomad alloc fs`` can reach it) before destroying it.
+        """
+        crashed = exit_.reason is ExitReason.CRASH
+        policy = task.spec.config.on_crash
+        if crashed and policy == "preserve":
+            self._log.info("keeping crashed domain until the task is destroyed", domain=task.name)
+            return
+        if crashed and policy == "coredump-destroy" and isinstance(self.backend, XlBackend) and task.spec.task_dir:
+            core = os.path.join(task.spec.task_dir, f"{task.name}.core")
+            try:
+                await self.backend.run("dump-core", task.name, core)
+                self._event(task, f"Crash dump of {task.name} written to {os.path.basename(core)} in the task directory")
+            except XenBackendError as exc:
+                self._log.warn("crash dump failed", domain=task.name, error=str(exc))
+        try:
+            await self.backend.destroy(task.name)
+        except XenBackendError as exc:
+            self._log.warn("could not destroy exited domain", domain=task.name, error=str(exc))
+
+    # ------------------------------------------------------------------ WaitTask
+    async def wait_task(self, task_id: str) -> ExitResult:
+        task = self._get(task_id)
+        return await asyncio.shield(task.exited)
+
+    # ------------------------------------------------------------------ StopTask / signals
+    async def stop_task(self, task_id: str, timeout: float, signal: str) -> None:
+        task = self._get(task_id)
+        if not task.running:
+            return
+        signal = (signal or "SIGTERM").upper()
+        assert self._watcher is not None
+        task.stop_signal = signal
+        self._watcher.expect_exit(task.name)
+        if signal not in FORCE_SIGNALS:
+            try:
+                await self.backend.shutdown(task.name)
+            except DomainNotFound:
+                self._watcher.kick()
+            except XenBackendError as exc:
+                self._log.warn("graceful shutdown request failed; destroying", domain=task.name, error=str(exc))
+            else:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(task.exited), max(timeout, 0.0))
+                if not task.running:
+                    return
+                self._log.info("guest ignored shutdown; destroying", domain=task.name, timeout_s=timeout)
+        task.killed = True
+        await self.backend.destroy(task.name)
+        self._watcher.kick()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(task.exited), 10.0)
+
+    async def signal_task(self, task_id: str, signal: str) -> None:
+        task = self._get(task_id)
+        name = (signal or "").upper()
+        if name in GRACEFUL_SIGNALS - {""}:
+            if task.running:
+                await self.backend.shutdown(task.name)
+            return
+        raise NotSupported(
+            "SignalTask",
+            f"signal {signal!r} cannot be delivered to a Xen PV guest; only SIGTERM/SIGINT/SIGQUIT "
+            "(a graceful shutdown request) are supported",
+        )
+
+    # ------------------------------------------------------------------ DestroyTask
+    async def destroy_task(self, task_id: str, force: bool) -> None:
+        task = self._get(task_id)
+        if task.running:
+            if not force:
+                raise RecoverableError("the task is still running; stop it first or destroy with force", False)
+            await self.stop_task(task_id, 0.0, "SIGKILL")
+        for job in list(self._exit_tasks):
+            if job.get_name() == f"exit-{task.name}":
+                with contextlib.suppress(Exception):
+                    await job
+        if task.spec.config.on_crash == "preserve" and task.exit_reason == ExitReason.CRASH.value:
+            with contextlib.suppress(XenBackendError):
+                await self.backend.destroy(task.name)
+        self._tasks.pop(task_id, None)
+        self._by_domain.pop(task.name, None)
+        self._remove_files(task.name, Path(task.state.task_state_dir), task.state.console_path)
+        self._log.info("task destroyed", task_id=task_id, domain=task.name)
+
+    # ------------------------------------------------------------------ InspectTask
+    async def inspect_task(self, task_id: str) -> TaskStatus:
+        task = self._get(task_id)
+        attrs = {
+            "domain_name": task.name,
+            "domid": str(task.state.domid),
+            "uuid": task.state.uuid,
+            "backend": task.state.backend,
+        }
+        if task.exit_reason:
+            attrs["exit_reason"] = task.exit_reason
+        attrs.update({f"timing.{k}_ms": f"{v:.1f}" for k, v in task.timings.items()})
+        return TaskStatus(
+            id=task.id,
+            name=task.spec.name,
+            state=TaskState.RUNNING if task.running else TaskState.EXITED,
+            started_at=task.started_at,
+            completed_at=task.completed_at,
+            exit=None if task.running else task.exited.result(),
+            driver_attributes=attrs,
+        )
+
+    # ------------------------------------------------------------------ TaskStats
+    async def task_stats(self, task_id: str, interval: float) -> AsyncIterator[TaskStats]:
+        task = self._get(task_id)
+        interval = max(interval, 0.5)
+        queue = self._sampler.subscribe(task.name)
+        try:
+            while task.running:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(interval * 3):
+                        sample = await queue.get()
+                    yield TaskStats(
+                        task_id=task.id,
+                        timestamp=dt.datetime.fromtimestamp(sample.timestamp_ns / 1e9, dt.timezone.utc),
+                        cpu=CpuUsage(percent=sample.cpu_percent),
+                        memory=MemoryUsage(rss=sample.memory_kib * 1024, usage=sample.memory_kib * 1024),
+                    )
+                    await asyncio.sleep(interval)
+        finally:
+            self._sampler.unsubscribe(task.name, queue)
+
+    # ------------------------------------------------------------------ RecoverTask
+    async def recover_task(self, recovered: RecoveredTask) -> None:
+        spec = recovered.spec
+        if spec.id in self._tasks:
+            return  # already adopted: recovery is idempotent
+        try:
+            state = DriverState.decode(recovered.driver_state)
+        except DriverStateError as exc:
+            raise DriverError(f"cannot recover task {spec.id}: {exc}") from None
+        await self._ensure_started()
+        assert self._watcher is not None
+        log = self._log.bind(task_id=spec.id, domain=state.domain_name)
+        try:
+            info: DomainInfo | None = await self.backend.domain(state.domain_name)
+        except DomainNotFound:
+            info = None
+        started = dt.datetime.fromtimestamp(state.started_at_ns / 1e9, dt.timezone.utc)
+        task = XenTask(spec=spec, state=state, started_at=started)
+        self._tasks[spec.id] = task
+        self._by_domain[state.domain_name] = task
+        if info is None or info.domid != state.domid:
+            why = (
+                f"domain {state.domain_name} (domid {state.domid}) vanished while the plugin was not watching it"
+                if info is None
+                else f"domain {state.domain_name} was replaced (domid {state.domid} → {info.domid})"
+            )
+            log.warn("recovered task has no domain", reason=why)
+            task.exit_reason = ExitReason.DESTROYED.value
+            task.completed_at = _now()
+            task.exited.set_result(ExitResult(exit_code=1, signal=int(signal_mod.SIGKILL), err=why))
+            self._event(task, f"Recovery: {why}")
+            # What the guest printed while nobody was streaming still belongs in Nomad's logs.
+            self._attach_console(spec, state, self._read_offset(state))
+            with contextlib.suppress(Exception):
+                await self._pump.drain(state.domain_name, DRAIN_TIMEOUT_S)
+            with contextlib.suppress(Exception):
+                await self._pump.remove(state.domain_name)
+            self._remove_files(state.domain_name, Path(state.task_state_dir), state.console_path)
+            return
+        offset = self._read_offset(state)
+        self._attach_console(spec, state, offset)
+        self._watcher.subscribe(state.domain_name, state.domid)
+        log.info("task recovered", domid=state.domid, console_offset=offset, domain_state=info.state.value)
+
+
+def _task_field(spec_field: str) -> str:
+    """Name a DomainSpec field the way the job spells it."""
+    if spec_field.startswith("vifs["):
+        return "vif" + spec_field[4:]
+    return {"memory_mb": "memory", "maxmem_mb": "resources.memory_max"}.get(spec_field, spec_field)
