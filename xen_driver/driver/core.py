@@ -123,6 +123,7 @@ class DriverCore:
         """
         previous: Fingerprint | None = None
         while True:
+            self._wake.clear()  # a request made while probing or while the caller holds `fp` is kept
             fp = await self.fingerprint_once()
             if previous is None or fp.health != previous.health or fp.description != previous.description:
                 # A host that cannot run guests is worth a warning in the agent's log.
@@ -130,7 +131,6 @@ class DriverCore:
                 emit("xen host fingerprint", health=fp.health.name.lower(), description=fp.description)
             previous = fp
             yield fp
-            self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), self.config.fingerprint_period)
             except asyncio.TimeoutError:

@@ -1,0 +1,128 @@
+"""proto <-> model conversion: every field Nomad dereferences is always filled."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from xen_driver._proto.nomad import driver_pb2
+from xen_driver.driver.errors import ConfigError
+from xen_driver.driver.models import (
+    Attr,
+    Capabilities,
+    CpuUsage,
+    ExitResult,
+    Fingerprint,
+    Health,
+    MemoryUsage,
+    NetworkOverride,
+    TaskEvent,
+    TaskHandle,
+    TaskState,
+    TaskStats,
+    TaskStatus,
+)
+from xen_driver.nomad import convert, cty
+from xen_driver.nomad.schemas import TASK_SCHEMA
+
+
+def task_config(**driver_config) -> driver_pb2.TaskConfig:
+    t = driver_pb2.TaskConfig(
+        id="5e1c/web/0a1b2c3d",
+        name="web",
+        alloc_id="5e1c",
+        task_group_name="g",
+        job_name="j",
+        job_id="j",
+        namespace="default",
+        node_id="n1",
+        node_name="node",
+        alloc_dir="/var/nomad/alloc/5e1c",
+        stdout_path="/var/nomad/alloc/5e1c/alloc/logs/.web.stdout.fifo",
+        stderr_path="/var/nomad/alloc/5e1c/alloc/logs/.web.stderr.fifo",
+        msgpack_driver_config=cty.encode(driver_config or {"kernel": "local/k"}, TASK_SCHEMA.cty_type),
+    )
+    t.env["NOMAD_TASK_NAME"] = "web"
+    t.resources.allocated_resources.memory.memory_mb = 32
+    t.resources.allocated_resources.memory.memory_max_mb = 64
+    t.resources.allocated_resources.cpu.cpu_shares = 500
+    return t
+
+
+def test_task_spec_from_proto():
+    spec = convert.task_spec(task_config(kernel="local/k", memory=16))
+    assert (spec.id, spec.name, spec.alloc_id, spec.task_group, spec.job_name) == ("5e1c/web/0a1b2c3d", "web", "5e1c", "g", "j")
+    assert (spec.memory_mb, spec.memory_max_mb, spec.cpu_shares) == (32, 64, 500)
+    assert spec.env == {"NOMAD_TASK_NAME": "web"}
+    assert spec.config.kernel == "local/k" and spec.config.memory == 16
+    assert spec.task_dir == "/var/nomad/alloc/5e1c/web"
+
+
+def test_bad_driver_config_is_a_config_error():
+    with pytest.raises(ConfigError, match='task config "on_crash"'):
+        convert.task_spec(task_config(kernel="k", on_crash="explode"))
+
+
+def test_start_response_echoes_the_config():
+    cfg = task_config()
+    handle = TaskHandle(task_id=cfg.id, version=1, state=TaskState.RUNNING, driver_state=b"\x81\xa1v\x01",
+                        network=NetworkOverride(addr="10.0.0.2", port_map={"http": 80}, auto_advertise=True))
+    msg = convert.start_response(handle, cfg)
+    assert msg.handle.config == cfg and msg.handle.config.id == cfg.id
+    assert msg.handle.version == 1 and msg.handle.state == driver_pb2.RUNNING and msg.handle.driver_state == b"\x81\xa1v\x01"
+    assert msg.network_override.addr == "10.0.0.2" and dict(msg.network_override.port_map) == {"http": 80}
+    with pytest.raises(ValueError):
+        convert.task_handle(TaskHandle(task_id="x", version=0, state=TaskState.RUNNING, driver_state=b""), cfg)
+
+
+def test_recovered_task_from_handle():
+    handle = driver_pb2.TaskHandle(version=1, config=task_config(), state=driver_pb2.RUNNING, driver_state=b"s")
+    rec = convert.recovered_task(handle)
+    assert rec.spec.id == "5e1c/web/0a1b2c3d" and rec.state is TaskState.RUNNING and rec.driver_state == b"s"
+
+
+def test_wait_response_always_has_a_result():
+    msg = convert.wait_response(ExitResult(exit_code=3, err="crashed"))
+    assert msg.HasField("result") and msg.result.exit_code == 3 and msg.err == "crashed"
+    assert convert.wait_response(ExitResult()).HasField("result")
+
+
+def test_inspect_fills_zero_times():
+    msg = convert.inspect_response(TaskStatus(id="x", name="web", state=TaskState.RUNNING,
+                                              started_at=dt.datetime(2024, 5, 1, tzinfo=dt.timezone.utc)))
+    assert msg.task.started_at.seconds == 1714521600
+    assert msg.task.completed_at.seconds == convert.ZERO_TIME_SECONDS
+    assert msg.task.HasField("result")
+
+
+def test_stats_always_have_timestamp_and_aggregate():
+    now = dt.datetime.now(dt.timezone.utc)
+    msg = convert.stats_response(TaskStats(task_id="x", timestamp=now))
+    assert msg.HasField("stats") and msg.stats.HasField("timestamp") and msg.stats.HasField("agg_resource_usage")
+    assert list(msg.stats.agg_resource_usage.cpu.measured_fields) == []
+    msg = convert.stats_response(TaskStats(task_id="x", timestamp=now, cpu=CpuUsage(total_ticks=12.5, percent=1.0),
+                                           memory=MemoryUsage(rss=4096)))
+    cpu, mem = msg.stats.agg_resource_usage.cpu, msg.stats.agg_resource_usage.memory
+    assert cpu.total_ticks == 12.5 and list(cpu.measured_fields) == [driver_pb2.CPUUsage.TOTAL_TICKS, driver_pb2.CPUUsage.PERCENT]
+    assert mem.rss == 4096 and list(mem.measured_fields) == [driver_pb2.MemoryUsage.RSS]
+
+
+def test_fingerprint_attributes_have_exactly_one_value():
+    msg = convert.fingerprint(Fingerprint(Health.HEALTHY, "ok", {"a": 1, "b": 1.5, "c": "s", "d": True, "e": Attr(512, "MiB")}))
+    assert msg.health == driver_pb2.FingerprintResponse.HEALTHY and msg.health_description == "ok"
+    kinds = {k: v.WhichOneof("value") for k, v in msg.attributes.items()}
+    assert kinds == {"a": "int_val", "b": "float_val", "c": "string_val", "d": "bool_val", "e": "int_val"}
+    assert msg.attributes["e"].unit == "MiB"
+
+
+def test_capabilities():
+    caps = convert.capabilities(Capabilities())
+    assert caps.fs_isolation == driver_pb2.DriverCapabilities.NONE
+    assert caps.mount_configs == driver_pb2.DriverCapabilities.NO_MOUNTS
+    assert not caps.send_signals and not caps.exec and not caps.must_create_network
+
+
+def test_task_event_gets_a_timestamp():
+    msg = convert.task_event(TaskEvent(task_id="x", alloc_id="a", task_name="web", message="booted", annotations={"boot_ms": "31"}))
+    assert msg.timestamp.seconds > 0 and dict(msg.annotations) == {"boot_ms": "31"}
