@@ -198,4 +198,6 @@ class DriverCore:
 
 def make_core(config: PluginConfig, agent: AgentInfo | None = None) -> DriverCore:
     """The core the plugin process serves (the one place that picks the task implementation)."""
-    return DriverCore(config, agent)
+    from xen_driver.driver.lifecycle import TaskLifecycle
+
+    return DriverCore(config, agent, tasks_factory=TaskLifecycle)

@@ -675,7 +675,7 @@ class TaskLifecycle:
         try:
             state = DriverState.decode(recovered.driver_state)
         except DriverStateError as exc:
-            raise DriverError(f"cannot recover task {spec.id}: {exc}") from None
+            raise RecoverableError(f"cannot recover task {spec.id}: {exc}", recoverable=False) from None
         await self._ensure_started()
         assert self._watcher is not None
         log = self._log.bind(task_id=spec.id, domain=state.domain_name)

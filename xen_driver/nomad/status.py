@@ -2,7 +2,8 @@
 
 | raised                          | status              | message / details                           |
 | ------------------------------- | ------------------- | ------------------------------------------- |
-| TaskNotFound                    | NOT_FOUND           | "task not found for given id"               |
+| TaskNotFound                    | NOT_FOUND           | "task not found for given id" (TaskStats:   |
+|                                 |                     | + RecoverableError{false})                  |
 | ConfigError, CtyDecodeError     | INVALID_ARGUMENT    | the error text (names field, given, accepted)|
 | TaskAlreadyExists               | ALREADY_EXISTS      | error text                                  |
 | RecoverableError                | FAILED_PRECONDITION | error text + RecoverableError{recoverable}  |
@@ -62,7 +63,10 @@ class StatusInfo:
 def status_for(exc: BaseException, method: str = "") -> StatusInfo:
     """Map an exception raised while serving ``method`` to the status Nomad should see."""
     if isinstance(exc, TaskNotFound):
-        return StatusInfo(grpc.StatusCode.NOT_FOUND, TaskNotFound.MESSAGE)
+        # On TaskStats, a plain error makes Nomad retry forever; a task that is gone is final.
+        return StatusInfo(
+            grpc.StatusCode.NOT_FOUND, TaskNotFound.MESSAGE, recoverable=False if method == "TaskStats" else None
+        )
     if isinstance(exc, (ConfigError, CtyDecodeError)):
         return StatusInfo(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
     if isinstance(exc, TaskAlreadyExists):

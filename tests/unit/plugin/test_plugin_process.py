@@ -215,7 +215,8 @@ def test_task_rpcs_answer_without_crashing(plugin):
     )
     with pytest.raises(grpc.RpcError) as err:
         drv.StartTask(driver_pb2.StartTaskRequest(task=task), timeout=5)
-    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert 'task config "kernel"' in err.value.details()  # relative, and the task has no task dir
     task.msgpack_driver_config = cty.encode({"kernel": "k", "vcpus": -1}, TASK_SCHEMA.cty_type)
     with pytest.raises(grpc.RpcError) as err:
         drv.StartTask(driver_pb2.StartTaskRequest(task=task), timeout=5)
@@ -226,18 +227,26 @@ def test_task_rpcs_answer_without_crashing(plugin):
         (drv.StopTask, driver_pb2.StopTaskRequest(task_id="x")),
         (drv.DestroyTask, driver_pb2.DestroyTaskRequest(task_id="x", force=True)),
         (drv.InspectTask, driver_pb2.InspectTaskRequest(task_id="x")),
-        (drv.RecoverTask, driver_pb2.RecoverTaskRequest(handle=driver_pb2.TaskHandle(version=1, config=task))),
         (drv.SignalTask, driver_pb2.SignalTaskRequest(task_id="x", signal="SIGHUP")),
-        (drv.ExecTask, driver_pb2.ExecTaskRequest(task_id="x", command=["sh"])),
-        (drv.CreateNetwork, driver_pb2.CreateNetworkRequest(alloc_id="a")),
     ]:
         with pytest.raises(grpc.RpcError) as err:
             call(req, timeout=5)
-        assert err.value.code() in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.INVALID_ARGUMENT), call
-    # TaskStats: "not supported" must be a non-recoverable error, or Nomad retries forever.
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND, call
+        assert err.value.details() == "task not found for given id"
+    # A handle we did not make cannot be recovered; unikernels have no shell; no netns.
+    task.msgpack_driver_config = cty.encode({"kernel": "/k"}, TASK_SCHEMA.cty_type)
+    for call, req, code in [
+        (drv.RecoverTask, driver_pb2.RecoverTaskRequest(handle=driver_pb2.TaskHandle(version=1, config=task)), grpc.StatusCode.FAILED_PRECONDITION),
+        (drv.ExecTask, driver_pb2.ExecTaskRequest(task_id="x", command=["sh"]), grpc.StatusCode.UNIMPLEMENTED),
+        (drv.CreateNetwork, driver_pb2.CreateNetworkRequest(alloc_id="a"), grpc.StatusCode.UNIMPLEMENTED),
+    ]:
+        with pytest.raises(grpc.RpcError) as err:
+            call(req, timeout=5)
+        assert err.value.code() == code, (call, err.value)
+    # TaskStats of an unknown task must be a non-recoverable error, or Nomad retries forever.
     with pytest.raises(grpc.RpcError) as err:
         next(drv.TaskStats(driver_pb2.TaskStatsRequest(task_id="x"), timeout=5))
-    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
     assert recoverable_from_metadata(err.value.trailing_metadata()) is False
     assert drv.Init(driver_pb2.InitRequest(), timeout=5) == driver_pb2.InitResponse()
     assert drv.Shutdown(driver_pb2.ShutdownRequest(), timeout=5) == driver_pb2.ShutdownResponse()

@@ -1,0 +1,172 @@
+"""A real Nomad agent (server + client) inside the testbed's dom0, with our plugin installed.
+
+This is how an operator runs the product: the pinned Nomad binary, our launcher in
+``plugin_dir`` (written by ``nomad-driver-xen install``), ``nomad-jobs/agent.hcl``, and the
+``nomad`` CLI.  Tests drive it with the CLI inside dom0 (``nomad job run …``) and read state
+through the HTTP API forwarded to a loopback port on the host.
+
+The agent is not in ``-dev`` mode: it keeps a data dir, so recovery tests can stop, kill and
+restart it with allocations surviving.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable
+
+from testbed.vm import Testbed
+
+REPO = Path(__file__).resolve().parents[2]
+NOMAD_DIR = "/opt/nomad"
+PLUGIN_DIR = f"{NOMAD_DIR}/plugins"
+DATA_DIR = f"{NOMAD_DIR}/data"
+IMAGE_DIR = "/var/lib/nomad-driver-xen/images"
+STATE_DIR = "/var/lib/nomad-driver-xen"
+CONSOLE_DIR = "/var/log/xen/console"
+AGENT_LOG = "/host/nomad-agent.log"
+NOMAD = "/usr/local/bin/nomad"
+
+
+def host_nomad_binary() -> Path:
+    """The pinned Nomad (tools/nomad/build.sh builds it, or finds it in the cache)."""
+    import subprocess
+
+    out = subprocess.run(
+        ["bash", str(REPO / "tools" / "nomad" / "build.sh")], check=True, capture_output=True, text=True
+    ).stdout
+    return Path(out.strip().splitlines()[-1])
+
+
+class NomadDom0:
+    """Install, start, stop and query one Nomad agent in dom0."""
+
+    def __init__(self, tb: Testbed, run_dir: Path, unikernel: str):
+        self.tb = tb
+        self.run_dir = run_dir
+        self.unikernel = unikernel
+        self.pid: int | None = None
+        self.addr = f"http://127.0.0.1:{tb.host_port(4646)}"
+
+    # ---------------------------------------------------------------- set-up
+    def install(self) -> None:
+        shutil.copy2(host_nomad_binary(), self.run_dir / "nomad")
+        self.tb.run(
+            f"set -e; install -m 0755 /host/nomad {NOMAD}; mkdir -p {PLUGIN_DIR} {DATA_DIR} {IMAGE_DIR};"
+            f" install -m 0644 {self.unikernel} {IMAGE_DIR}/ndx-unikernel;"
+            " mountpoint -q /sys/fs/cgroup || mount -t cgroup2 none /sys/fs/cgroup || true",
+            timeout=120,
+        )
+        # The operator's install step: our launcher into plugin_dir (runs the package from /src).
+        self.tb.run(
+            ["python3", "-m", "xen_driver", "install", "--plugin-dir", PLUGIN_DIR, "--name", "nomad-driver-xen"],
+            env={"PYTHONPATH": "/src"},
+            timeout=120,
+        )
+        # Agent config: the example, with nothing changed but where the agent logs go.
+        self.tb.write_file(f"{NOMAD_DIR}/agent.hcl", (REPO / "nomad-jobs" / "agent.hcl").read_text())
+
+    def start(self, timeout: float = 240) -> None:
+        self.pid = self.tb.spawn(
+            f"exec {NOMAD} agent -config {NOMAD_DIR}/agent.hcl >>{AGENT_LOG} 2>&1",
+            env={"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
+        )
+        self.wait_until(self._driver_healthy, timeout, "the node to report driver xen healthy")
+
+    def stop(self, sig: int = 2) -> None:
+        """Stop the agent (SIGINT = graceful leave by default) and wait until it is gone."""
+        if self.pid is None:
+            return
+        self.tb.kill(self.pid, sig, group=False)
+        deadline = time.monotonic() + 60
+        while self.tb.poll(self.pid) is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        self.pid = None
+
+    # ---------------------------------------------------------------- queries
+    def api(self, path: str, method: str = "GET", body: Any = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.addr + path, data=data, method=method)
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return json.loads(resp.read() or b"null")
+
+    def cli(self, *args: str, timeout: float = 120, check: bool = True):
+        return self.tb.run([NOMAD, *args], timeout=timeout, check=check, env={"NOMAD_ADDR": "http://127.0.0.1:4646"})
+
+    def node(self) -> dict:
+        nodes = self.api("/v1/nodes")
+        assert len(nodes) == 1, nodes
+        return self.api(f"/v1/node/{nodes[0]['ID']}")
+
+    def _driver_healthy(self) -> bool:
+        try:
+            drivers = self.node().get("Drivers") or {}
+        except (urllib.error.URLError, ConnectionError, OSError, AssertionError, ValueError):
+            return False
+        xen = drivers.get("xen") or {}
+        return bool(xen.get("Detected") and xen.get("Healthy"))
+
+    def allocs(self, job: str) -> list[dict]:
+        return self.api(f"/v1/job/{job}/allocations")
+
+    def alloc(self, alloc_id: str) -> dict:
+        return self.api(f"/v1/allocation/{alloc_id}")
+
+    def wait_until(self, predicate: Callable[[], Any], timeout: float, what: str, every: float = 1.0) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; agent log: {self.run_dir / 'nomad-agent.log'}")
+            time.sleep(every)
+
+    def wait_alloc(self, job: str, statuses: set[str], timeout: float = 180) -> dict:
+        """The job's newest allocation, once its client status is in ``statuses``."""
+
+        def check() -> dict | None:
+            try:
+                allocs = self.allocs(job)
+            except urllib.error.HTTPError:
+                return None
+            if not allocs:
+                return None
+            newest = max(allocs, key=lambda a: a["CreateIndex"])
+            return self.alloc(newest["ID"]) if newest["ClientStatus"] in statuses else None
+
+        return self.wait_until(check, timeout, f"job {job} to have an allocation in state {sorted(statuses)}")
+
+    def run_job(self, path: str, *, detach: bool = True) -> None:
+        args = ["job", "run"] + (["-detach"] if detach else []) + [path]
+        self.cli(*args, timeout=300)
+
+    def stop_job(self, job: str, purge: bool = True) -> None:
+        self.cli("job", "stop", *(["-purge"] if purge else []), job, timeout=300)
+
+    def domains(self) -> list[str]:
+        """Names of all domains but Domain-0 (``xl list``)."""
+        out = self.tb.run(["xl", "list"], timeout=60).stdout.splitlines()[1:]
+        return [line.split()[0] for line in out if line.split() and line.split()[0] != "Domain-0"]
+
+    def leftovers(self) -> list[str]:
+        """Files a finished task must not leave behind (rendered configs, task state, consoles)."""
+        r = self.tb.run(
+            f"ls -1 {STATE_DIR}/domains {STATE_DIR}/tasks 2>/dev/null | grep -v ':$' | grep -v '^$';"
+            f" ls -1 {CONSOLE_DIR} | grep '^guest-nomad-' || true",
+            check=False,
+        )
+        return [line for line in r.stdout.splitlines() if line.strip()]
+
+    def task_events(self, alloc: dict, task: str) -> list[dict]:
+        return (alloc.get("TaskStates") or {}).get(task, {}).get("Events") or []
+
+    def write_job(self, name: str, text: str) -> str:
+        """Put a job file into the shared run dir; returns its dom0 path."""
+        (self.run_dir / "jobs").mkdir(exist_ok=True)
+        (self.run_dir / "jobs" / name).write_text(text)
+        return f"/host/jobs/{name}"

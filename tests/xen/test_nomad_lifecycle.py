@@ -1,0 +1,176 @@
+"""Task lifecycle on real Xen, driven through a real Nomad agent in dom0 (issue: lifecycle).
+
+Everything here is what an operator does: ``nomad job run nomad-jobs/clickos.nomad``,
+``nomad alloc logs``, ``nomad alloc status``, ``nomad job stop``, and ``xl list`` to see that
+nothing was left behind.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import zlib
+
+import pytest
+
+from tests.xen.nomad_dom0 import DATA_DIR, REPO, NomadDom0
+
+pytestmark = [pytest.mark.xen, pytest.mark.nomad]
+
+CLICKOS = "/src/nomad-jobs/clickos.nomad"
+MINIOS = (REPO / "nomad-jobs" / "minios.nomad").read_text()
+
+
+@pytest.fixture(scope="module")
+def nomad(testbed, testbed_run_dir, unikernel):
+    agent = NomadDom0(testbed, testbed_run_dir, unikernel)
+    agent.install()
+    agent.start()
+    yield agent
+    agent.stop()
+
+
+def _events(nomad: NomadDom0, alloc: dict, task: str) -> str:
+    return "\n".join(
+        f"{e['Type']}: {e.get('DisplayMessage') or ''} {e.get('Details') or ''}" for e in nomad.task_events(alloc, task)
+    )
+
+
+def _batch_job(name: str, config_body: str) -> str:
+    """minios.nomad with another job name and another ``config {}`` body."""
+    text = MINIOS.replace('job "minios"', f'job "{name}"')
+    return re.sub(r"config \{.*?\n      \}", "config {\n" + config_body + "\n      }", text, flags=re.S)
+
+
+def test_node_reports_healthy_xen_driver(nomad):
+    node = nomad.node()
+    xen = node["Drivers"]["xen"]
+    assert xen["Detected"] and xen["Healthy"], xen
+    attrs = node["Attributes"]
+    assert attrs["driver.xen"] == "1"
+    assert attrs["driver.xen.version"].startswith("4.17"), attrs["driver.xen.version"]
+    assert attrs["driver.xen.backend"] == "xl"
+
+
+def test_clickos_job_runs_logs_and_stops_cleanly(nomad, testbed, testbed_report):
+    nomad.run_job(CLICKOS)
+    alloc = nomad.wait_alloc("clickos", {"running", "failed"})
+    assert alloc["ClientStatus"] == "running", _events(nomad, alloc, "firewall")
+    alloc_id = alloc["ID"]
+
+    # The guest is a domain named after the task and the allocation.
+    domains = nomad.domains()
+    assert len(domains) == 1 and domains[0].startswith(f"nomad-firewall-{alloc_id[:8]}-"), domains
+
+    # The Click configuration Nomad's template rendered reached the guest through XenStore:
+    # the guest echoes its length and CRC-32 on its console, which is in `nomad alloc logs`.
+    rendered = testbed.read_file(f"{DATA_DIR}/alloc/{alloc_id}/firewall/local/firewall.click")
+    echo = f"config_len={len(rendered)} config_crc32={zlib.crc32(rendered):08x}"
+
+    def logs() -> str | None:
+        out = nomad.cli("alloc", "logs", alloc_id, "firewall").stdout
+        return out if "NDX-GUEST READY" in out and echo in out else None
+
+    out = nomad.wait_until(logs, 60, "the guest console in `nomad alloc logs`")
+    assert out.index("NDX-GUEST READY") < out.index(echo)
+
+    # The spawn/boot breakdown is a task event (visible in `nomad alloc status`).
+    status = nomad.cli("alloc", "status", alloc_id).stdout
+    assert "booted" in status, status
+    alloc = nomad.alloc(alloc_id)
+    timing = [e for e in nomad.task_events(alloc, "firewall") if "boot_ms" in (e.get("Details") or {})]
+    assert timing, _events(nomad, alloc, "firewall")
+    details = timing[0]["Details"]
+    for phase in ("validate_ms", "render_ms", "domain_build_ms", "clickos_push_ms", "unpause_ms", "boot_ms", "total_ms"):
+        assert float(details[phase]) >= 0, details
+    assert float(details["total_ms"]) >= float(details["domain_build_ms"]) + float(details["boot_ms"])
+    testbed_report.append("clickos.nomad start: " + ", ".join(f"{k} {v}" for k, v in details.items()))
+
+    nomad.stop_job("clickos", purge=False)
+    alloc = nomad.wait_alloc("clickos", {"complete", "failed"}, timeout=120)
+    assert alloc["ClientStatus"] == "complete", _events(nomad, alloc, "firewall")
+    assert nomad.domains() == []
+    nomad.wait_until(lambda: nomad.leftovers() == [], 30, "no files left behind", every=0.5)
+
+
+def test_batch_guest_powering_off_completes_with_exit_zero(nomad):
+    path = nomad.write_job("minios.nomad", MINIOS)
+    nomad.run_job(path)
+    alloc = nomad.wait_alloc("minios", {"complete", "failed"}, timeout=240)
+    assert alloc["ClientStatus"] == "complete", _events(nomad, alloc, "compute")
+    terminated = [e for e in nomad.task_events(alloc, "compute") if e["Type"] == "Terminated"]
+    assert terminated and terminated[-1]["Details"]["exit_code"] == "0", _events(nomad, alloc, "compute")
+    logs = nomad.cli("alloc", "logs", alloc["ID"], "compute").stdout
+    assert "NDX-GUEST poweroff" in logs
+    assert nomad.domains() == []
+
+
+def test_crashing_guest_fails_with_nonzero_exit(nomad):
+    text = MINIOS.replace('job "minios"', 'job "minios-crash"').replace("poweroff_after=3", "crash_after=1")
+    nomad.run_job(nomad.write_job("minios-crash.nomad", text))
+    alloc = nomad.wait_alloc("minios-crash", {"complete", "failed"}, timeout=240)
+    assert alloc["ClientStatus"] == "failed", _events(nomad, alloc, "compute")
+    terminated = [e for e in nomad.task_events(alloc, "compute") if e["Type"] == "Terminated"]
+    assert terminated and terminated[-1]["Details"]["exit_code"] != "0", _events(nomad, alloc, "compute")
+    assert "crash" in _events(nomad, alloc, "compute")
+    assert nomad.domains() == []
+
+
+BAD_CONFIGS = {
+    "bad-missing-kernel": ('kernel = "/var/lib/nomad-driver-xen/images/no-such-kernel"', '"kernel"'),
+    "bad-kernel-outside": ('kernel = "/etc/passwd"', '"kernel"'),
+    "bad-memory": (
+        'kernel = "/var/lib/nomad-driver-xen/images/ndx-unikernel"\n        memory = 2',
+        '"memory"',
+    ),
+    "bad-vif": (
+        'kernel = "/var/lib/nomad-driver-xen/images/ndx-unikernel"\n        vif {\n          mac = "zz:16:3e:00:00:01"\n        }',
+        "vif",
+    ),
+    "bad-cmdline-quote": (
+        'kernel = "/var/lib/nomad-driver-xen/images/ndx-unikernel"\n        cmdline = "x\\" on_crash=\\"preserve"',
+        '"cmdline"',
+    ),
+    "bad-cmdline-newline": (
+        'kernel = "/var/lib/nomad-driver-xen/images/ndx-unikernel"\n        cmdline = "x\\nmemory = 4096"',
+        '"cmdline"',
+    ),
+    "bad-unknown-key": (
+        'kernel = "/var/lib/nomad-driver-xen/images/ndx-unikernel"\n        bogus_key = 1',
+        "bogus_key",
+    ),
+}
+
+
+def test_bad_configs_fail_with_field_named_and_leave_nothing(nomad):
+    for name, (body, _) in BAD_CONFIGS.items():
+        nomad.run_job(nomad.write_job(f"{name}.nomad", _batch_job(name, "        " + body)))
+    for name, (_, field) in BAD_CONFIGS.items():
+        alloc = nomad.wait_alloc(name, {"failed", "complete"}, timeout=240)
+        events = _events(nomad, alloc, "compute")
+        assert alloc["ClientStatus"] == "failed", f"{name}: {events}"
+        assert field in events, f"{name}: expected {field} in the task events:\n{events}"
+    assert nomad.domains() == []
+    assert nomad.leftovers() == []
+    for name in BAD_CONFIGS:
+        nomad.stop_job(name)
+
+
+def test_guest_ignoring_shutdown_is_destroyed_after_kill_timeout(nomad):
+    text = (REPO / "nomad-jobs" / "clickos.nomad").read_text()
+    text = text.replace('job "clickos"', 'job "stubborn"').replace('"clickos tick=5"', '"clickos ignore_shutdown"')
+    text = text.replace('kill_timeout = "10s"', 'kill_timeout = "4s"')
+    nomad.run_job(nomad.write_job("stubborn.nomad", text))
+    alloc = nomad.wait_alloc("stubborn", {"running", "failed"})
+    assert alloc["ClientStatus"] == "running", _events(nomad, alloc, "firewall")
+
+    t0 = time.monotonic()
+    nomad.cli("job", "stop", "-detach", "stubborn")
+    alloc = nomad.wait_alloc("stubborn", {"complete", "failed"}, timeout=120)
+    took = time.monotonic() - t0
+    logs = nomad.cli("alloc", "logs", alloc["ID"], "firewall").stdout
+    assert "ignoring shutdown request" in logs  # the graceful request was made first ...
+    assert took >= 4, took  # ... and honoured for kill_timeout ...
+    terminated = [e for e in nomad.task_events(alloc, "firewall") if e["Type"] == "Terminated"]
+    assert terminated and terminated[-1]["Details"].get("signal") == "9", _events(nomad, alloc, "firewall")
+    assert nomad.domains() == []  # ... before the domain was destroyed
