@@ -399,6 +399,8 @@ class ConsolePump:
                 total += await stream._deliver(now)
             except OSError as exc:
                 log.warning("console read failed", domain=stream.name, path=stream.path, error=str(exc))
+            except Exception:  # a broken sink must not stop the other guests' consoles
+                log.exception("console stream failed", domain=stream.name, path=stream.path)
         return total
 
     async def _run(self) -> None:

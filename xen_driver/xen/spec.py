@@ -124,6 +124,26 @@ def check_name(field_name: str, value: str) -> None:
         raise SpecError(field_name, "Domain-0 is the control domain")
 
 
+def sanitize_name(text: str, *, prefix: str = "", max_len: int = MAX_NAME_LEN) -> str:
+    """Turn arbitrary text (a Nomad task id ``<alloc>/<task>/<rand>``) into a valid domain name.
+
+    Characters outside ``[A-Za-z0-9_.-]`` become ``-``; runs of ``-`` collapse.  When the result
+    is too long it is cut and an 8-hex-digit hash of the *whole* input is appended, so two
+    different long inputs still give different names.  The result passes :func:`check_name`.
+    """
+    import hashlib
+
+    body = re.sub(r"[^A-Za-z0-9_.-]+", "-", prefix + text).strip("-.") or "domain"
+    body = re.sub(r"-{2,}", "-", body)
+    if not body[0].isalnum():
+        body = "d" + body
+    if len(body) > max_len or body.isdigit() or body.lower() == "domain-0":
+        digest = hashlib.sha256((prefix + text).encode("utf-8", "surrogatepass")).hexdigest()[:8]
+        body = f"{body[: max_len - 9].rstrip('-.')}-{digest}"
+    check_name("name", body)
+    return body
+
+
 def check_abs_path(field_name: str, value: str) -> None:
     """An absolute, normalised host path made of ordinary file-name characters."""
     check_quotable(field_name, value)

@@ -123,6 +123,8 @@ class StatsSampler:
                     await self.sample_once()
                 except XenBackendError as exc:
                     log.warning("stats sample failed", error=str(exc))
+                except Exception:  # keep sampling for everyone else
+                    log.exception("stats sample crashed")
             await asyncio.sleep(max(0.0, self.interval_s - (time.monotonic() - started)))
 
     def start(self) -> None:

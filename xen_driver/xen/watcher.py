@@ -186,8 +186,8 @@ class DomainWatcher:
                 continue
             try:
                 await self.rescan()
-            except XenBackendError as exc:
-                log.warning("domain re-scan failed; retrying", error=str(exc))
+            except Exception as exc:  # the one watcher must survive anything a backend throws
+                log.warning("domain re-scan failed; retrying", error=str(exc), error_type=type(exc).__name__)
                 await asyncio.sleep(1.0)
                 self.kick()
 

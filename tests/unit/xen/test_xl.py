@@ -305,3 +305,10 @@ def test_on_call_hook_sees_every_call(fake_xl: Path, tmp_path: Path) -> None:
     asyncio.run(main())
     assert [c.argv[1:] for c in seen] == [("list", "-v"), ("destroy", "gone")]
     assert seen[1].rc == 1 and os.path.basename(seen[1].argv[0]) == "xl"
+
+
+def test_xl_backend_satisfies_the_backend_protocol(tmp_path: Path) -> None:
+    from xen_driver.xen.backend import Backend
+
+    assert isinstance(XlBackend(tmp_path), Backend)
+    assert XlBackend.kind == "xl"

@@ -158,3 +158,34 @@ def test_accepts_ordinary_values() -> None:
     text = render(spec)
     assert 'cmdline = "-d standard console=hvc0 ip=10.0.0.2/24"' in text
     assert 'vif = [ "mac=00:16:3E:AA:BB:CC", "" ]' in text
+
+
+@pytest.mark.parametrize(
+    ("text", "prefix", "expected"),
+    [
+        ("5f2c3a1e-aaaa-bbbb-cccc-0123456789ab/web/1a2b3c4d", "ndx-", "ndx-5f2c3a1e-aaaa-bbbb-cccc-0123456789ab-web-1a2b3c4d"),
+        ("a//b  c", "", "a-b-c"),
+        ("__x", "", "d__x"),
+        ("-x", "", "x"),
+        ("1234", "", None),  # all digits get a hash suffix
+        ("Domain-0", "", None),
+        ("ünïcode/täsk", "", "n-code-t-sk"),
+    ],
+)
+def test_sanitize_name(text: str, prefix: str, expected: str | None) -> None:
+    from xen_driver.xen.spec import check_name, sanitize_name
+
+    name = sanitize_name(text, prefix=prefix)
+    check_name("name", name)
+    if expected is not None:
+        assert name == expected
+    else:
+        assert name != text and re.fullmatch(r".+-[0-9a-f]{8}", name)
+
+
+def test_sanitize_name_keeps_long_inputs_distinct() -> None:
+    from xen_driver.xen.spec import MAX_NAME_LEN, sanitize_name
+
+    a = sanitize_name("x" * 100 + "/task-a/11111111", prefix="ndx-")
+    b = sanitize_name("x" * 100 + "/task-b/11111111", prefix="ndx-")
+    assert len(a) <= MAX_NAME_LEN and len(b) <= MAX_NAME_LEN and a != b
