@@ -58,7 +58,13 @@ def serve() -> int:
         log.error("handshake failed", error=str(exc).strip())
         return 1
     log.debug("plugin exited", code=code)
-    return code
+    # Everything is flushed and the socket removed; skip interpreter teardown (gRPC's core can
+    # take a while to wind down under load, and the host SIGKILLs us 2 s after Shutdown).
+    try:
+        sys.stderr.flush()
+    except OSError:
+        pass
+    os._exit(code)
 
 
 def launcher_text(python: str, pythonpath: str | None) -> str:
