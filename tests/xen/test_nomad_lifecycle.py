@@ -13,7 +13,7 @@ import zlib
 
 import pytest
 
-from tests.xen.nomad_dom0 import DATA_DIR, REPO, NomadDom0
+from testbed.nomad import DATA_DIR, REPO, NomadDom0
 
 pytestmark = [pytest.mark.xen, pytest.mark.nomad]
 

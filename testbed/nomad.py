@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from testbed.vm import Testbed
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 NOMAD_DIR = "/opt/nomad"
 PLUGIN_DIR = f"{NOMAD_DIR}/plugins"
 DATA_DIR = f"{NOMAD_DIR}/data"
