@@ -183,8 +183,9 @@ class ConsoleStream:
         waiter = _Waiter(regex, fut, carry, hist_from + len(known) - len(carry))
         self._waiters.append(waiter)
         try:
-            return await asyncio.wait_for(asyncio.shield(fut), timeout_s)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(timeout_s):
+                return await fut
+        except TimeoutError:
             raise TimeoutError(f"{self.path}: {regex.pattern!r} not seen within {timeout_s:g}s") from None
         finally:
             with contextlib.suppress(ValueError):

@@ -355,8 +355,9 @@ class XenStore(_Ops):
             if self._closing or not self.reconnect or self._read_task is None:
                 raise XenStoreClosed("not connected to xenstored")
             try:
-                await asyncio.wait_for(self._connected.wait(), self.request_timeout_s)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(self.request_timeout_s):
+                    await self._connected.wait()
+            except TimeoutError:
                 raise XenStoreClosed("timed out waiting to reconnect to xenstored") from None
         req_id = next(self._req_ids) & 0xFFFFFFFF or next(self._req_ids)
         fut: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
@@ -364,9 +365,12 @@ class XenStore(_Ops):
         assert self._writer is not None
         self._writer.write(HEADER.pack(op, req_id, tx_id, len(payload)) + payload)
         try:
-            await self._writer.drain()
-            mtype, reply = await asyncio.wait_for(fut, self.request_timeout_s)
-        except asyncio.TimeoutError:
+            # asyncio.timeout rather than wait_for: on Python 3.11 wait_for can swallow a
+            # cancellation that arrives just as the reply does.
+            async with asyncio.timeout(self.request_timeout_s):
+                await self._writer.drain()
+                mtype, reply = await fut
+        except TimeoutError:
             self._pending.pop(req_id, None)
             raise XenStoreError(op, path, "ETIMEDOUT") from None
         except (ConnectionError, OSError) as exc:

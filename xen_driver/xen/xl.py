@@ -125,8 +125,9 @@ class XlBackend:
             except PermissionError as exc:
                 raise XlNotFound(f"the xl executable {self.xl!r} cannot be run: {exc}") from None
             try:
-                out, err = await asyncio.wait_for(proc.communicate(), deadline)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(deadline):
+                    out, err = await proc.communicate()
+            except TimeoutError:
                 proc.kill()
                 out, err = await proc.communicate()
                 call = self._record(argv, None, out, err, start)
