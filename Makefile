@@ -48,8 +48,12 @@ unit: deps
 test: deps nomad testbed
 	$(PY) -m pytest -v tests
 
-bench: deps nomad
+demo: deps nomad testbed
+	$(PY) tools/demo.py
+
+bench: deps nomad testbed
 	$(PY) bench/startup.py
+	$(PY) bench/start_overhead.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .run guests/build
