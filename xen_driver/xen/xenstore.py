@@ -371,15 +371,15 @@ class XenStore(_Ops):
                 await self._writer.drain()
                 mtype, reply = await fut
         except TimeoutError:
-            self._pending.pop(req_id, None)
             raise XenStoreError(op, path, "ETIMEDOUT") from None
         except (ConnectionError, OSError) as exc:
-            self._pending.pop(req_id, None)
             raise XenStoreClosed(f"write to xenstored failed: {exc}") from None
         finally:
+            # On success the reader already removed the entry; on timeout, cancellation or a
+            # broken connection nobody else will.
+            self._pending.pop(req_id, None)
             if not fut.done():
                 fut.cancel()
-                self._pending.pop(req_id, None)
         if mtype == Op.ERROR:
             raise XenStoreError(op, path, reply.rstrip(b"\x00").decode("ascii", "replace"))
         return reply

@@ -180,3 +180,19 @@ def test_connect_failure_is_precise(tmp_path: Path) -> None:
         assert "none.sock" in str(info.value)
 
     asyncio.run(main())
+
+
+def test_cancelled_request_leaves_no_pending_state(tmp_path: Path) -> None:
+    async def body(server: FakeXenstored, xs: XenStore) -> None:
+        await xs.write("/slow", "s")
+        server.delay_reads["/slow"] = 0.3
+        task = asyncio.create_task(xs.read("/slow"))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert xs._pending == {}
+        await asyncio.sleep(0.4)  # the late reply is dropped quietly
+        assert await xs.read("/slow") == b"s"
+
+    run(tmp_path, body)

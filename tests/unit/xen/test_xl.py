@@ -93,7 +93,7 @@ FAKE_XL = textwrap.dedent(
     here = os.path.dirname(os.path.abspath(__file__))
     args = sys.argv[1:]
     with open(os.path.join(here, "calls.jsonl"), "a") as fh:
-        fh.write(json.dumps({"argv": args, "t": time.monotonic()}) + "\n")
+        fh.write(json.dumps({"argv": args, "t": time.monotonic(), "pid": os.getpid()}) + "\n")
     time.sleep(float(os.environ.get("FAKE_XL_SLEEP", "0")))
     state_path = os.path.join(here, "domains.json")
     doms = json.load(open(state_path)) if os.path.exists(state_path) else {}
@@ -312,3 +312,22 @@ def test_xl_backend_satisfies_the_backend_protocol(tmp_path: Path) -> None:
 
     assert isinstance(XlBackend(tmp_path), Backend)
     assert XlBackend.kind == "xl"
+
+
+def test_cancellation_kills_xl(fake_xl: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_XL_SLEEP", "30")
+
+    async def main() -> None:
+        be = XlBackend(tmp_path, xl=str(fake_xl))
+        task = asyncio.create_task(be.list_domains())
+        log = fake_xl.parent / "calls.jsonl"
+        while not log.exists():
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        pid = json.loads(log.read_text().splitlines()[0])["pid"]
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)  # killed and reaped, not left running
+
+    asyncio.run(main())
