@@ -116,7 +116,7 @@ def main() -> int:
         "version": __version__,
         "runs": args.runs,
         "python": platform.python_version(),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "loadavg_1m_after": round(os.getloadavg()[0], 2)},
         "handshake_ms": summary([r["handshake_ms"] for r in runs]),
         "first_fingerprint_ms": summary([r["first_fingerprint_ms"] for r in runs]),
         "idle_rss_mb": summary([r["idle_rss_mb"] for r in runs]),

@@ -11,7 +11,6 @@ import argparse
 import os
 import shlex
 import stat
-import subprocess
 import sys
 from pathlib import Path
 
@@ -82,6 +81,8 @@ def launcher_text(python: str, pythonpath: str | None) -> str:
 
 def _needs_pythonpath(python: str, package_parent: str) -> bool:
     """True unless ``python`` imports this very xen_driver without help."""
+    import subprocess  # only the install command needs it; keep the plugin's start-up lean
+
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     try:
         out = subprocess.run(
