@@ -30,6 +30,12 @@ def serve() -> int:
         sys.stderr.flush()
         return 1
 
+    # We share the agent's process group: a Ctrl-C aimed at the agent must not kill us, not even
+    # while we are still importing (the server installs its own counting handler later).
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
     import asyncio
 
     from xen_driver import logging as xlog

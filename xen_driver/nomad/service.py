@@ -87,6 +87,7 @@ class PluginState:
         self.config: PluginConfig | None = None
         self.agent: AgentInfo | None = None
         self._core: Any = None
+        self._retiring: set[asyncio.Task] = set()
 
     def configure(self, config: PluginConfig, agent: AgentInfo | None) -> None:
         if self._core is not None and config == self.config and (agent is None or agent == self.agent):
@@ -95,7 +96,9 @@ class PluginState:
         self.config, self.agent = config, agent or self.agent
         self._core = self._factory(config, self.agent)
         if old is not None:
-            asyncio.get_running_loop().create_task(old.shutdown())
+            task = asyncio.get_running_loop().create_task(old.shutdown())
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
 
     @property
     def core(self) -> Any:

@@ -9,7 +9,7 @@ from decimal import Decimal
 
 import msgpack
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xen_driver.driver.config import PluginConfig, TaskConfig
@@ -168,6 +168,7 @@ json_values = st.recursive(
 )
 
 
+@settings(max_examples=60, deadline=None)
 @given(json_values)
 def test_dynamic_roundtrip_property(value):
     assert cty.decode(msgpack.packb(value, use_bin_type=True), cty.DYNAMIC) == value
