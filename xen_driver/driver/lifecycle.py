@@ -575,30 +575,51 @@ class TaskLifecycle:
         task.stop_signal = signal
         self._watcher.expect_exit(task.name)
         if signal not in FORCE_SIGNALS:
-            try:
-                await self.backend.shutdown(task.name)
-            except DomainNotFound:
-                self._watcher.kick()
-            except XenBackendError as exc:
-                self._log.warn("graceful shutdown request failed; destroying", domain=task.name, error=str(exc))
-            else:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(task.exited), max(timeout, 0.0))
-                if not task.running:
-                    return
-                self._log.info("guest ignored shutdown; destroying", domain=task.name, timeout_s=timeout)
+            await self._request_shutdown(task)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(timeout, 0.0)):
+                    await asyncio.shield(task.exited)
+            if not task.running:
+                return
+            self._log.info("guest ignored the shutdown request; destroying", domain=task.name, timeout_s=timeout)
         task.killed = True
         await self.backend.destroy(task.name)
         self._watcher.kick()
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.shield(task.exited), 10.0)
 
+    async def _request_shutdown(self, task: XenTask) -> None:
+        """Ask the guest to power off, without waiting for it to acknowledge.
+
+        For a PV guest the request *is* a XenStore write of ``poweroff`` to its
+        ``control/shutdown`` node, which is all ``xl shutdown`` does too, except that libxl then
+        blocks until the guest acknowledges (about a minute for a guest that never does).  Our
+        caller has its own deadline (Nomad's ``kill_timeout``), so we write the node ourselves and
+        fall back to the toolstack, in the background, only when XenStore is unreachable.
+        """
+        if self._xenstore is not None:
+            try:
+                await self._xenstore.write(f"/local/domain/{task.state.domid}/control/shutdown", "poweroff")
+                return
+            except XenStoreError as exc:
+                self._log.warn("shutdown request through XenStore failed", domain=task.name, error=str(exc))
+
+        async def via_toolstack() -> None:
+            try:
+                await self.backend.shutdown(task.name)
+            except XenBackendError as exc:
+                self._log.warn("shutdown request through the toolstack failed", domain=task.name, error=str(exc))
+
+        job = asyncio.get_running_loop().create_task(via_toolstack(), name=f"shutdown-{task.name}")
+        self._exit_tasks.add(job)
+        job.add_done_callback(self._exit_tasks.discard)
+
     async def signal_task(self, task_id: str, signal: str) -> None:
         task = self._get(task_id)
         name = (signal or "").upper()
         if name in GRACEFUL_SIGNALS - {""}:
             if task.running:
-                await self.backend.shutdown(task.name)
+                await self._request_shutdown(task)
             return
         raise NotSupported(
             "SignalTask",
