@@ -145,7 +145,11 @@ class PluginServer:
         await health_servicer.set(HEALTH_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
 
-        line = handshake_line(self.handshake, "unix", self.path, app_version)
+        if self.environ.get("PLUGIN_CLIENT_CERT"):
+            _log.warn("the plugin host asked for AutoMTLS, which this plugin does not offer; serving without TLS")
+        # go-plugin >= 1.6 hosts that want a multiplexed broker say so; we answer "no" explicitly.
+        multiplex = False if self.environ.get("PLUGIN_MULTIPLEX_GRPC") else None
+        line = handshake_line(self.handshake, "unix", self.path, app_version, multiplex=multiplex)
         out = self.stdout or sys.stdout
         out.write(line)
         out.flush()

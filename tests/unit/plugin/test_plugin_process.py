@@ -27,7 +27,7 @@ from xen_driver.nomad.status import recoverable_from_metadata
 from xen_driver.plugin.handshake import NOMAD_HANDSHAKE
 
 REPO = Path(__file__).resolve().parents[3]
-HANDSHAKE_RE = re.compile(r"^1\|2\|unix\|(/[^|]+)\|grpc\|\n$")
+HANDSHAKE_RE = re.compile(r"^1\|2\|unix\|(/[^|]+)\|grpc\|(\|false)?\n$")
 TS_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 
 XL_INFO = "xen_version            : 4.17.5\nxen_scheduler          : credit2\nfree_memory            : 1843\n" \
@@ -35,7 +35,7 @@ XL_INFO = "xen_version            : 4.17.5\nxen_scheduler          : credit2\nfr
 
 
 class Plugin:
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, **extra_env: str) -> None:
         self.tmp = tmp_path / "tmpdir"
         self.tmp.mkdir()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("NOMAD_PLUGIN", "PLUGIN_"))}
@@ -47,6 +47,7 @@ class Plugin:
             TMPDIR=str(self.tmp),
             PYTHONPATH=str(REPO),
         )
+        env.update(extra_env)
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "xen_driver"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
@@ -116,6 +117,7 @@ def fake_xl(tmp_path: Path, body: str) -> str:
 
 
 def test_socket_in_tmpdir_with_mode_0600_and_health_serving(plugin):
+    assert plugin.line.count("|") == 5  # no 7th field unless the host asks for multiplexing
     assert os.path.dirname(plugin.path) == str(plugin.tmp)
     mode = os.stat(plugin.path).st_mode
     assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
@@ -288,3 +290,12 @@ def test_stderr_is_only_go_plugin_json(plugin, tmp_path):
     assert records, "expected log records"
     assert {"plugin serving", "plugin configured"} <= {r["@message"] for r in records}
     assert any(r["@message"] == "plugin configured" and r["@level"] == "info" for r in records)
+
+
+def test_multiplex_request_is_answered_with_false(tmp_path):
+    p = Plugin(tmp_path, PLUGIN_MULTIPLEX_GRPC="true")
+    try:
+        assert p.line.endswith("|grpc||false\n")
+        assert p.shutdown() < 2.0
+    finally:
+        p.kill()
