@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 from typing import Callable
 
-from google.protobuf import empty_pb2  # noqa: F401  (request type of StreamStdio)
 
 from xen_driver._proto.goplugin import (
     broker_pb2_grpc,

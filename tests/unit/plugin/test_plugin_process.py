@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import grpc
-import msgpack
 import pytest
 from google.protobuf import empty_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
