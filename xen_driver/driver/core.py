@@ -34,19 +34,26 @@ from xen_driver.driver.models import (
     TaskStatus,
 )
 from xen_driver.logging import get_logger
-from xen_driver.xen.probe import HostProbe, ProbeState, probe_host
+from xen_driver.xen.probe import HostProbe, ProbeState, host_signature, probe_host
 
 #: The name jobs use in ``driver = "xen"``; also the prefix of our node attributes.
 DRIVER_NAME = "xen"
 ATTR_PREFIX = f"driver.{DRIVER_NAME}."
 
 Prober = Callable[[PluginConfig], Awaitable[HostProbe]]
+Signature = Callable[[PluginConfig], tuple]
+#: How often the cheap host signature is checked between full probes.
+WATCH_INTERVAL = 2.0
 #: Builds the task lifecycle object from the config and the core's event sink.
 TasksFactory = Callable[[PluginConfig, Callable[[TaskEvent], None]], Any]
 
 
 async def default_prober(config: PluginConfig) -> HostProbe:
     return await probe_host(config.xl_path, xenstored_socket=config.xenstored_socket)
+
+
+def default_signature(config: PluginConfig) -> tuple:
+    return host_signature(config.xl_path, config.xenstored_socket)
 
 
 def fingerprint_from_probe(probe: HostProbe, config: PluginConfig) -> Fingerprint:
@@ -87,11 +94,15 @@ class DriverCore:
         agent: AgentInfo | None = None,
         *,
         prober: Prober = default_prober,
+        signature: Signature = default_signature,
+        watch_interval: float = WATCH_INTERVAL,
         tasks_factory: TasksFactory | None = None,
     ) -> None:
         self.config = config
         self.agent = agent or AgentInfo()
         self._prober = prober
+        self._signature = signature
+        self._watch_interval = watch_interval
         self._log = get_logger("driver")
         self._wake = asyncio.Event()
         self._event_queues: set[asyncio.Queue[TaskEvent]] = set()
@@ -117,13 +128,17 @@ class DriverCore:
         self._wake.set()
 
     async def fingerprints(self) -> AsyncIterator[Fingerprint]:
-        """First fingerprint at once, then every ``fingerprint_period`` and on request.
+        """First fingerprint at once, then every ``fingerprint_period``, and at once on change.
 
-        Never ends by itself; the caller cancels it when Nomad closes the stream.
+        "Change" is a request (:meth:`request_fingerprint`) or a change of the cheap host
+        signature (xl installed/removed, xenstored socket appearing/vanishing, ...), checked
+        every ``watch_interval`` seconds. Never ends by itself; the caller cancels it.
         """
+        loop = asyncio.get_running_loop()
         previous: Fingerprint | None = None
         while True:
             self._wake.clear()  # a request made while probing or while the caller holds `fp` is kept
+            signature = self._safe_signature()
             fp = await self.fingerprint_once()
             if previous is None or fp.health != previous.health or fp.description != previous.description:
                 # A host that cannot run guests is worth a warning in the agent's log.
@@ -131,10 +146,22 @@ class DriverCore:
                 emit("xen host fingerprint", health=fp.health.name.lower(), description=fp.description)
             previous = fp
             yield fp
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.config.fingerprint_period)
-            except asyncio.TimeoutError:
-                pass
+            deadline = loop.time() + self.config.fingerprint_period
+            while (remaining := deadline - loop.time()) > 0:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), min(remaining, self._watch_interval))
+                    break  # asked for a fresh fingerprint
+                except asyncio.TimeoutError:
+                    pass
+                if self._safe_signature() != signature:
+                    self._log.debug("host changed; probing again before the period ends")
+                    break
+
+    def _safe_signature(self) -> tuple:
+        try:
+            return self._signature(self.config)
+        except Exception as exc:  # never let a stat() failure end the stream
+            return ("error", type(exc).__name__)
 
     # ---- task events ---------------------------------------------------------------------------
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 from typing import Callable
 
-
 from xen_driver._proto.goplugin import (
     broker_pb2_grpc,
     controller_pb2,

@@ -68,6 +68,17 @@ def find_xl(xl_path: str, search_path: str | None = None) -> str | None:
     return shutil.which(xl_path, path=os.pathsep.join(dirs))
 
 
+def host_signature(xl_path: str, xenstored_socket: str, search_path: str | None = None) -> tuple:
+    """Cheap facts (a PATH lookup and a few stats) whose change calls for a new probe at once:
+    xl installed or removed, xenstored started or stopped, the hypervisor or /proc/xen appearing."""
+    return (
+        find_xl(xl_path, search_path),
+        os.path.exists(xenstored_socket),
+        _read("/sys/hypervisor/type"),
+        os.path.exists("/proc/xen/capabilities"),
+    )
+
+
 def parse_xl_info(text: str) -> dict[str, str]:
     """``key : value`` lines of ``xl info`` into a dict (continuation lines are appended)."""
     out: dict[str, str] = {}

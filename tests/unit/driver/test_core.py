@@ -84,3 +84,45 @@ def test_core_without_lifecycle_answers_not_supported():
             await core.exec_task("x", ["sh"], None)
 
     asyncio.run(scenario())
+
+
+def test_fingerprint_follows_host_changes_before_the_period(tmp_path):
+    """xl appearing on the host is noticed within the watch interval, not after fingerprint_period."""
+    xl = tmp_path / "xl"
+
+    async def scenario():
+        core = DriverCore(PluginConfig(xl_path=str(xl), fingerprint_period=3600.0), watch_interval=0.1)
+        stream = core.fingerprints()
+        first = await asyncio.wait_for(stream.__anext__(), 5)
+        assert first.health is Health.UNDETECTED
+        xl.write_text("#!/bin/sh\necho 'xen_version : 4.17.5'\necho 'xen_scheduler : credit2'\n")
+        xl.chmod(0o755)
+        second = await asyncio.wait_for(stream.__anext__(), 5)
+        assert second.health is Health.HEALTHY and second.attributes["driver.xen.version"] == "4.17.5"
+        xl.unlink()
+        third = await asyncio.wait_for(stream.__anext__(), 5)
+        assert third.health is Health.UNDETECTED
+        await stream.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_fingerprint_periodic_without_change():
+    calls = []
+
+    async def prober(cfg):
+        calls.append(1)
+        return HostProbe(ProbeState.UNDETECTED, "no xl")
+
+    async def scenario():
+        core = DriverCore(PluginConfig(fingerprint_period=1.0), prober=prober, signature=lambda cfg: (), watch_interval=0.2)
+        stream = core.fingerprints()
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        await stream.__anext__()
+        await stream.__anext__()
+        assert 0.9 <= loop.time() - start < 2.0  # one period, not one watch interval
+        await stream.aclose()
+
+    asyncio.run(scenario())
+    assert len(calls) == 2
