@@ -105,7 +105,7 @@ def main() -> int:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="ndx-bench-") as tmp:
-        launcher = str(install(os.path.join(tmp, "plugins"), "xen-driver"))
+        launcher = str(install(os.path.join(tmp, "plugins"), "nomad-driver-xen"))
         env = {k: v for k, v in os.environ.items() if not k.startswith(("NOMAD_PLUGIN", "PLUGIN_"))}
         env.update(NOMAD_PLUGIN_MAGIC_COOKIE=NOMAD_HANDSHAKE.cookie_value, PLUGIN_PROTOCOL_VERSIONS="2")
         one_run(launcher, env)  # warm the page cache; not counted

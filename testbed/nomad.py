@@ -63,7 +63,7 @@ class NomadDom0:
         )
         # The operator's install step: our launcher into plugin_dir (runs the package from /src).
         self.tb.run(
-            ["python3", "-m", "xen_driver", "install", "--plugin-dir", PLUGIN_DIR, "--name", "nomad-driver-xen"],
+            ["python3", "-m", "xen_driver", "install", "--plugin-dir", PLUGIN_DIR],
             env={"PYTHONPATH": "/src"},
             timeout=120,
         )
@@ -146,7 +146,7 @@ class NomadDom0:
         self.cli(*args, timeout=300)
 
     def stop_job(self, job: str, purge: bool = True) -> None:
-        self.cli("job", "stop", *(["-purge"] if purge else []), job, timeout=300)
+        self.cli("job", "stop", "-detach", *(["-purge"] if purge else []), job, timeout=300)
 
     def domains(self) -> list[str]:
         """Names of all domains but Domain-0 (``xl list``)."""

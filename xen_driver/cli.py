@@ -1,7 +1,7 @@
 """Command line: serve the plugin (how Nomad runs us), install a launcher, print the version.
 
     nomad-driver-xen                              # serve (only when started by Nomad)
-    nomad-driver-xen install --plugin-dir DIR     # write DIR/xen-driver, a launcher for Nomad
+    nomad-driver-xen install --plugin-dir DIR     # write DIR/nomad-driver-xen, a launcher for Nomad
     nomad-driver-xen version
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from xen_driver import __version__
 
-DEFAULT_LAUNCHER_NAME = "xen-driver"
+DEFAULT_LAUNCHER_NAME = "nomad-driver-xen"
 
 
 def serve() -> int:

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-LAUNCHER = "xen-driver"
+LAUNCHER = "nomad-driver-xen"
 
 
 def nomad_binary() -> str:

@@ -13,8 +13,8 @@ from xen_driver.xen.probe import ProbeState, probe_host
 
 pytestmark = pytest.mark.nomad
 
-LOADER = "agent.plugin_loader.xen-driver"
-DRIVER_MGR = "client.driver_mgr.xen-driver"
+LOADER = "agent.plugin_loader.nomad-driver-xen"
+DRIVER_MGR = "client.driver_mgr.nomad-driver-xen"
 
 XL_INFO = """host                   : dom0
 nr_cpus                : 2
@@ -71,7 +71,7 @@ def test_agent_loads_our_driver_and_reports_this_hosts_health(nomad_agent):
     log = agent.log()
     # The loader's short-lived processes and the driver instance all exited on GRPCController.Shutdown.
     assert "plugin failed to exit gracefully" not in log
-    assert len(re.findall(r"xen-driver: shutdown requested by the plugin host", log)) >= 3
+    assert len(re.findall(r"nomad-driver-xen: shutdown requested by the plugin host", log)) >= 3
     assert "agent: shutdown complete" in log
 
 

@@ -12,8 +12,8 @@ from xen_driver.cli import install, launcher_text, main
 
 
 def test_install_writes_an_executable_launcher(tmp_path):
-    path = install(str(tmp_path / "plugins"), "xen-driver")
-    assert path == tmp_path / "plugins" / "xen-driver"
+    path = install(str(tmp_path / "plugins"), "nomad-driver-xen")
+    assert path == tmp_path / "plugins" / "nomad-driver-xen"
     assert os.stat(path).st_mode & stat.S_IXUSR
     text = path.read_text()
     assert text.startswith("#!/bin/sh\n") and f"exec {sys.executable} -m xen_driver" in text
