@@ -149,9 +149,12 @@ class DriverCore:
             deadline = loop.time() + self.config.fingerprint_period
             while (remaining := deadline - loop.time()) > 0:
                 try:
-                    await asyncio.wait_for(self._wake.wait(), min(remaining, self._watch_interval))
+                    # asyncio.timeout, not wait_for: on Python 3.11 wait_for can drop the
+                    # cancellation Nomad's closing of the stream delivers, and this loop would live on.
+                    async with asyncio.timeout(min(remaining, self._watch_interval)):
+                        await self._wake.wait()
                     break  # asked for a fresh fingerprint
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 if self._safe_signature() != signature:
                     self._log.debug("host changed; probing again before the period ends")
