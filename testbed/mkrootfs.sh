@@ -92,6 +92,22 @@ printf '127.0.0.1\tlocalhost dom0\n::1\tlocalhost ip6-localhost ip6-loopback\n' 
 printf '# the root filesystem is mounted by the initramfs; /src and /host by ndx-init\n' > "$ROOT/etc/fstab"
 mkdir -p "$ROOT/src" "$ROOT/host" "$ROOT/var/log/xen/console" "$ROOT/var/lib/xen" "$ROOT/etc/xen/auto"
 
+say "libvirt (second backend): what libvirtd needs to start without libvirt-daemon-system"
+# libvirtd also loads its QEMU driver, which refuses to start without the user and group that
+# Debian's libvirt-daemon-system would have created.
+in_root groupadd --system libvirt-qemu
+in_root useradd --system --gid libvirt-qemu --groups kvm --home-dir /var/lib/libvirt \
+    --shell /usr/sbin/nologin libvirt-qemu
+# The libxl driver names the host CPU after a model of libvirt's CPU map, from the features Xen
+# reports. Xen hides SEP on an AMD-vendor CPU (no SYSENTER in long mode), and QEMU's qemu64 with
+# svm is one, so no model matches and the driver refuses to start. Add qemu64 without SEP.
+cpu_map="$ROOT/usr/share/libvirt/cpu_map"
+sed -e "s/name='qemu64'/name='qemu64-xen-amd'/" -e "/<feature name='sep'\/>/d" \
+    "$cpu_map/x86_qemu64.xml" > "$cpu_map/x86_qemu64-xen-amd.xml"
+sed -i "s|^\( *\)<include filename='x86_qemu64.xml'/>|&\n\1<include filename='x86_qemu64-xen-amd.xml'/>|" \
+    "$cpu_map/index.xml"
+grep -q "x86_qemu64-xen-amd.xml" "$cpu_map/index.xml"
+
 say "trim: package caches, documentation, kernel modules no dom0 here can use"
 in_root apt-get clean
 rm -f "$ROOT/usr/sbin/policy-rc.d"

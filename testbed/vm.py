@@ -451,6 +451,7 @@ class Testbed:
         self._ports: dict[int, int] = {}  # dom0 port -> host port
         self._machine: Machine | None = None
         self._agent_up = False
+        self._libvirtd_pid: int | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self, timeout: float = 300) -> "Testbed":
@@ -548,6 +549,8 @@ class Testbed:
         finally:
             m.kill()
             self._agent_up = False
+            self._libvirtd_pid = None
+            self._machine = None
             _LIVE.discard(self)
 
     def __enter__(self) -> "Testbed":
@@ -561,6 +564,11 @@ class Testbed:
     @property
     def running(self) -> bool:
         return self._machine is not None and self._machine.running()
+
+    @property
+    def qemu_pid(self) -> int | None:
+        m = self._machine
+        return m.proc.pid if m is not None and m.proc is not None else None
 
     @property
     def serial_log(self) -> Path:
@@ -658,6 +666,29 @@ class Testbed:
                 f"{self.guest_console(name)[-3000:]}"
             )
         return float(r.stdout.strip())
+
+    def ensure_libvirtd(self, timeout: float = 90) -> int:
+        """Start libvirtd in dom0 unless it runs, and wait until ``xen:///system`` answers (the
+        libvirt backend's prerequisite). Returns its dom0 pid; its log is /var/log/libvirtd.log."""
+        probe = ["python3", "-c", "import libvirt; libvirt.open('xen:///system').close()"]
+        pid = self._libvirtd_pid
+        if pid is not None and self.poll(pid) is None and self.run(probe, check=False).rc == 0:
+            return pid
+        if pid is None or self.poll(pid) is not None:
+            pid = self._libvirtd_pid = self.spawn(["libvirtd"], log_path="/var/log/libvirtd.log")
+        deadline = time.monotonic() + timeout
+        while True:
+            r = self.run(probe, check=False)
+            if r.rc == 0:
+                return pid
+            rc = self.poll(pid)
+            if rc is not None or time.monotonic() > deadline:
+                why = f"exited {rc}" if rc is not None else f"no xen:///system after {timeout} s"
+                errors = self.run("grep -E ' (error|warning) : ' /var/log/libvirtd.log | tail -n 5",
+                                  check=False).stdout
+                raise TestbedError("libvirtd", f"{why}: {r.stderr.strip()[-300:]}\n{errors}",
+                                   "dom0:/var/log/libvirtd.log")
+            time.sleep(0.5)
 
     # -- transport -------------------------------------------------------------------------------
     def _request(self, req: dict, timeout: float = 60) -> dict:

@@ -263,5 +263,46 @@ def test_guest_vif_joins_the_xenbr0_bridge(testbed: Testbed, unikernel: str, tim
                 " exit 1")
 
 
+LIBVIRT_CREATE = r"""
+import json, sys, time, libvirt
+name, kernel, log = sys.argv[1:4]
+conn = libvirt.open("xen:///system")
+names = sorted(d.name() for d in conn.listAllDomains())
+xml = (f"<domain type='xen'><name>{name}</name><memory unit='MiB'>16</memory><vcpu>1</vcpu>"
+       f"<os><type>linux</type><kernel>{kernel}</kernel><cmdline>tick=5</cmdline></os>"
+       "<on_poweroff>destroy</on_poweroff><on_crash>destroy</on_crash>"
+       "<devices><console type='pty'/></devices></domain>")
+t0 = time.monotonic()
+dom = conn.createXML(xml)
+created = time.monotonic() - t0
+banner = None
+while time.monotonic() - t0 < 30 and banner is None:
+    try:
+        if b"NDX-GUEST READY" in open(log, "rb").read():
+            banner = time.monotonic() - t0
+    except FileNotFoundError:
+        pass
+    time.sleep(0.02)
+dom.destroy()
+print(json.dumps({"domains_before": names, "create": created, "create_to_ready": banner,
+                  "type": conn.getType()}))
+"""
+
+
+def test_libvirt_libxl_driver_runs_the_unikernel(testbed: Testbed, unikernel: str, timings: dict):
+    """The second backend's prerequisite: libvirtd's libxl driver works on this dom0."""
+    t0 = time.monotonic()
+    testbed.ensure_libvirtd()
+    timings["libvirtd_start"] = time.monotonic() - t0
+    name = "ndx-smoke-libvirt"
+    r = testbed.run(["python3", "-c", LIBVIRT_CREATE, name, unikernel, CONSOLE.format(name)],
+                    timeout=90)
+    out = json.loads(r.stdout)
+    assert out["type"] == "Xen" and "Domain-0" in out["domains_before"], out
+    assert out["create_to_ready"] is not None, testbed.guest_console(name)
+    timings["libvirt_create"] = out["create"]
+    _wait_gone(testbed, name)
+
+
 def test_only_domain0_is_left(testbed: Testbed):
     assert _domains(testbed) == ["Domain-0"]
