@@ -246,11 +246,19 @@ class Machine:
         with open(self.qemu_log, "wb") as qlog:
             qlog.write(("$ " + shlex.join(cmd) + "\n").encode())
             qlog.flush()
-            main_thread = threading.current_thread() is threading.main_thread()
+            # QEMU gets SIGKILL when the thread that starts it ends, even by SIGKILL: through
+            # setpriv (no Python code between fork and exec), else a preexec_fn.
+            preexec = None
+            if threading.current_thread() is threading.main_thread():
+                setpriv = shutil.which("setpriv")
+                if setpriv:
+                    cmd = [setpriv, "--pdeathsig", "KILL", "--", *cmd]
+                else:
+                    preexec = _die_with_parent
             self.progress = BootProgress(started=time.monotonic())
             self.proc = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=qlog, stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent if main_thread else None, cwd=str(self.scratch_dir),
+                preexec_fn=preexec, cwd=str(self.scratch_dir),
             )
         self._tail_stop.clear()
         self._tail_thread = threading.Thread(target=self._tail, name="testbed-serial", daemon=True)
