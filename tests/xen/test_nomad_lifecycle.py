@@ -39,7 +39,9 @@ def _events(nomad: NomadDom0, alloc: dict, task: str) -> str:
 def _batch_job(name: str, config_body: str) -> str:
     """minios.nomad with another job name and another ``config {}`` body."""
     text = MINIOS.replace('job "minios"', f'job "{name}"')
-    return re.sub(r"config \{.*?\n      \}", "config {\n" + config_body + "\n      }", text, flags=re.S)
+    block = "config {\n" + config_body + "\n      }"
+    # A function replacement: the body holds HCL escapes (\n, \") that re.sub must not interpret.
+    return re.sub(r"config \{.*?\n      \}", lambda _: block, text, flags=re.S)
 
 
 def test_node_reports_healthy_xen_driver(nomad):

@@ -334,8 +334,10 @@ class TaskLifecycle:
         except (FileNotFoundError, ValueError):
             return state.console_offset
 
-    def _attach_console(self, spec: TaskSpec, state: DriverState, offset: int) -> ConsoleStream:
-        offset_file = self._offset_file(Path(state.task_state_dir))
+    def _attach_console(
+        self, spec: TaskSpec, name: str, console_path: str, task_dir: Path, offset: int
+    ) -> ConsoleStream:
+        offset_file = self._offset_file(task_dir)
 
         def commit(pos: int) -> None:
             tmp = offset_file.with_suffix(".tmp")
@@ -346,7 +348,7 @@ class TaskLifecycle:
                 self._log.warn("cannot record console offset", task_id=spec.id, error=str(exc))
 
         sink = FifoSink(spec.stdout_path) if spec.stdout_path else FifoSink(os.devnull)
-        return self._pump.add(state.domain_name, state.console_path, sink, offset=offset, on_commit=commit)
+        return self._pump.add(name, console_path, sink, offset=offset, on_commit=commit)
 
     # ------------------------------------------------------------------ StartTask
     async def start_task(self, spec: TaskSpec) -> TaskHandle:
@@ -368,7 +370,10 @@ class TaskLifecycle:
 
         task_dir = self._task_dir(name)
         console_path = ConsolePump.log_path(self.config.console_log_dir, name)
-        created: DomainInfo | None = None
+        # Only a guest with a Click configuration must wait, paused, for it; any other guest is
+        # created running (one toolstack call less) since its console log keeps every byte anyway.
+        paused = click_text is not None
+        attempted = False  # once a create was tried the domain may exist, even if create failed
         stream: ConsoleStream | None = None
         try:
             with timer.phase("render"):
@@ -377,13 +382,41 @@ class TaskLifecycle:
                     cfg_path = str(self.backend.write_config(dspec))
                 else:
                     cfg_path = ""
+            attempted = True
             with timer.phase("domain_build"):
+                created: DomainInfo | None
                 if isinstance(self.backend, XlBackend):
-                    created = await self.backend.create(cfg_path, name, paused=True)
+                    created = await self.backend.create(cfg_path, name, paused=paused, describe=paused)
                 else:
-                    created = await self.backend.create_domain(dspec, paused=True)
-            assert created.domid is not None
-            exit_future = self._watcher.subscribe(name, created.domid)
+                    created = await self.backend.create_domain(dspec, paused=paused)
+            exit_future = self._watcher.subscribe(name, created.domid if created else None)
+            stream = self._attach_console(spec, name, console_path, task_dir, 0)
+            if paused:
+                assert created is not None and created.domid is not None and self._xenstore is not None
+                with timer.phase("clickos_push"):
+                    await clickos.push_config(
+                        self._xenstore,
+                        created.domid,
+                        click_text or "",
+                        layout=clickos.ClickLayout(self.config.clickos_layout),
+                        router_id=spec.config.click_router_id,
+                        config_name=os.path.basename(spec.config.click_config_file or "config.click"),
+                    )
+                with timer.phase("unpause"):
+                    await self.backend.unpause(name)
+                with timer.phase("boot"):
+                    await self._wait_boot(spec, stream, exit_future)
+            else:
+                with timer.phase("boot"):
+                    # Learn the domid while the guest boots instead of before.
+                    describe = asyncio.ensure_future(self.backend.domain(name))
+                    try:
+                        await self._wait_boot(spec, stream, exit_future)
+                        created = await describe
+                    finally:
+                        describe.cancel()
+                self._watcher.subscribe(name, created.domid)
+            assert created is not None and created.domid is not None
             state = DriverState(
                 task_id=spec.id,
                 domain_name=name,
@@ -396,24 +429,8 @@ class TaskLifecycle:
                 console_path=console_path,
                 console_offset=0,
             )
-            if click_text is not None:
-                assert self._xenstore is not None
-                with timer.phase("clickos_push"):
-                    await clickos.push_config(
-                        self._xenstore,
-                        created.domid,
-                        click_text,
-                        layout=clickos.ClickLayout(self.config.clickos_layout),
-                        router_id=spec.config.click_router_id,
-                        config_name=os.path.basename(spec.config.click_config_file or "config.click"),
-                    )
-            stream = self._attach_console(spec, state, 0)
-            with timer.phase("unpause"):
-                await self.backend.unpause(name)
-            with timer.phase("boot"):
-                await self._wait_boot(spec, stream, exit_future)
         except BaseException as exc:
-            await self._undo_start(name, created is not None, task_dir, console_path, stream)
+            await self._undo_start(name, attempted, task_dir, console_path, stream)
             if isinstance(exc, asyncio.CancelledError):
                 raise
             log.error("task start failed", error=str(exc), timings=timer.as_dict())
@@ -720,7 +737,7 @@ class TaskLifecycle:
             task.exited.set_result(ExitResult(exit_code=1, signal=int(signal_mod.SIGKILL), err=why))
             self._event(task, f"Recovery: {why}")
             # What the guest printed while nobody was streaming still belongs in Nomad's logs.
-            self._attach_console(spec, state, self._read_offset(state))
+            self._attach_console(spec, state.domain_name, state.console_path, Path(state.task_state_dir), self._read_offset(state))
             with contextlib.suppress(Exception):
                 await self._pump.drain(state.domain_name, DRAIN_TIMEOUT_S)
             with contextlib.suppress(Exception):
@@ -728,7 +745,7 @@ class TaskLifecycle:
             self._remove_files(state.domain_name, Path(state.task_state_dir), state.console_path)
             return
         offset = self._read_offset(state)
-        self._attach_console(spec, state, offset)
+        self._attach_console(spec, state.domain_name, state.console_path, Path(state.task_state_dir), offset)
         self._watcher.subscribe(state.domain_name, state.domid)
         log.info("task recovered", domid=state.domid, console_offset=offset, domain_state=info.state.value)
 

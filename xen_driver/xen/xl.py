@@ -207,11 +207,15 @@ class XlBackend:
         finally:
             os.unlink(tmp)
 
-    async def create(self, cfg_path: str | os.PathLike[str], name: str, *, paused: bool = True) -> DomainInfo:
-        """``xl create -e [-p] <cfg>``, then read the new domain's id, uuid and state.
+    async def create(
+        self, cfg_path: str | os.PathLike[str], name: str, *, paused: bool = True, describe: bool = True
+    ) -> DomainInfo | None:
+        """``xl create -e [-p] <cfg>``, then (unless ``describe`` is False) read the new domain's
+        id, uuid and state.
 
-        ``cfg_path`` is made absolute because xl resolves relative paths against its own
-        config directory.
+        ``describe=False`` returns None at once, so a caller can overlap that extra ``xl`` call
+        with something else (the driver waits for the guest's boot meanwhile).  ``cfg_path`` is
+        made absolute because xl resolves relative paths against its own config directory.
         """
         check_name("name", name)
         args = ["create", "-e"]
@@ -224,12 +228,14 @@ class XlBackend:
                 raise DomainExists(name)
             raise XlError(call.argv, call.rc, call.stderr)
         log.info("domain created", domain=name, paused=paused, duration_ms=round(call.duration_s * 1000, 1))
-        return await self.domain(name)
+        return await self.domain(name) if describe else None
 
     async def create_domain(self, spec: DomainSpec, *, paused: bool = True) -> DomainInfo:
         """Write the config for ``spec`` and create the domain from it."""
         path = self.write_config(spec)
-        return await self.create(path, spec.name, paused=paused)
+        info = await self.create(path, spec.name, paused=paused)
+        assert info is not None
+        return info
 
     async def unpause(self, name: str) -> None:
         await self._run_on_domain(name, "unpause")

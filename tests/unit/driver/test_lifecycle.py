@@ -54,14 +54,19 @@ class FakeXen:
         self.next_domid += 1
         self.domains[spec.name] = info
         self._console(spec.name).write_bytes(b"")
-        return info
+        if not paused:
+            self._run(spec.name)
+        return self.domains[spec.name]
 
-    async def unpause(self, name: str) -> None:
-        self.calls.append(("unpause", name))
+    def _run(self, name: str) -> None:
         self._set(name, state=DomainState.BLOCKED)
         if "silent" not in self.specs[name].cmdline:
             with open(self._console(name), "ab") as fh:
                 fh.write(b"fake guest booting\n" + self.boot_line)
+
+    async def unpause(self, name: str) -> None:
+        self.calls.append(("unpause", name))
+        self._run(name)
 
     async def shutdown(self, name: str, *, wait: bool = False) -> None:
         self.calls.append(("shutdown", name))
@@ -167,7 +172,7 @@ async def test_start_boot_poweroff_destroy(host):
         handle = await lc.start_task(spec)
         state = DriverState.decode(handle.driver_state)
         assert handle.state is TaskState.RUNNING and handle.version >= 1
-        assert fake.calls[:2] == [("create", state.domain_name), ("unpause", state.domain_name)]
+        assert fake.calls[:1] == [("create", state.domain_name)]  # no Click config: created running
         assert fake.specs[state.domain_name].memory_mb == 16  # from the task's resources
         status = await lc.inspect_task(spec.id)
         assert status.state is TaskState.RUNNING
@@ -267,7 +272,7 @@ async def test_boot_timeout_undoes_everything(host):
         spec = make_spec(tmp_path, cmdline="silent", boot_timeout="500ms")
         with pytest.raises(RecoverableError, match="boot_timeout"):
             await lc.start_task(spec)
-        assert [c for c, _ in fake.calls] == ["create", "unpause", "destroy"]
+        assert [c for c, _ in fake.calls] == ["create", "destroy"]
         assert _leftovers(tmp_path, fake) == []
     finally:
         await lc.close()
