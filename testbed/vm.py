@@ -65,6 +65,14 @@ class CommandError(RuntimeError):
         )
 
 
+class AgentError(RuntimeError):
+    """The dom0 agent could not carry out a request (bad request, a failing file operation...)."""
+
+
+_OS_ERRORS = {e.__name__: e for e in (FileNotFoundError, FileExistsError, PermissionError,
+                                      IsADirectoryError, NotADirectoryError)}
+
+
 @dataclass(frozen=True)
 class Result:
     """What a command run in dom0 gave back."""
@@ -527,7 +535,7 @@ class Testbed:
         # 2. the agent answers through the port forward
         while True:
             try:
-                self._request({"op": "ping"}, timeout=5)
+                self._exchange({"op": "ping"}, timeout=5)
                 break
             except (OSError, ConnectionError, ValueError):
                 if not m.running():
@@ -547,7 +555,7 @@ class Testbed:
         try:
             if m.running() and self._agent_up:
                 try:
-                    self._request({"op": "poweroff"}, timeout=10)
+                    self._exchange({"op": "poweroff"}, timeout=10)
                 except (OSError, ConnectionError, ValueError):
                     pass
                 if m.wait_exit(timeout) is None:
@@ -700,8 +708,21 @@ class Testbed:
 
     # -- transport -------------------------------------------------------------------------------
     def _request(self, req: dict, timeout: float = 60) -> dict:
+        """One request to the dom0 agent; a transport failure becomes a TestbedError that says
+        whether the machine is still there."""
         if self._machine is None:
             raise RuntimeError("testbed not started")
+        try:
+            return self._exchange(req, timeout)
+        except (OSError, ConnectionError, ValueError) as exc:
+            m = self._machine
+            if m is not None and not m.running():
+                raise TestbedError("dom0 agent", f"the machine is gone (QEMU exited "
+                                   f"{m.proc.returncode}) during {req.get('op')}", self.log_path) from exc
+            raise TestbedError("dom0 agent", f"{req.get('op')}: {type(exc).__name__}: {exc}",
+                               self.log_path) from exc
+
+    def _exchange(self, req: dict, timeout: float) -> dict:
         port = self._ports[AGENT_PORT]
         with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -711,7 +732,10 @@ class Testbed:
             (length,) = struct.unpack(">I", header)
             resp = json.loads(_recv_exact(sock, length))
         if not resp.get("ok"):
-            raise RuntimeError(f"dom0 agent: {req.get('op')} failed: {resp.get('kind')}: {resp.get('error')}")
+            kind, error = resp.get("kind"), resp.get("error")
+            if kind in _OS_ERRORS:  # read_file of a missing file raises FileNotFoundError, as locally
+                raise _OS_ERRORS[kind](f"dom0: {error}")
+            raise AgentError(f"dom0 agent: {req.get('op')} failed: {kind}: {error}")
         return resp
 
 

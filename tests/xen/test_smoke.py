@@ -86,6 +86,7 @@ CLICK_CONFIG = "\n".join(
 def timings(testbed: Testbed, testbed_report: list[str]):
     """Timings the smoke test sees; printed and written to bench/results/testbed.json at the end."""
     started = time.monotonic()
+    load_before = os.getloadavg()[0]
     seen: dict[str, float] = {}
     yield seen
     seen["smoke_tests_total"] = time.monotonic() - started
@@ -94,8 +95,10 @@ def timings(testbed: Testbed, testbed_report: list[str]):
     result = {
         "what": "real-Xen testbed smoke test (tests/xen/test_smoke.py), seconds",
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        # other work on the host slows an emulated machine down: the load says how busy it was
         "machine": {"cpus": os.cpu_count(), "accel": "kvm" if testbed.kvm else "tcg",
-                    "python": platform.python_version()},
+                    "python": platform.python_version(),
+                    "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)]},
         "image": {k: manifest.get(k) for k in ("key", "xen_version", "dom0_kernel")},
         "boot": {
             "qemu_to_xen": boot.get("xen"),
