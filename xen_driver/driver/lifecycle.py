@@ -428,6 +428,7 @@ class TaskLifecycle:
                 task_state_dir=str(task_dir),
                 console_path=console_path,
                 console_offset=0,
+                driver_config=spec.raw_config,
             )
         except BaseException as exc:
             await self._undo_start(name, attempted, task_dir, console_path, stream)

@@ -95,6 +95,9 @@ class TaskSpec:
     stdout_path: str
     stderr_path: str
     config: TaskConfig
+    #: The job's ``config {}`` as Nomad sent it (cty-msgpack).  Kept in the driver state, because
+    #: Nomad does not persist it in its own copy of the task handle (see driver/state.py).
+    raw_config: bytes = b""
 
     @property
     def task_dir(self) -> str:

@@ -31,6 +31,7 @@ from xen_driver.driver.models import (
     TaskStats,
     TaskStatus,
 )
+from xen_driver.driver.state import stored_driver_config
 from xen_driver.nomad.schemas import TASK_SCHEMA
 
 #: Go's zero time.Time as a protobuf Timestamp (0001-01-01T00:00:00Z).
@@ -92,11 +93,13 @@ def capabilities(caps: Capabilities) -> dpb.DriverCapabilities:
 # ---- tasks ----------------------------------------------------------------------------------
 
 
-def task_spec(task: dpb.TaskConfig) -> TaskSpec:
+def task_spec(task: dpb.TaskConfig, raw_config: bytes | None = None) -> TaskSpec:
     """Decode a TaskConfig (including the job's driver config) into a TaskSpec.
 
-    Raises ConfigError / CtyDecodeError for an unacceptable driver config.
+    ``raw_config`` replaces the request's own driver config bytes.  Raises ConfigError /
+    CtyDecodeError for an unacceptable driver config.
     """
+    raw = task.msgpack_driver_config if raw_config is None else raw_config
     res = task.resources.allocated_resources
     return TaskSpec(
         id=task.id,
@@ -115,7 +118,8 @@ def task_spec(task: dpb.TaskConfig) -> TaskSpec:
         alloc_dir=task.alloc_dir,
         stdout_path=task.stdout_path,
         stderr_path=task.stderr_path,
-        config=TaskConfig.from_dict(TASK_SCHEMA.decode(task.msgpack_driver_config)),
+        config=TaskConfig.from_dict(TASK_SCHEMA.decode(raw)),
+        raw_config=raw,
     )
 
 
@@ -149,8 +153,14 @@ def start_response(handle: TaskHandle, config: dpb.TaskConfig) -> dpb.StartTaskR
 
 
 def recovered_task(handle: dpb.TaskHandle) -> RecoveredTask:
+    """The task of a handle Nomad gives back to RecoverTask.
+
+    After a client restart the handle's config has no driver config any more (Nomad does not
+    persist it), so the copy we keep in driver_state is used instead (driver/state.py).
+    """
+    raw = handle.config.msgpack_driver_config or stored_driver_config(handle.driver_state)
     return RecoveredTask(
-        spec=task_spec(handle.config),
+        spec=task_spec(handle.config, raw),
         version=handle.version,
         state=TaskState(handle.state) if handle.state in (0, 1, 2) else TaskState.UNKNOWN,
         driver_state=handle.driver_state,

@@ -126,3 +126,35 @@ def test_capabilities():
 def test_task_event_gets_a_timestamp():
     msg = convert.task_event(TaskEvent(task_id="x", alloc_id="a", task_name="web", message="booted", annotations={"boot_ms": "31"}))
     assert msg.timestamp.seconds > 0 and dict(msg.annotations) == {"boot_ms": "31"}
+
+
+def test_recovery_after_a_client_restart_takes_the_job_config_from_driver_state():
+    """Nomad persists its copy of the handle without the driver config bytes; what RecoverTask
+    then gets must still decode to the job's config (from the copy in our driver_state)."""
+    from xen_driver.driver.state import DriverState
+
+    started = task_config(kernel="local/k", on_crash="preserve", memory=24)
+    spec = convert.task_spec(started)
+    assert spec.raw_config == started.msgpack_driver_config
+    state = DriverState(task_id=spec.id, domain_name="nomad-web-5e1c-0a1b2c3d", domid=7, uuid="u", started_at_ns=1,
+                        backend="xl", config_path="/c", task_state_dir="/t", console_path="/l", console_offset=0,
+                        driver_config=spec.raw_config)
+    restored = driver_pb2.TaskConfig()
+    restored.CopyFrom(started)
+    restored.msgpack_driver_config = b""  # what Nomad hands back after an agent restart
+    handle = driver_pb2.TaskHandle(version=2, config=restored, state=driver_pb2.RUNNING, driver_state=state.encode())
+    rec = convert.recovered_task(handle)
+    assert rec.spec.config == spec.config and rec.spec.config.on_crash == "preserve" and rec.spec.config.memory == 24
+    assert rec.spec.stdout_path == started.stdout_path
+
+
+def test_version_1_driver_state_still_decodes():
+    import msgpack
+
+    from xen_driver.driver.state import DriverState, stored_driver_config
+
+    v1 = {"v": 1, "task_id": "t", "domain_name": "d", "domid": 3, "uuid": "u", "started_at_ns": 1, "backend": "xl",
+          "config_path": "/c", "task_state_dir": "/t", "console_path": "/l", "console_offset": 0}
+    blob = msgpack.packb(v1, use_bin_type=True)
+    assert DriverState.decode(blob).driver_config == b"" and stored_driver_config(blob) == b""
+    assert stored_driver_config(b"junk") == b""
