@@ -147,8 +147,15 @@ def _create(tb: Testbed, name: str, cfg: str, timeout: float = 60) -> dict:
     r = tb.run(["python3", "-c", CREATE_AND_WATCH, path, CONSOLE.format(name), str(timeout)],
                timeout=timeout + 30)
     out = json.loads(r.stdout)
-    assert "error" not in out, out["error"]
+    assert "error" not in out, f"step 'xl create {name}': {out['error']} (config: dom0:{path})"
+    out["timeout"] = timeout
     return out
+
+
+def _no_banner(tb: Testbed, name: str, seen: dict, what: str = "banner") -> str:
+    return (f"step 'guest {what}': guest {name} printed no {what} within {seen['timeout']} s of"
+            f" xl create; console log dom0:{CONSOLE.format(name)}, xl log dom0:{XL_LOG.format(name)},"
+            f" serial log {tb.serial_log}; console so far:\n{tb.guest_console(name)[-2000:]}")
 
 
 def _domains(tb: Testbed) -> list[str]:
@@ -182,9 +189,11 @@ def test_xl_info_reports_the_hypervisor(testbed: Testbed, timings: dict):
     running = f"{info['xen_major']}.{info['xen_minor']}{info['xen_extra']}"
     assert built.startswith(running.split("-")[0]), (built, running)
     assert "pv" in info["virt_caps"].split(), info["virt_caps"]
-    # the toolstack daemons are up; dom0 is the only domain
+    # the toolstack daemons are up, the tools are there; dom0 is the only domain
     procs = testbed.run(["ps", "-eo", "comm="]).stdout.split()
     assert "xenstored" in procs and "xenconsoled" in procs, procs
+    assert testbed.run(["xenstore-read", "/local/domain/0/name"]).stdout.strip() == "Domain-0"
+    assert "Domain-0" in testbed.run(["xentop", "-b", "-i", "1"]).stdout
     assert _domains(testbed) == ["Domain-0"]
     assert testbed.boot_timings.get("toolstack"), testbed.boot_timings
 
@@ -193,11 +202,10 @@ def test_unikernel_boots_and_prints_banner(testbed: Testbed, unikernel: str, tim
     cfg = _xl_cfg(GUEST, unikernel, "clickos tick=2")
     seen = _create(testbed, GUEST, cfg)
     timings["xl_create"] = seen["xl_create"]
-    assert seen["create_to_banner"] is not None, (
-        f"no banner on the console of {GUEST}:\n{testbed.guest_console(GUEST)}")
+    assert seen["create_to_banner"] is not None, _no_banner(testbed, GUEST, seen)
     timings["create_to_banner"] = seen["create_to_banner"]
     timings["create_returned_to_banner"] = max(0.0, seen["create_to_banner"] - seen["xl_create"])
-    assert seen["create_to_ready"] is not None, testbed.guest_console(GUEST)
+    assert seen["create_to_ready"] is not None, _no_banner(testbed, GUEST, seen, "READY marker")
     timings["create_to_ready"] = seen["create_to_ready"]
 
     domid = int(testbed.run(["xl", "domid", GUEST]).stdout)
@@ -243,7 +251,7 @@ def test_xl_shutdown_ends_the_guest_with_poweroff(testbed: Testbed, timings: dic
 
 def test_crashing_guest_ends_with_crash(testbed: Testbed, unikernel: str, timings: dict):
     seen = _create(testbed, CRASHER, _xl_cfg(CRASHER, unikernel, "crash_after=0.5"))
-    assert seen["create_to_ready"] is not None, testbed.guest_console(CRASHER)
+    assert seen["create_to_ready"] is not None, _no_banner(testbed, CRASHER, seen, "READY marker")
     t0 = time.monotonic()
     _wait_gone(testbed, CRASHER)
     timings["crash_ready_to_gone"] = time.monotonic() - t0
