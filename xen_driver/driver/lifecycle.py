@@ -23,6 +23,11 @@ What happens to a task, and why:
   where the previous one stopped.
 * **Plugin exit never touches guests.**  :meth:`TaskLifecycle.close` stops our loops and
   closes FIFOs; domains keep running and are re-adopted by RecoverTask.
+* **Nor Nomad's log collection.**  Nomad's logmon stops reading a task's stdout FIFO at the
+  first end-of-file, which a FIFO reports when its last writer closes, and after a plugin crash
+  Nomad does not restart that reader.  A small keeper process
+  (:mod:`xen_driver.xen.fifokeeper`) therefore holds every task's FIFO open for writing until
+  the task ends, so a crashed plugin's successor finds logmon still reading.
 """
 
 from __future__ import annotations
@@ -67,6 +72,7 @@ from xen_driver.logging import get_logger
 from xen_driver.xen import clickos
 from xen_driver.xen.backend import Backend, DomainInfo, DomainNotFound, ExitReason, XenBackendError
 from xen_driver.xen.console import ConsolePump, ConsoleStream, FifoSink
+from xen_driver.xen.fifokeeper import FifoKeeperClient
 from xen_driver.xen.spec import DomainSpec, SpecError, VifSpec
 from xen_driver.xen.stats import StatsSampler
 from xen_driver.xen.watcher import DomainExit, DomainWatcher
@@ -163,6 +169,7 @@ class TaskLifecycle:
         self._xenstore: XenStore | None = None
         self._watcher: DomainWatcher | None = None
         self._pump = ConsolePump()
+        self._keeper = FifoKeeperClient(self._state_dir)
         self._sampler = StatsSampler(self.backend)
         self._started = False
         self._start_lock = asyncio.Lock()
@@ -208,6 +215,8 @@ class TaskLifecycle:
             await self._watcher.stop()
         await self._sampler.stop()
         await self._pump.stop()
+        with contextlib.suppress(Exception):
+            await self._keeper.close()  # the keeper process stays: it holds the FIFOs for our successor
         if self._xenstore is not None:
             with contextlib.suppress(Exception):
                 await self._xenstore.close()
@@ -347,8 +356,13 @@ class TaskLifecycle:
             except OSError as exc:  # the state dir vanished: keep streaming, lose only resumability
                 self._log.warn("cannot record console offset", task_id=spec.id, error=str(exc))
 
-        sink = FifoSink(spec.stdout_path) if spec.stdout_path else FifoSink(os.devnull)
+        path = spec.stdout_path or os.devnull
+        sink = FifoSink(path, on_fifo_open=lambda: self._keeper.hold(name, path))
         return self._pump.add(name, console_path, sink, offset=offset, on_commit=commit)
+
+    def _release_console(self, name: str) -> None:
+        """The task is over: Nomad's logmon may see end-of-file once our own descriptor closes."""
+        self._keeper.release(name)
 
     # ------------------------------------------------------------------ StartTask
     async def start_task(self, spec: TaskSpec) -> TaskHandle:
@@ -485,6 +499,7 @@ class TaskLifecycle:
         if stream is not None:
             with contextlib.suppress(Exception):
                 await self._pump.remove(name)
+            self._release_console(name)
         if created:
             try:
                 await self.backend.destroy(name)
@@ -536,6 +551,7 @@ class TaskLifecycle:
             await self._pump.drain(task.name, DRAIN_TIMEOUT_S)
         with contextlib.suppress(Exception):
             await self._pump.remove(task.name)
+        self._release_console(task.name)
         await self._dispose_exited_domain(task, exit_)
         if self._watcher is not None:
             self._watcher.unsubscribe(task.name)
@@ -661,6 +677,9 @@ class TaskLifecycle:
                 await self.backend.destroy(task.name)
         self._tasks.pop(task_id, None)
         self._by_domain.pop(task.name, None)
+        with contextlib.suppress(Exception):
+            await self._pump.remove(task.name)
+        self._release_console(task.name)
         self._remove_files(task.name, Path(task.state.task_state_dir), task.state.console_path)
         self._log.info("task destroyed", task_id=task_id, domain=task.name)
 
@@ -743,6 +762,7 @@ class TaskLifecycle:
                 await self._pump.drain(state.domain_name, DRAIN_TIMEOUT_S)
             with contextlib.suppress(Exception):
                 await self._pump.remove(state.domain_name)
+            self._release_console(state.domain_name)
             self._remove_files(state.domain_name, Path(state.task_state_dir), state.console_path)
             return
         offset = self._read_offset(state)

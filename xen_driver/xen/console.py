@@ -63,9 +63,16 @@ class FifoSink:
     away, e.g. logmon restarted) the descriptor is closed and reopened on the next write.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, write_timeout_s: float = 5.0):
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        write_timeout_s: float = 5.0,
+        on_fifo_open: Callable[[], None] | None = None,
+    ):
         self.path = os.fspath(path)
         self.write_timeout_s = write_timeout_s
+        self.on_fifo_open = on_fifo_open  # called each time the FIFO is opened (it has a reader then)
         self._fd: int | None = None
 
     def _open(self) -> int:
@@ -76,9 +83,12 @@ class FifoSink:
                 if exc.errno in (errno.ENXIO, errno.ENOENT):
                     raise SinkUnavailable(f"{self.path}: {exc.strerror}") from None
                 raise
-            if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            is_fifo = stat.S_ISFIFO(os.fstat(fd).st_mode)
+            if not is_fifo:
                 os.set_blocking(fd, True)  # regular files and /dev/null never block for long
             self._fd = fd
+            if is_fifo and self.on_fifo_open is not None:
+                self.on_fifo_open()
         return self._fd
 
     async def write(self, data: bytes) -> None:

@@ -349,3 +349,66 @@ async def test_unknown_ids_and_signals(host):
         assert (await asyncio.wait_for(lc.wait_task(spec.id), 5)).exit_code == 0
     finally:
         await lc.close()
+
+
+def _logmon(fifo: Path):
+    """Nomad's logmon side of a stdout FIFO: a non-blocking reader and what it got."""
+    rfd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    got = bytearray()
+
+    def drain() -> bool:
+        """Read what is there; True once the FIFO reads end-of-file (no writer left)."""
+        while True:
+            try:
+                chunk = os.read(rfd, 65536)
+            except BlockingIOError:
+                return False
+            if not chunk:
+                return True
+            got.extend(chunk)
+
+    return rfd, got, drain
+
+
+async def test_log_fifo_keeps_a_writer_across_a_plugin_crash(host):
+    """Nomad's logmon stops at the first end-of-file and is not restarted after a plugin crash:
+    the FIFO must never lose its last writer while the task lives."""
+    tmp_path, config, fake = host
+    fifo = tmp_path / ".web.stdout.fifo"
+    os.mkfifo(fifo)
+    rfd, got, drain = _logmon(fifo)
+    try:
+        lc = await _lifecycle(config, fake)
+        spec = TaskSpec(**{**make_spec(tmp_path).__dict__, "stdout_path": str(fifo)})
+        handle = await lc.start_task(spec)
+        name = DriverState.decode(handle.driver_state).domain_name
+        await asyncio.sleep(0.4)
+        await lc._keeper.flush()
+        assert drain() is False and b"NDX-GUEST READY" in got
+        await lc.close()  # the plugin is gone (its descriptors with it); the guest runs on
+
+        with open(tmp_path / "console" / f"guest-{name}.log", "ab") as fh:
+            fh.write(b"tick 1\n")
+        assert drain() is False  # no end-of-file: logmon would still be reading
+
+        lc2 = await _lifecycle(config, fake)
+        try:
+            await lc2.recover_task(
+                RecoveredTask(spec=spec, version=handle.version, state=handle.state, driver_state=handle.driver_state)
+            )
+            for _ in range(50):
+                drain()
+                if got.endswith(b"tick 1\n"):
+                    break
+                await asyncio.sleep(0.1)
+            assert got.count(b"NDX-GUEST READY") == 1 and got.endswith(b"tick 1\n")
+
+            fake.power_off(name, ExitReason.POWEROFF)
+            assert (await asyncio.wait_for(lc2.wait_task(spec.id), 5)).exit_code == 0
+            await lc2._keeper.flush()
+            assert drain() is True  # the task is over: logmon sees end-of-file
+        finally:
+            await lc2.close()
+    finally:
+        os.close(rfd)
+
