@@ -247,6 +247,14 @@ class TaskLifecycle:
 
     def resolve_image(self, spec: TaskSpec, field_name: str, value: str) -> str:
         """Absolute real path of a kernel/ramdisk, checked against where images may come from."""
+        try:
+            return self._resolve_image(spec, field_name, value)
+        except ConfigError:
+            raise
+        except ValueError as exc:  # os.path refuses NUL bytes (in the value or in the task's name)
+            raise ConfigError(TASK, field_name, value, f"cannot be resolved to a host path ({exc})") from None
+
+    def _resolve_image(self, spec: TaskSpec, field_name: str, value: str) -> str:
         task_dir = spec.task_dir
         if os.path.isabs(value):
             path = os.path.realpath(value)
@@ -479,9 +487,16 @@ class TaskLifecycle:
                     return
                 except TimeoutError:
                     what = f"boot marker {marker!r}" if marker else "any console output"
+                    if not os.path.exists(stream.path):
+                        raise RecoverableError(
+                            f"no console log of the guest appeared at {stream.path} within "
+                            f"{spec.config.boot_timeout:g}s (boot_timeout), so its {what} could not be seen: "
+                            f"is xenconsoled running with --log=guest, and does {os.path.dirname(stream.path)} "
+                            "exist and accept files?"
+                        ) from None
                     raise RecoverableError(
                         f"the guest did not print {what} within {spec.config.boot_timeout:g}s "
-                        f"(boot_timeout); see its console log"
+                        f"(boot_timeout); see its console log {stream.path}"
                     ) from None
             exit_ = died.result()
             raise RecoverableError(f"the guest stopped while booting (reason: {exit_.reason.value})")

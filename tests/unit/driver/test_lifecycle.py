@@ -412,3 +412,29 @@ async def test_log_fifo_keeps_a_writer_across_a_plugin_crash(host):
     finally:
         os.close(rfd)
 
+
+async def test_task_name_that_is_no_valid_path_is_a_config_error(host):
+    tmp_path, config, fake = host
+    lc = await _lifecycle(config, fake)
+    try:
+        spec = TaskSpec(**{**make_spec(tmp_path, kernel="kernel").__dict__, "name": "we\x00b"})
+        with pytest.raises(ConfigError, match='"kernel"'):
+            await lc.start_task(spec)
+        assert fake.calls == [] and _leftovers(tmp_path, fake) == []
+    finally:
+        await lc.close()
+
+
+async def test_missing_console_log_is_named_in_the_boot_error(host):
+    tmp_path, config, fake = host
+    elsewhere = tmp_path / "not-the-console-dir"
+    elsewhere.mkdir()
+    fake._console = lambda name: elsewhere / f"guest-{name}.log"  # xenconsoled cannot write our dir
+    lc = await _lifecycle(config, fake)
+    try:
+        with pytest.raises(RecoverableError, match="no console log of the guest appeared at .*xenconsoled") as err:
+            await lc.start_task(make_spec(tmp_path, boot_timeout="300ms"))
+        assert str(tmp_path / "console") in str(err.value)
+        assert not fake.domains and _leftovers(tmp_path, fake) == []
+    finally:
+        await lc.close()
