@@ -16,6 +16,7 @@ NOMAD_VERSION := $(shell cat tools/nomad/VERSION)
 help:
 	@echo "make test           run the whole test suite (installs what it needs)"
 	@echo "make demo           real Nomad + real Xen testbed running nomad-jobs/clickos.nomad"
+	@echo "make recovery       plugin crash, agent restarts, Xen faults under a real Nomad agent (table + bench/results/recovery.json)"
 	@echo "make nomad          build/cache the pinned Nomad agent ($(NOMAD_VERSION))"
 	@echo "make testbed        build/cache the Xen-in-QEMU testbed images"
 	@echo "make testbed-smoke  boot the testbed and smoke-test Xen with our unikernel"
@@ -50,6 +51,12 @@ test: deps nomad testbed
 
 demo: deps nomad testbed
 	$(PY) tools/demo.py
+
+# Recovery on the testbed with a real Nomad agent: the module prints its summary table and
+# writes bench/results/recovery.json.
+.PHONY: recovery
+recovery: deps nomad testbed
+	$(PY) -m pytest -v -rA tests/xen/test_recovery.py
 
 bench: deps nomad testbed
 	$(PY) bench/startup.py
