@@ -683,6 +683,14 @@ class Testbed:
             )
         return float(r.stdout.strip())
 
+    def save_dom0_logs(self, name: str = "dom0-logs") -> Path:
+        """Copy dom0's logs (Xen consoles, xl monitors, hotplug, libvirtd) into the scratch dir,
+        where they outlive the machine; returns that host directory."""
+        script = ('rm -rf "$1" && mkdir -p "$1" && cp -a /var/log/xen "$1"/ &&'
+                  ' { cp /var/log/libvirtd.log "$1"/ 2>/dev/null; dmesg > "$1"/dmesg.txt; true; }')
+        self.run(["sh", "-c", script, "sh", f"/host/{name}"], timeout=60)
+        return self.scratch_dir / name
+
     def ensure_libvirtd(self, timeout: float = 90) -> int:
         """Start libvirtd in dom0 unless it runs, and wait until ``xen:///system`` answers (the
         libvirt backend's prerequisite). Returns its dom0 pid; its log is /var/log/libvirtd.log."""

@@ -108,6 +108,12 @@ def testbed(testbed_run_dir: Path, testbed_report: list[str]):
     try:
         yield tb
     finally:
+        if tb.running:
+            try:
+                logs = tb.save_dom0_logs()
+                testbed_report.append(f"dom0 logs (xen consoles, xl, hotplug, libvirtd): {logs}")
+            except Exception as exc:  # the machine may be what failed
+                testbed_report.append(f"dom0 logs not saved: {exc}")
         tb.stop()
 
 

@@ -155,6 +155,7 @@ def _create(tb: Testbed, name: str, cfg: str, timeout: float = 60) -> dict:
 def _no_banner(tb: Testbed, name: str, seen: dict, what: str = "banner") -> str:
     return (f"step 'guest {what}': guest {name} printed no {what} within {seen['timeout']} s of"
             f" xl create; console log dom0:{CONSOLE.format(name)}, xl log dom0:{XL_LOG.format(name)},"
+            f" (both saved under {Path(tb.serial_log).parent}/dom0-logs/ at the end of the session),"
             f" serial log {tb.serial_log}; console so far:\n{tb.guest_console(name)[-2000:]}")
 
 
