@@ -126,7 +126,15 @@ class Agent:
         except subprocess.TimeoutExpired:
             timed_out = True
             kill_group(proc.pid, signal.SIGKILL)
-            out, err = proc.communicate()
+            try:
+                out, err = proc.communicate(timeout=5)
+            except subprocess.TimeoutExpired:
+                # a daemon that left the process group still holds the output pipes
+                for pipe in (proc.stdin, proc.stdout, proc.stderr):
+                    if pipe:
+                        pipe.close()
+                proc.wait()
+                out, err = b"", b"(output lost: a background process kept the pipes open)\n"
         return {
             "rc": proc.returncode, "stdout": b64(out), "stderr": b64(err),
             "timed_out": timed_out, "duration": time.monotonic() - started,

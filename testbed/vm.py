@@ -721,7 +721,7 @@ class Testbed:
         if self._machine is None:
             raise RuntimeError("testbed not started")
         try:
-            return self._exchange(req, timeout)
+            resp = self._exchange(req, timeout)
         except (OSError, ConnectionError, ValueError) as exc:
             m = self._machine
             if m is not None and not m.running():
@@ -729,8 +729,15 @@ class Testbed:
                                    f"{m.proc.returncode}) during {req.get('op')}", self.log_path) from exc
             raise TestbedError("dom0 agent", f"{req.get('op')}: {type(exc).__name__}: {exc}",
                                self.log_path) from exc
+        if not resp.get("ok"):
+            kind, error = resp.get("kind"), resp.get("error")
+            if kind in _OS_ERRORS:  # read_file of a missing file raises FileNotFoundError, as locally
+                raise _OS_ERRORS[kind](f"dom0: {error}")
+            raise AgentError(f"dom0 agent: {req.get('op')} failed: {kind}: {error}")
+        return resp
 
     def _exchange(self, req: dict, timeout: float) -> dict:
+        """Send one request, return the agent's response as it is (transport errors propagate)."""
         port = self._ports[AGENT_PORT]
         with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -738,13 +745,7 @@ class Testbed:
             sock.sendall(struct.pack(">I", len(body)) + body)
             header = _recv_exact(sock, 4)
             (length,) = struct.unpack(">I", header)
-            resp = json.loads(_recv_exact(sock, length))
-        if not resp.get("ok"):
-            kind, error = resp.get("kind"), resp.get("error")
-            if kind in _OS_ERRORS:  # read_file of a missing file raises FileNotFoundError, as locally
-                raise _OS_ERRORS[kind](f"dom0: {error}")
-            raise AgentError(f"dom0 agent: {req.get('op')} failed: {kind}: {error}")
-        return resp
+            return json.loads(_recv_exact(sock, length))
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
