@@ -372,6 +372,13 @@ def parse_xl_list(text: str) -> list[DomainInfo]:
     return out
 
 
+#: libxl's report of its own clean-up after a failed create ("Non-existant domain", "Unable to
+#: destroy guest", ...): true, but it buries the line that says what went wrong.
+_CLEANUP_RE = re.compile(r"destroy|destruction|non-existant domain|non-existent domain", re.IGNORECASE)
+
+
 def _last_lines(text: str, n: int = 3) -> str:
+    """The last ``n`` lines of xl's stderr that say why it failed (clean-up chatter skipped)."""
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    return " | ".join(lines[-n:])
+    causes = [ln for ln in lines if not _CLEANUP_RE.search(ln)]
+    return " | ".join((causes or lines)[-n:])

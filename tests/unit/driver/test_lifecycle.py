@@ -438,3 +438,21 @@ async def test_missing_console_log_is_named_in_the_boot_error(host):
         assert not fake.domains and _leftovers(tmp_path, fake) == []
     finally:
         await lc.close()
+
+
+def test_failed_create_reports_the_cause_not_the_clean_up():
+    """A vif hotplug failure: libxl's own clean-up lines come last and must not hide the cause."""
+    from xen_driver.xen.xl import XlError
+
+    stderr = (
+        "libxl: error: libxl_exec.c:117:libxl_report_child_exitstatus: /etc/xen/scripts/vif-bridge online [981] exited with error status 1\n"
+        "libxl: error: libxl_device.c:1286:device_hotplug_child_death_cb: script: Could not find bridge device nosuchbr0\n"
+        "libxl: error: libxl_create.c:1916:domcreate_attach_devices: Domain 12:unable to add vif devices\n"
+        "libxl: error: libxl_domain.c:1183:libxl__destroy_domid: Domain 12:Non-existant domain\n"
+        "libxl: error: libxl_domain.c:1137:domain_destroy_callback: Domain 12:Unable to destroy guest\n"
+        "libxl: error: libxl_domain.c:1064:domain_destroy_cb: Domain 12:Destruction of domain failed\n"
+    )
+    message = str(XlError(["xl", "create", "-e", "/x.cfg"], 3, stderr))
+    assert "Could not find bridge device nosuchbr0" in message and "unable to add vif devices" in message
+    assert "destroy" not in message.lower()
+    assert "Non-existant" in str(XlError(["xl", "destroy", "d"], 1, "libxl: error: Domain 12:Non-existant domain\n"))
