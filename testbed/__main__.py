@@ -19,7 +19,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="testbed/run.sh", description=(
         "Boot Xen + dom0 in QEMU, run SCRIPT in dom0 with the Xen toolstack up, print "
         "'NDX-TESTBED EXIT: <rc>', power off and exit with the script's exit code."))
-    parser.add_argument("command", choices=["run"], help="what to do (only 'run' so far)")
     parser.add_argument("script", help="shell script (or any executable) to run in dom0")
     parser.add_argument("--kvm", action="store_true",
                         help="use hardware KVM (-enable-kvm -cpu host) instead of TCG")
@@ -30,7 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=1800, help="seconds before QEMU is killed")
     parser.add_argument("--shell", action="store_true", help="a shell on the console after the script")
     parser.add_argument("-q", "--quiet", action="store_true", help="do not echo the serial console")
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] != "run":
+        print("usage: python3 -m testbed run [options] SCRIPT   (or: testbed/run.sh [options] SCRIPT)",
+              file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv[1:])
     try:
         rc = run_oneshot(args.script, forwards=dict(args.fwd), kvm=args.kvm, scratch_dir=args.scratch,
                          timeout=args.timeout, shell=args.shell, echo=not args.quiet)

@@ -790,12 +790,12 @@ def run_oneshot(
     scratch.mkdir(parents=True, exist_ok=True)
     scratch = scratch.resolve()
     serial_log = scratch / "serial.log"
-    if image_dir is None:
-        image_dir = locate_images(build=True, log_path=scratch / "build.log")
-    check_images(image_dir)
     src = Path(script)
     if not src.is_file():
         raise TestbedError("script", f"{script} is not a file")
+    if image_dir is None:
+        image_dir = locate_images(build=True, log_path=scratch / "build.log")
+    check_images(image_dir)
     name = ".ndx-run-" + re.sub(r"[^A-Za-z0-9._-]", "_", src.name)
     if src.resolve() != (scratch / name).resolve():
         shutil.copyfile(src, scratch / name)
