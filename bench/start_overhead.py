@@ -104,7 +104,6 @@ def main() -> int:
     run_dir.mkdir(parents=True)
     images = locate_images(build=True, log_path=run_dir / "build.log")
     with Testbed(image_dir=images, scratch_dir=run_dir, forwards=(), kvm=args.kvm) as tb:
-        tb.start(timeout=300)
         tb.write_file("/var/lib/ndx-bench/images/ndx-unikernel", (REPO / "guests/build/ndx-unikernel").read_bytes())
         (run_dir / "bench.py").write_text(DOM0_SCRIPT)
         out = tb.run(["python3", "/host/bench.py", str(args.runs)], timeout=60 * args.runs + 300).stdout

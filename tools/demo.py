@@ -105,7 +105,6 @@ def main() -> int:
     banner("Booting Xen 4.17 + Debian dom0 under QEMU" + (" (KVM)" if args.kvm else " (TCG, software emulation)"))
     t0 = time.monotonic()
     with tb:
-        tb.start(timeout=300)
         print(f"dom0 toolstack up after {tb.boot_timings.get('toolstack')} s; serial console: {tb.serial_log}")
         unikernel = REPO / "guests" / "build" / "ndx-unikernel"
         tb.write_file("/var/lib/ndx-demo/ndx-unikernel", unikernel.read_bytes())
