@@ -48,7 +48,7 @@ from xen_driver.xen.xlcfg import render
 
 log = structlog.get_logger(__name__)
 
-_NOT_FOUND_RE = re.compile(r"invalid domain identifier|not found|no such domain", re.IGNORECASE)
+_NOT_FOUND_RE = re.compile(r"invalid domain identifier|not found|no such domain|unable to find domain info", re.IGNORECASE)
 _EXISTS_RE = re.compile(r"already exists", re.IGNORECASE)
 _UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
