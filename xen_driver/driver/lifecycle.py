@@ -628,8 +628,8 @@ class TaskLifecycle:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(timeout, 0.0)):
                     await asyncio.shield(task.exited)
-            if not task.running:
-                return
+            if not task.running or any(j.get_name() == f"exit-{task.name}" for j in self._exit_tasks):
+                return  # exited, or its exit was seen and is being torn down (WaitTask will report it)
             self._log.info("guest ignored the shutdown request; destroying", domain=task.name, timeout_s=timeout)
         task.killed = True
         await self.backend.destroy(task.name)
