@@ -406,19 +406,20 @@ class TaskLifecycle:
                     cfg_path = ""
             attempted = True
             with timer.phase("domain_build"):
-                created: DomainInfo | None
                 if isinstance(self.backend, XlBackend):
-                    created = await self.backend.create(cfg_path, name, paused=paused, describe=paused)
+                    await self.backend.create(cfg_path, name, paused=paused, describe=False)
+                    domid = await self._domid(name)
                 else:
                     created = await self.backend.create_domain(dspec, paused=paused)
-            exit_future = self._watcher.subscribe(name, created.domid if created else None)
+                    domid = created.domid if created.domid is not None else await self._domid(name)
+            exit_future = self._watcher.subscribe(name, domid)
             stream = self._attach_console(spec, name, console_path, task_dir, 0)
             if paused:
-                assert created is not None and created.domid is not None and self._xenstore is not None
+                assert self._xenstore is not None
                 with timer.phase("clickos_push"):
                     await clickos.push_config(
                         self._xenstore,
-                        created.domid,
+                        domid,
                         click_text or "",
                         layout=clickos.ClickLayout(self.config.clickos_layout),
                         router_id=spec.config.click_router_id,
@@ -426,24 +427,13 @@ class TaskLifecycle:
                     )
                 with timer.phase("unpause"):
                     await self.backend.unpause(name)
-                with timer.phase("boot"):
-                    await self._wait_boot(spec, stream, exit_future)
-            else:
-                with timer.phase("boot"):
-                    # Learn the domid while the guest boots instead of before.
-                    describe = asyncio.ensure_future(self.backend.domain(name))
-                    try:
-                        await self._wait_boot(spec, stream, exit_future)
-                        created = await describe
-                    finally:
-                        describe.cancel()
-                self._watcher.subscribe(name, created.domid)
-            assert created is not None and created.domid is not None
+            with timer.phase("boot"):
+                await self._wait_boot(spec, stream, exit_future)
             state = DriverState(
                 task_id=spec.id,
                 domain_name=name,
-                domid=created.domid,
-                uuid=created.uuid or dspec.uuid or "",
+                domid=domid,
+                uuid=dspec.uuid or "",
                 started_at_ns=time.time_ns(),
                 backend=self.backend.kind,
                 config_path=cfg_path,
@@ -471,6 +461,17 @@ class TaskLifecycle:
         log.info("task started", domid=state.domid, timings=task.timings, summary=timer.summary())
         self._event(task, f"Guest {name} (domid {state.domid}) booted: {timer.summary()}", timer.annotations())
         return self._handle(task)
+
+    async def _domid(self, name: str) -> int:
+        """The new domain's id: from XenStore when we can (milliseconds), else from the toolstack."""
+        if self._xenstore is not None:
+            domid = await self._xenstore.find_domid(name)
+            if domid is not None:
+                return domid
+        info = await self.backend.domain(name)
+        if info.domid is None:
+            raise RecoverableError(f"domain {name} was created but has no domain id (is it running?)")
+        return info.domid
 
     async def _wait_boot(
         self, spec: TaskSpec, stream: ConsoleStream, exit_future: asyncio.Future[DomainExit]

@@ -395,6 +395,24 @@ class XenStore(_Ops):
         raw = await self._call(Op.IS_DOMAIN_INTRODUCED, str(int(domid)).encode() + b"\x00")
         return raw.rstrip(b"\x00") == b"T"
 
+    async def find_domid(self, name: str) -> int | None:
+        """The domid of the domain called ``name``, from ``/local/domain/<domid>/name``.
+
+        The toolstack writes that node while it builds the domain, before ``xl create``
+        returns, so this answers in a few XenStore round trips where asking ``xl`` again would
+        start another toolstack process.  Newest domids are tried first: a domain just created
+        usually has the highest one.
+        """
+        try:
+            children = await self.directory("/local/domain")
+        except XenStoreError:
+            return None
+        for domid in sorted((int(c) for c in children if c.isdigit()), reverse=True):
+            value = await self.read_or_none(f"/local/domain/{domid}/name")
+            if value is not None and value.decode(errors="replace") == name:
+                return domid
+        return None
+
     # --------------------------------------------------------------- watches
     async def watch(self, path: str, token: str | None = None) -> Watch:
         """Register a watch on ``path`` (or ``@releaseDomain``); xenstored fires it once at once."""

@@ -196,3 +196,18 @@ def test_cancelled_request_leaves_no_pending_state(tmp_path: Path) -> None:
         assert await xs.read("/slow") == b"s"
 
     run(tmp_path, body)
+
+
+def test_find_domid_reads_names_newest_first(tmp_path: Path) -> None:
+    async def body(server: FakeXenstored, xs: XenStore) -> None:
+        for domid, name in ((0, "Domain-0"), (3, "old-guest"), (12, "new-guest"), (7, "other")):
+            await xs.write(f"/local/domain/{domid}/name", name)
+        before = len(server.requests)
+        assert await xs.find_domid("new-guest") == 12
+        # newest domid first: one DIRECTORY and one READ find a just-created guest
+        assert len(server.requests) - before == 2
+        assert await xs.find_domid("old-guest") == 3
+        assert await xs.find_domid("Domain-0") == 0
+        assert await xs.find_domid("missing") is None
+
+    run(tmp_path, body)
