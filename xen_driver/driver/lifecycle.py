@@ -157,6 +157,7 @@ class TaskLifecycle:
         *,
         backend: Backend | None = None,
         rescan_interval_s: float = 2.0,
+        fifo_keeper: FifoKeeperClient | None = None,
     ) -> None:
         self.config = config
         self._rescan_s = rescan_interval_s
@@ -169,7 +170,7 @@ class TaskLifecycle:
         self._xenstore: XenStore | None = None
         self._watcher: DomainWatcher | None = None
         self._pump = ConsolePump()
-        self._keeper = FifoKeeperClient(self._state_dir)
+        self._keeper = fifo_keeper or FifoKeeperClient(self._state_dir)
         self._sampler = StatsSampler(self.backend)
         self._started = False
         self._start_lock = asyncio.Lock()
@@ -203,9 +204,23 @@ class TaskLifecycle:
             )
             self._watcher.add_listener(self._on_domain_exit)
             await self._watcher.start()
+            self._keeper.start()
             self._pump.start()
             self._sampler.start()
             self._started = True
+
+    async def _reconnect_xenstore(self) -> None:
+        """xenstored refused us when the plugin started: try again now that a ClickOS push needs it
+        (without this, one refusal at start-up would fail every ClickOS task until a restart)."""
+        async with self._start_lock:
+            if self._xenstore is not None:
+                return
+            try:
+                self._xenstore = await XenStore(self.config.xenstored_socket).connect()
+            except XenStoreError as exc:
+                self._log.warn("xenstored still not reachable", error=str(exc))
+                return
+            self._log.info("connected to xenstored", socket=self.config.xenstored_socket)
 
     async def close(self) -> None:
         """The plugin is exiting: stop following guests, leave them running."""
@@ -385,6 +400,8 @@ class TaskLifecycle:
         with timer.phase("validate"):
             dspec = self.domain_spec(spec, name)
             click_text = self._click_config(spec)
+            if click_text is not None and self._xenstore is None:
+                await self._reconnect_xenstore()
             if click_text is not None and self._xenstore is None:
                 raise RecoverableError(
                     f"cannot push the Click configuration: xenstored is not reachable at {self.config.xenstored_socket}"

@@ -43,15 +43,26 @@ import sys
 import time
 from pathlib import Path
 
-import structlog
+log = None  # the plugin's structlog logger, bound on first use (the keeper process never logs)
 
-log = structlog.get_logger(__name__)
+
+def _log():
+    global log
+    if log is None:
+        import structlog
+
+        log = structlog.get_logger(__name__)
+    return log
 
 SOCKET_NAME = "fifo-keeper.sock"
 #: The keeper exits after holding nothing, with no plugin connected, for this long.
 IDLE_EXIT_S = 30.0
 #: How often the keeper looks for FIFOs whose file is gone.
 SWEEP_S = 10.0
+#: How long a request waits for a keeper that is starting (a loaded host may take many seconds
+#: to start a Python process), and how long before a keeper that did not appear is started again.
+CONNECT_TIMEOUT_S = 120.0
+RESPAWN_AFTER_S = 30.0
 
 
 # ---------------------------------------------------------------------------- the keeper process
@@ -184,7 +195,7 @@ class FifoKeeperClient:
         state_dir: str | os.PathLike[str],
         *,
         python: str = sys.executable,
-        connect_timeout_s: float = 5.0,
+        connect_timeout_s: float = CONNECT_TIMEOUT_S,
         idle_exit_s: float = IDLE_EXIT_S,
     ):
         self.socket_path = str(Path(state_dir) / SOCKET_NAME)
@@ -192,10 +203,21 @@ class FifoKeeperClient:
         self.idle_exit_s = idle_exit_s
         self.connect_timeout_s = connect_timeout_s
         self._conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        self._spawned_at: float | None = None
         self._lock = asyncio.Lock()
         self._jobs: set[asyncio.Task[None]] = set()
 
+    def start(self) -> None:
+        """Start a keeper now unless one answers, without waiting for it (at plugin start-up, so
+        it is ready by the time the first task's FIFO is opened)."""
+        if not os.path.exists(self.socket_path):
+            self._spawn()
+
     def _spawn(self) -> None:
+        now = time.monotonic()
+        if self._spawned_at is not None and now - self._spawned_at < RESPAWN_AFTER_S:
+            return  # one is starting already
+        self._spawned_at = now
         Path(self.socket_path).parent.mkdir(parents=True, exist_ok=True)
         # Run this very package, wherever it was imported from.
         package_parent = str(Path(__file__).resolve().parents[2])
@@ -217,7 +239,6 @@ class FifoKeeperClient:
         if self._conn is not None and not self._conn[1].is_closing():
             return self._conn
         deadline = time.monotonic() + self.connect_timeout_s
-        spawned = False
         while True:
             try:
                 self._conn = await asyncio.open_unix_connection(self.socket_path)
@@ -225,12 +246,10 @@ class FifoKeeperClient:
             except (FileNotFoundError, ConnectionRefusedError):
                 if not spawn:
                     raise
-                if not spawned:
-                    self._spawn()
-                    spawned = True
+                self._spawn()
                 if time.monotonic() > deadline:
                     raise
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(0.1)
 
     async def request(self, req: dict, *, spawn: bool = True) -> dict:
         """Send one request; without ``spawn`` a keeper that is not running is not started."""
@@ -261,13 +280,13 @@ class FifoKeeperClient:
         except (FileNotFoundError, ConnectionRefusedError):
             if not spawn:
                 return  # no keeper running: it holds nothing to release
-            log.warning("fifo keeper unreachable; logs may stop after a plugin crash", **req)
+            _log().warning("fifo keeper unreachable; logs may stop after a plugin crash", **req)
             return
         except (OSError, ValueError) as exc:
-            log.warning("fifo keeper unreachable; logs may stop after a plugin crash", error=str(exc), **req)
+            _log().warning("fifo keeper unreachable; logs may stop after a plugin crash", error=str(exc), **req)
             return
         if not resp.get("ok"):
-            log.warning("fifo keeper refused", error=resp.get("error"), **req)
+            _log().warning("fifo keeper refused", error=resp.get("error"), **req)
 
     def hold(self, key: str, path: str) -> None:
         """Ask (in the background) for ``path`` to be held open under ``key``."""

@@ -20,6 +20,7 @@ from xen_driver.driver.lifecycle import TaskLifecycle, domain_name_for
 from xen_driver.driver.models import RecoveredTask, TaskSpec, TaskState
 from xen_driver.driver.state import DriverState
 from xen_driver.xen.backend import DomainInfo, DomainNotFound, DomainState, ExitReason
+from xen_driver.xen.fifokeeper import FifoKeeperClient
 from xen_driver.xen.spec import DomainSpec
 
 
@@ -138,7 +139,10 @@ def make_spec(tmp_path: Path, task_id: str = "a1b2c3d4-0000-0000-0000-0000000000
 
 
 async def _lifecycle(config, fake, events=None):
-    lc = TaskLifecycle(config, (events.append if events is not None else (lambda e: None)), backend=fake, rescan_interval_s=0.05)
+    # The FIFO keeper is a real process; in these tests it goes away a second after its last use.
+    keeper = FifoKeeperClient(config.state_dir, idle_exit_s=1.0)
+    lc = TaskLifecycle(config, (events.append if events is not None else (lambda e: None)), backend=fake,
+                       rescan_interval_s=0.05, fifo_keeper=keeper)
     return lc
 
 
@@ -456,3 +460,38 @@ def test_failed_create_reports_the_cause_not_the_clean_up():
     assert "Could not find bridge device nosuchbr0" in message and "unable to add vif devices" in message
     assert "destroy" not in message.lower()
     assert "Non-existant" in str(XlError(["xl", "destroy", "d"], 1, "libxl: error: Domain 12:Non-existant domain\n"))
+
+
+def _xen_fakes():
+    """tests/unit/xen/xen_fakes.py (an in-process xenstored speaking the real wire format)."""
+    import importlib.util
+    import sys
+
+    name = "ndx_unit_xen_fakes"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "xen" / "xen_fakes.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up while it executes
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+async def test_clickos_start_reconnects_to_a_xenstored_that_refused_at_first(host):
+    tmp_path, config, fake = host
+    lc = await _lifecycle(config, fake)
+    try:
+        with pytest.raises(RecoverableError, match="xenstored is not reachable"):
+            await lc.start_task(make_spec(tmp_path, click_config="in :: FromDevice(0); in -> Discard;"))
+        assert fake.calls == [] and _leftovers(tmp_path, fake) == []
+
+        xenstored = await _xen_fakes().FakeXenstored(config.xenstored_socket).start()  # xenstored is back
+        try:
+            xenstored._ensure(xenstored.nodes, f"/local/domain/{fake.next_domid}")
+            spec = make_spec(tmp_path, task_id="a1b2c3d4-0000-0000-0000-000000000000/web/00000002",
+                             click_config="in :: FromDevice(0); in -> Discard;")
+            await lc.start_task(spec)
+            assert xenstored.nodes[f"/local/domain/{fake.next_domid - 1}/clickos/0/status"].value == b"Running"
+        finally:
+            await xenstored.stop()
+    finally:
+        await lc.close()
