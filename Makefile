@@ -11,7 +11,7 @@ PY           := $(VENV)/bin/python
 export NDX_CACHE_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/nomad-driver-xen
 NOMAD_VERSION := $(shell cat tools/nomad/VERSION)
 
-.PHONY: help deps proto nomad guests testbed testbed-smoke test unit demo bench clean
+.PHONY: help deps proto nomad guests testbed testbed-smoke test unit conformance demo bench clean
 
 help:
 	@echo "make test           run the whole test suite (installs what it needs)"
@@ -20,6 +20,7 @@ help:
 	@echo "make nomad          build/cache the pinned Nomad agent ($(NOMAD_VERSION))"
 	@echo "make testbed        build/cache the Xen-in-QEMU testbed images"
 	@echo "make testbed-smoke  boot the testbed and smoke-test Xen with our unikernel"
+	@echo "make conformance    Nomad's Go plugin client/loader/harness against our plugin (host + testbed)"
 	@echo "make proto          regenerate the protobuf modules from proto/"
 
 # Python environment (system packages + virtualenv); idempotent.
@@ -45,6 +46,11 @@ testbed-smoke: deps testbed
 
 unit: deps
 	$(PY) -m pytest -q tests/unit
+
+# Nomad's own Go plugin client, loader and driver harness against our plugin (tests/conformance/):
+# the host part, then the lifecycle part inside the Xen testbed. `make test` runs both too.
+conformance: deps testbed
+	$(PY) -m pytest -v tests/nomad/test_conformance_host.py tests/xen/test_conformance.py
 
 test: deps nomad testbed
 	$(PY) -m pytest -v tests

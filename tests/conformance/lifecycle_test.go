@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -115,7 +116,9 @@ func startGuest(t *testing.T, h *testutils.DriverHarness, ex exampleTask, name s
 	}
 
 	started := time.Now()
-	handle, _, err := h.StartTask(cfg)
+	var handle *drivers.TaskHandle
+	var err error
+	within(t, 3*time.Minute, "StartTask", func() { handle, _, err = h.StartTask(cfg) })
 	if err != nil {
 		t.Fatalf("StartTask(%s): %v", name, err)
 	}
@@ -135,10 +138,22 @@ func startGuest(t *testing.T, h *testutils.DriverHarness, ex exampleTask, name s
 		t.Fatalf("InspectTask after start: %v", err)
 	}
 	g.domain = st.DriverAttributes["domain_name"]
-	if g.domain == "" || !domainExists(g.domain) {
-		t.Fatalf("no domain for the task (InspectTask attributes %v)", st.DriverAttributes)
+	if g.domain == "" {
+		t.Fatalf("InspectTask does not name the task's domain (attributes %v)", st.DriverAttributes)
 	}
 	return g
+}
+
+// running: the task is running and its domain exists (for guests that do not end by themselves).
+func (g *guest) running() {
+	g.t.Helper()
+	st, err := g.drv.InspectTask(g.cfg.ID)
+	if err != nil || st.State != drivers.TaskStateRunning {
+		g.t.Fatalf("InspectTask: %+v, %v; want running", st, err)
+	}
+	if !domainExists(g.domain) {
+		g.t.Fatalf("task reported running, but there is no domain %s", g.domain)
+	}
 }
 
 // cleanup: whatever a test left behind is destroyed (through the driver, else with xl).
@@ -266,6 +281,7 @@ func TestXenLifecycle(t *testing.T) {
 
 	before := time.Now()
 	g := startGuest(t, h, exampleTaskFrom(t, "clickos.nomad"), "firewall", nil)
+	g.running()
 	id := g.cfg.ID
 
 	// The boot event reaches the task (routed by alloc id and task name).
@@ -303,15 +319,17 @@ func TestXenLifecycle(t *testing.T) {
 	g.waitConsole("NDX-GUEST READY", 30*time.Second)
 	g.waitConsole("config_len=", 30*time.Second)
 
-	// Stats: at least two samples with increasing, plausible timestamps.
-	sctx, scancel := context.WithTimeout(context.Background(), 30*time.Second)
+	// Stats: samples with increasing, plausible timestamps and real memory figures; CPU usage is
+	// a rate, so the first sample may not have it, later ones must.
+	const wantSamples = 3
+	sctx, scancel := context.WithTimeout(context.Background(), 45*time.Second)
 	defer scancel()
 	stats, err := h.TaskStats(sctx, id, time.Second)
 	if err != nil {
 		t.Fatalf("TaskStats: %v", err)
 	}
 	var samples []*cstructs.TaskResourceUsage
-	for len(samples) < 2 {
+	for len(samples) < wantSamples {
 		select {
 		case s, ok := <-stats:
 			if !ok {
@@ -319,10 +337,11 @@ func TestXenLifecycle(t *testing.T) {
 			}
 			samples = append(samples, s)
 		case <-sctx.Done():
-			t.Fatalf("%d TaskStats samples in 30 s, want 2", len(samples))
+			t.Fatalf("%d TaskStats samples in 45 s, want %d", len(samples), wantSamples)
 		}
 	}
 	scancel()
+	cpuMeasured := 0
 	for i, s := range samples {
 		ts := time.Unix(0, s.Timestamp)
 		if s.Timestamp == 0 || ts.Before(before.Add(-time.Minute)) || ts.After(time.Now().Add(time.Minute)) {
@@ -335,11 +354,20 @@ func TestXenLifecycle(t *testing.T) {
 		if ru == nil || ru.MemoryStats == nil || ru.CpuStats == nil {
 			t.Fatalf("sample %d lacks memory/cpu usage: %+v", i, s)
 		}
-		if ru.MemoryStats.RSS == 0 || len(ru.MemoryStats.Measured) == 0 || len(ru.CpuStats.Measured) == 0 {
-			t.Errorf("sample %d: memory %+v cpu %+v", i, *ru.MemoryStats, *ru.CpuStats)
+		t.Logf("sample %d at %s: memory %+v cpu %+v", i, ts.Format(time.RFC3339Nano), *ru.MemoryStats, *ru.CpuStats)
+		if ru.MemoryStats.RSS == 0 || !slices.Contains(ru.MemoryStats.Measured, "RSS") {
+			t.Errorf("sample %d: no measured guest memory", i)
+		}
+		if slices.Contains(ru.CpuStats.Measured, "Percent") {
+			cpuMeasured++
+			if ru.CpuStats.Percent < 0 || ru.CpuStats.Percent > 100*128 {
+				t.Errorf("sample %d: cpu percent %v", i, ru.CpuStats.Percent)
+			}
 		}
 	}
-	t.Logf("stats: %d samples, rss %d bytes, cpu %.2f%%", len(samples), samples[1].ResourceUsage.MemoryStats.RSS, samples[1].ResourceUsage.CpuStats.Percent)
+	if cpuMeasured < wantSamples-1 {
+		t.Errorf("CPU usage measured in %d of %d samples, want all but the first", cpuMeasured, wantSamples)
+	}
 
 	// Stop → Wait → Inspect → Destroy → gone.
 	stopped := time.Now()
@@ -416,6 +444,7 @@ func TestXenStopTaskForcesStubbornGuest(t *testing.T) {
 	p := sessionPlugin(t)
 	h := newHarness(t, p)
 	g := startGuest(t, h, exampleTaskFrom(t, "minios.nomad"), "stubborn", setCmdline("tick=1 ignore_shutdown"))
+	g.running()
 	const timeout = 3 * time.Second
 	started := time.Now()
 	within(t, timeout+30*time.Second, "StopTask", func() {
@@ -442,6 +471,7 @@ func TestXenSignalTask(t *testing.T) {
 	p := sessionPlugin(t)
 	h := newHarness(t, p)
 	g := startGuest(t, h, exampleTaskFrom(t, "minios.nomad"), "signals", setCmdline("tick=1"))
+	g.running()
 	for _, sig := range []string{"SIGHUP", "SIGUSR1", "SIGKILL"} {
 		err := p.drv.SignalTask(g.cfg.ID, sig)
 		st := wantCode(t, err, codes.Unimplemented, "SignalTask("+sig+")")
@@ -474,6 +504,7 @@ func TestXenConcurrentWaitTask(t *testing.T) {
 	h := newHarness(t, p)
 	raw := p.raw(t)
 	g := startGuest(t, h, exampleTaskFrom(t, "minios.nomad"), "waiters", setCmdline("tick=1"))
+	g.running()
 	id := g.cfg.ID
 
 	if err := h.DestroyTask(id, false); err == nil {
@@ -556,6 +587,7 @@ func TestXenRecoverTaskAfterPluginCrash(t *testing.T) {
 	first := startPlugin(t, sessionConfig(t, nil))
 	h := newHarness(t, first)
 	g := startGuest(t, h, exampleTaskFrom(t, "minios.nomad"), "survivor", setCmdline("tick=1"))
+	g.running()
 	g.waitConsole("tick 1", 30*time.Second)
 
 	first.crash(t)
@@ -606,6 +638,7 @@ func TestXenShutdownLeavesGuestsRunning(t *testing.T) {
 	first := startPlugin(t, sessionConfig(t, nil))
 	h := newHarness(t, first)
 	g := startGuest(t, h, exampleTaskFrom(t, "minios.nomad"), "bystander", setCmdline("tick=1"))
+	g.running()
 
 	shutdownWithin2s(t, first)
 	time.Sleep(3 * time.Second)

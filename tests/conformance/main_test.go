@@ -7,6 +7,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -45,6 +46,7 @@ var (
 	flagExpectHealth = flag.String("expect-health", "any", "health the first fingerprint must report: undetected, unhealthy, healthy or any")
 	flagXen          = flag.Bool("xen", false, "this is a Xen dom0: run the TestXen* lifecycle tests with real guests")
 	flagKernel       = flag.String("kernel", "", "PV kernel for the lifecycle tests (default: the one the example jobs name)")
+	flagLogDir       = flag.String("log-dir", "", "also write every go-plugin/loader/plugin log to files in this directory, as it happens")
 )
 
 // The driver name jobs use (driver = "xen") and the node attribute prefix.
@@ -114,10 +116,26 @@ func (s *logSink) Since(mark int) string {
 	return string(s.buf.Bytes()[mark:])
 }
 
+// logOutput: the sink, and with -log-dir also the file <dir>/<file>.log.
+func logOutput(sink *logSink, file string) (io.Writer, func()) {
+	if *flagLogDir == "" {
+		return sink, func() {}
+	}
+	_ = os.MkdirAll(*flagLogDir, 0o755)
+	name := strings.NewReplacer("/", "_", " ", "_").Replace(file) + ".log"
+	f, err := os.OpenFile(filepath.Join(*flagLogDir, name), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return sink, func() {}
+	}
+	return io.MultiWriter(sink, f), func() { _ = f.Close() }
+}
+
 func testLogger(t *testing.T, name string) (hclog.Logger, *logSink) {
 	t.Helper()
 	sink := &logSink{}
-	logger := hclog.New(&hclog.LoggerOptions{Name: name, Level: hclog.Trace, Output: sink})
+	out, closeFile := logOutput(sink, t.Name()+"-"+name)
+	t.Cleanup(closeFile)
+	logger := hclog.New(&hclog.LoggerOptions{Name: name, Level: hclog.Trace, Output: out})
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("last log lines of %s:\n%s", name, tail(sink.String(), 200))
@@ -221,7 +239,8 @@ func sharedLoader(cfg map[string]any) (*loader.PluginLoader, error) {
 		return l, nil
 	}
 	if shared.logger == nil {
-		shared.logger = hclog.New(&hclog.LoggerOptions{Name: "loader", Level: hclog.Trace, Output: shared.logs})
+		out, _ := logOutput(shared.logs, "shared-loader")
+		shared.logger = hclog.New(&hclog.LoggerOptions{Name: "loader", Level: hclog.Trace, Output: out})
 	}
 	l, err := buildLoader(cfg, shared.logger)
 	if err != nil {
@@ -306,7 +325,8 @@ func sessionPlugin(t *testing.T) *pluginProc {
 			session.err = err
 			return
 		}
-		logger := hclog.New(&hclog.LoggerOptions{Name: "plugin", Level: hclog.Trace, Output: &session.logs})
+		out, _ := logOutput(&session.logs, "shared-plugin")
+		logger := hclog.New(&hclog.LoggerOptions{Name: "plugin", Level: hclog.Trace, Output: out})
 		session.p, session.err = launchPlugin(cfg, logger, &session.logs)
 		if session.err == nil {
 			t.Logf("shared plugin pid %d (launch + SetConfig %v)", session.p.pid, session.p.took.Round(time.Millisecond))

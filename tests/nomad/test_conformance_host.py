@@ -61,7 +61,7 @@ def host_run(binary: Path, tmp_path_factory: pytest.TempPathFactory, request: py
     cmd = [
         str(binary), "-test.v", "-test.timeout", "10m", "-test.skip", f"^{gotest.XEN_PREFIX}",
         "-plugin", str(launcher), "-repo", str(REPO), "-nomad-version", gotest.nomad_version(),
-        "-expect-health", expect, "-plugin-config", json.dumps(plugin_config),
+        "-expect-health", expect, "-plugin-config", json.dumps(plugin_config), "-log-dir", str(work / "logs"),
     ]
     started = time.monotonic()
     proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL)
