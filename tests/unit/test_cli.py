@@ -34,3 +34,11 @@ def test_version_and_install_commands(tmp_path, capsys):
     assert capsys.readouterr().out.strip() == f"nomad-driver-xen {__version__}"
     assert main(["install", "--plugin-dir", str(tmp_path), "--name", "xen"]) == 0
     assert (tmp_path / "xen").exists()
+
+
+def test_install_precompiles_into_a_cache_when_given_one(tmp_path):
+    cache = tmp_path / "pycache"
+    path = install(str(tmp_path / "plugins"), "nomad-driver-xen", pycache_dir=str(cache))
+    assert f"PYTHONPYCACHEPREFIX={cache}" in path.read_text()
+    compiled = list(cache.rglob("cli.*.pyc"))
+    assert compiled, "install did not precompile the package into the cache"
