@@ -73,6 +73,7 @@ from xen_driver.xen import clickos
 from xen_driver.xen.backend import Backend, DomainInfo, DomainNotFound, ExitReason, XenBackendError
 from xen_driver.xen.console import ConsolePump, ConsoleStream, FifoSink
 from xen_driver.xen.fifokeeper import FifoKeeperClient
+from xen_driver.xen.probe import parse_xl_info
 from xen_driver.xen.spec import DomainSpec, SpecError, VifSpec
 from xen_driver.xen.stats import StatsSampler
 from xen_driver.xen.watcher import DomainExit, DomainWatcher
@@ -171,6 +172,9 @@ class TaskLifecycle:
         self._watcher: DomainWatcher | None = None
         self._pump = ConsolePump()
         self._keeper = fifo_keeper or FifoKeeperClient(self._state_dir)
+        #: Physical CPUs of the host (``xl info`` nr_cpus), to check ``cpus`` pinning against;
+        #: None until known (then pinning is only checked for its syntax).
+        self.host_cpus: int | None = None
         self._sampler = StatsSampler(self.backend)
         self._started = False
         self._start_lock = asyncio.Lock()
@@ -329,6 +333,8 @@ class TaskLifecycle:
         if memory < MIN_MEMORY_MIB:
             raise ConfigError(TASK, mem_field, memory, f"must be at least {MIN_MEMORY_MIB} MiB for a PV guest")
         maxmem = spec.memory_max_mb if cfg.memory is None and spec.memory_max_mb > memory else None
+        if cfg.cpus is not None:
+            self._check_cpus(cfg.cpus)
         dspec = DomainSpec(
             name=name,
             uuid=str(uuidlib.uuid4()),
@@ -347,6 +353,31 @@ class TaskLifecycle:
         except SpecError as exc:
             raise ConfigError(TASK, _task_field(exc.field), "", exc.problem) from None
         return dspec
+
+    def _check_cpus(self, cpus: str) -> None:
+        """Pinning must leave the guest at least one CPU this host has: xl refuses the domain
+        otherwise, with an error that does not name the job's setting."""
+        if cpus == "all" or cpus.startswith("nodes:"):
+            return
+        items = cpus.split(",")
+        if all(item.startswith("^") for item in items):
+            raise ConfigError(TASK, "cpus", cpus, "must include at least one CPU, not only exclusions (^n)")
+        if self.host_cpus is None:
+            return
+        highest = max(int(n) for n in re.findall(r"\d+", cpus))
+        if highest >= self.host_cpus:
+            raise ConfigError(
+                TASK, "cpus", cpus, f"names CPU {highest}, but this host has CPUs 0-{self.host_cpus - 1}"
+            )
+
+    async def _learn_host_cpus(self) -> None:
+        if self.host_cpus is not None or not isinstance(self.backend, XlBackend):
+            return
+        try:
+            info = parse_xl_info((await self.backend.run("info")).stdout)
+            self.host_cpus = int(info["nr_cpus"])
+        except (XenBackendError, KeyError, ValueError) as exc:
+            self._log.warn("cannot learn the host's CPU count; cpus pinning checked for syntax only", error=str(exc))
 
     def _handle(self, task: XenTask) -> TaskHandle:
         return TaskHandle(
@@ -398,6 +429,8 @@ class TaskLifecycle:
         log = self._log.bind(task_id=spec.id, domain=name)
 
         with timer.phase("validate"):
+            if spec.config.cpus is not None:
+                await self._learn_host_cpus()
             dspec = self.domain_spec(spec, name)
             click_text = self._click_config(spec)
             if click_text is not None and self._xenstore is None:

@@ -495,3 +495,26 @@ async def test_clickos_start_reconnects_to_a_xenstored_that_refused_at_first(hos
             await xenstored.stop()
     finally:
         await lc.close()
+
+
+@pytest.mark.parametrize(
+    "cpus, ok",
+    [("all", True), ("0-1", True), ("1", True), ("0,^1", True),
+     ("2", False), ("0-3,^1", False), ("316", False), ("^1", False)],
+)
+async def test_cpus_pinning_is_checked_against_the_host(host, cpus, ok):
+    """xl refuses a domain pinned only to CPUs the host lacks ("vcpu hard affinity map is empty")."""
+    tmp_path, config, fake = host
+    lc = await _lifecycle(config, fake)
+    lc.host_cpus = 2
+    try:
+        spec = make_spec(tmp_path, cpus=cpus)
+        if ok:
+            await lc.start_task(spec)
+            assert fake.specs[domain_name_for(spec)].cpus == cpus
+        else:
+            with pytest.raises(ConfigError, match='"cpus"'):
+                await lc.start_task(spec)
+            assert fake.calls == []
+    finally:
+        await lc.close()
