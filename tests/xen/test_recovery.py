@@ -830,7 +830,7 @@ def _check_rendered(text: str, dspec) -> None:
     assert int(seen["memory"]) == dspec.memory_mb and int(seen["vcpus"]) == dspec.vcpus
 
 
-def sweep_configs(root: Path, max_examples: int = 1200) -> tuple[dict, dict]:
+def sweep_configs(root: Path, max_examples: int = 1200, host_cpus: int | None = None) -> tuple[dict, dict]:
     """The host half of the sweep: generate, decode, validate, render.  Returns the counts and
     up to SWEEP_CAP distinct rendered configs (file name → (DomainSpec, text))."""
     from hypothesis import HealthCheck, given, settings
@@ -852,6 +852,7 @@ def sweep_configs(root: Path, max_examples: int = 1200) -> tuple[dict, dict]:
     lifecycle = TaskLifecycle(
         PluginConfig.from_dict({"image_dirs": [str(images)], "state_dir": str(root / "state")}), lambda e: None
     )
+    lifecycle.host_cpus = host_cpus  # what StartTask learns from `xl info` on the real host
     counts = {"examples": 0, "refused": 0, "type errors": 0, "rendered": 0}
     rendered: dict[str, tuple] = {}
     texts: set[str] = set()
@@ -906,7 +907,8 @@ def test_bad_input_sweep_never_crashes_and_never_injects(testbed, unikernel, tmp
     naming a field, or in an xl.cfg that xl itself (``xl create -n``) parses to exactly our values."""
     with summary.scenario("bad input sweep") as row:
         root = tmp_path_factory.mktemp("sweep")
-        counts, rendered = sweep_configs(root)
+        info = dict(line.split(":", 1) for line in testbed.run(["xl", "info"]).stdout.splitlines() if ":" in line)
+        counts, rendered = sweep_configs(root, host_cpus=int(info["nr_cpus"].strip()))
         assert counts["refused"] > 50 and counts["rendered"] > 20, counts
 
         # One batch of dry runs in dom0 (same paths as on the host): xl's own parser must read
