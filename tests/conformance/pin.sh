@@ -4,7 +4,7 @@
 #   bash tests/conformance/pin.sh           # rewrite go.mod/go.sum for that version
 #   bash tests/conformance/pin.sh --check   # exit 1 (saying what differs) when they do not match
 #
-# Same recipe as tools/nomad/build.sh: Nomad's own go.mod `replace` directives are not applied
+# Same facts as tools/nomad/build.sh (both from tools/nomad/release.py): Nomad's own go.mod `replace` directives are not applied
 # when Nomad is a dependency, so we repeat the tag's non-local replaces, and replace the `api`
 # sub-module (which upstream builds from ./api) with the tag's commit as a pseudo-version.
 set -euo pipefail
@@ -20,31 +20,11 @@ command -v go >/dev/null || { echo "pin.sh: a Go toolchain is needed (go not on 
 cd "$here"
 export GOFLAGS="${GOFLAGS:-} -mod=mod"
 
-# The tag's go.mod and the api pseudo-version (v0.0.0-<UTC commit time>-<12 hex of the commit>).
-meta="$(go mod download -json "$mod@v$version")"
-read -r gomod_file api_version < <(python3 -c '
-import datetime, json, sys
-m = json.load(sys.stdin)
-if m.get("Error"):
-    sys.exit("pin.sh: " + m["Error"])
-commit = (m.get("Origin") or {}).get("Hash", "")
-if not commit:
-    sys.exit("pin.sh: the module proxy did not report the commit of " + m["Version"])
-with open(m["Info"]) as f:
-    when = datetime.datetime.strptime(json.load(f)["Time"], "%Y-%m-%dT%H:%M:%SZ")
-print(m["GoMod"], "v0.0.0-%s-%s" % (when.strftime("%Y%m%d%H%M%S"), commit[:12]))
-' <<<"$meta")
-
+# What depending on the release takes, derived once for the agent build and for us.
+release="$(python3 "$repo/tools/nomad/release.py")"
+api_version="$(awk '$1 == "api" {print $2}' <<<"$release")"
 # Expected replaces, one "old=new@version" per line, sorted: the tag's non-local ones + api.
-expected="$( { go mod edit -json "$gomod_file" | python3 -c '
-import json, sys
-for r in json.load(sys.stdin).get("Replace") or []:
-    new = r["New"]
-    if not new.get("Version"):
-        continue  # local directory replace such as ./api
-    old = r["Old"]["Path"] + ("@" + r["Old"]["Version"] if r["Old"].get("Version") else "")
-    print("%s=%s@%s" % (old, new["Path"], new["Version"]))
-'; echo "$mod/api=$mod/api@$api_version"; } | sort)"
+expected="$(awk '$1 == "replace" {print $2}' <<<"$release")"
 
 current_state() {
     go mod edit -json go.mod | python3 -c '

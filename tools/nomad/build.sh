@@ -51,49 +51,24 @@ cd "$src"
 export GOFLAGS="${GOFLAGS:-} -mod=mod"
 mod="github.com/hashicorp/nomad"
 
-# 1. Metadata of the exact tag: its go.mod (for the replaces and the go directive), its commit
-#    and the commit time, from which the api module's pseudo-version is formed
-#    (v0.0.0-<UTC yyyymmddhhmmss>-<12 hex>; the proxy does not resolve bare commit hashes).
-meta="$(go mod download -json "$mod@v$version")"
-read -r gomod_file commit api_version < <(python3 -c '
-import datetime, json, sys
-m = json.load(sys.stdin)
-if m.get("Error"):
-    sys.exit("build.sh: " + m["Error"])
-commit = (m.get("Origin") or {}).get("Hash", "")
-if not commit:
-    sys.exit("build.sh: the module proxy did not report the commit of " + m["Version"])
-with open(m["Info"]) as f:
-    when = datetime.datetime.strptime(json.load(f)["Time"], "%Y-%m-%dT%H:%M:%SZ")
-print(m["GoMod"], commit, "v0.0.0-%s-%s" % (when.strftime("%Y%m%d%H%M%S"), commit[:12]))
-' <<<"$meta")
-
-go_directive="$(go mod edit -json "$gomod_file" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Go"])')"
-
-# Non-local replaces of that tag, as `go mod edit` arguments.
-mapfile -t replaces < <(go mod edit -json "$gomod_file" | python3 -c '
-import json, sys
-for r in json.load(sys.stdin).get("Replace") or []:
-    new = r["New"]
-    if not new.get("Version"):
-        continue  # local directory replace such as ./api; handled below
-    old = r["Old"]["Path"] + ("@" + r["Old"]["Version"] if r["Old"].get("Version") else "")
-    print("-replace=%s=%s@%s" % (old, new["Path"], new["Version"]))
-')
+# 1. What depending on the release takes (tools/nomad/release.py, shared with the conformance
+#    suite): its go directive, its non-local replaces and the api sub-module at its commit.
+release="$(python3 "$here/release.py")"
+field() { awk -v k="$1" '$1 == k {print $2}' <<<"$release"; }
+commit="$(field commit)"
+api_version="$(field api)"
+go_directive="$(field go)"
+mapfile -t replaces < <(awk '$1 == "replace" {print "-replace=" $2}' <<<"$release")
 
 cat > go.mod <<EOF
 module ndx.invalid/nomad-build
 
 go $go_directive
 EOF
-if ((${#replaces[@]})); then
-    go mod edit "${replaces[@]}"
-fi
+go mod edit "${replaces[@]}"
 
-# 2. The api sub-module at the tag's commit (upstream builds it from ./api; there are no api/v*
-#    tags). Fails here, with the proxy's answer, if that pseudo-version cannot be had.
+# 2. Fail here, with the proxy's answer, if the api pseudo-version cannot be had.
 go mod download "$mod/api@$api_version"
-go mod edit "-replace=$mod/api=$mod/api@$api_version"
 
 # 3. Require Nomad as a tool of this module and build its main package.
 go get -tool "$mod@v$version"
