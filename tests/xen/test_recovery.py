@@ -907,8 +907,8 @@ def test_bad_input_sweep_never_crashes_and_never_injects(testbed, unikernel, tmp
     naming a field, or in an xl.cfg that xl itself (``xl create -n``) parses to exactly our values."""
     with summary.scenario("bad input sweep") as row:
         root = tmp_path_factory.mktemp("sweep")
-        info = dict(line.split(":", 1) for line in testbed.run(["xl", "info"]).stdout.splitlines() if ":" in line)
-        counts, rendered = sweep_configs(root, host_cpus=int(info["nr_cpus"].strip()))
+        info = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in testbed.run(["xl", "info"]).stdout.splitlines())}
+        counts, rendered = sweep_configs(root, host_cpus=int(info["nr_cpus"]))
         assert counts["refused"] > 50 and counts["rendered"] > 20, counts
 
         # One batch of dry runs in dom0 (same paths as on the host): xl's own parser must read
