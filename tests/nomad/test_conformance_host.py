@@ -10,30 +10,18 @@ result. The lifecycle tests (TestXen*) need real guests and run in the Xen testb
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.conformance import gotest  # shared with the other conformance wrapper
+
 REPO = Path(__file__).resolve().parents[2]
 
-def _load_gotest():
-    """tests/conformance/gotest.py, shared with tests/xen/test_conformance.py (tests/ is not a package)."""
-    name = "ndx_conformance_gotest"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "tests" / "conformance" / "gotest.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-gotest = _load_gotest()
 
 pytestmark = pytest.mark.slow
 LAUNCHER = "nomad-driver-xen"

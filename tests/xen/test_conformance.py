@@ -12,15 +12,15 @@ exercise plugin loading (many launches, nothing Xen-specific) are left to the ho
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shlex
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from tests.conformance import gotest  # shared with the other conformance wrapper
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.xen, pytest.mark.slow]
@@ -30,19 +30,6 @@ LAUNCHER = f"{BASE}/plugins/nomad-driver-xen"
 IMAGE_DIR = "/var/lib/nomad-driver-xen/images"  # where nomad-jobs/*.nomad take their kernel from
 PYCACHE = f"{BASE}/pycache"
 
-
-def _load_gotest():
-    """tests/conformance/gotest.py, shared with tests/nomad/test_conformance_host.py."""
-    name = "ndx_conformance_gotest"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "tests" / "conformance" / "gotest.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-gotest = _load_gotest()
 
 
 def _domains(testbed) -> set[str]:

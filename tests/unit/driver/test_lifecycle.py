@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import stat
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,8 @@ from xen_driver.driver.state import DriverState
 from xen_driver.xen.backend import DomainInfo, DomainNotFound, DomainState, ExitReason
 from xen_driver.xen.fifokeeper import FifoKeeperClient
 from xen_driver.xen.spec import DomainSpec
+
+from tests.unit.xen.xen_fakes import FakeXenstored
 
 
 class FakeXen:
@@ -462,18 +463,6 @@ def test_failed_create_reports_the_cause_not_the_clean_up():
     assert "Non-existant" in str(XlError(["xl", "destroy", "d"], 1, "libxl: error: Domain 12:Non-existant domain\n"))
 
 
-def _xen_fakes():
-    """tests/unit/xen/xen_fakes.py (an in-process xenstored speaking the real wire format)."""
-    import importlib.util
-    import sys
-
-    name = "ndx_unit_xen_fakes"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "xen" / "xen_fakes.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses look their module up while it executes
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 async def test_clickos_start_reconnects_to_a_xenstored_that_refused_at_first(host):
@@ -484,7 +473,7 @@ async def test_clickos_start_reconnects_to_a_xenstored_that_refused_at_first(hos
             await lc.start_task(make_spec(tmp_path, click_config="in :: FromDevice(0); in -> Discard;"))
         assert fake.calls == [] and _leftovers(tmp_path, fake) == []
 
-        xenstored = await _xen_fakes().FakeXenstored(config.xenstored_socket).start()  # xenstored is back
+        xenstored = await FakeXenstored(config.xenstored_socket).start()  # xenstored is back
         try:
             xenstored._ensure(xenstored.nodes, f"/local/domain/{fake.next_domid}")
             spec = make_spec(tmp_path, task_id="a1b2c3d4-0000-0000-0000-000000000000/web/00000002",
