@@ -73,7 +73,7 @@ go mod download "$mod/api@$api_version"
 # 3. Require Nomad as a tool of this module and build its main package.
 go get -tool "$mod@v$version"
 echo "build.sh: building Nomad v$version (commit ${commit:0:12}, api $api_version) ..." >&2
-CGO_ENABLED=0 go build -trimpath -o "$bin.tmp" "$mod"
+CGO_ENABLED=1 go build -trimpath -o "$bin.tmp" "$mod"
 mv -f "$bin.tmp" "$bin"
 
 is_ready || { echo "build.sh: built binary does not report Nomad v$version:" >&2; "$bin" version >&2 || true; exit 1; }
