@@ -8,6 +8,12 @@ Why this shape:
   destroyed.  The event carries no domid (per-domain ``@releaseDomain/<domid>`` only exists from
   Xen 4.22; we target 4.17), so each event triggers one ``list_domains()`` of the whole host and
   a diff against the tracked names.  Bursts of events are coalesced into one re-list.
+* **A listing judges only what it could have seen.**  ``xl list`` reads the domain table when it
+  starts and answers up to seconds later; a domain created and subscribed in between is absent
+  from the answer although it is alive.  Every subscription takes a number from a counter, every
+  listing notes the counter when it starts, and a listing judges only the subscriptions older
+  than itself.  A new subscription asks for a listing of its own, so a guest that dies at once
+  is still reported.
 * **A slow safety re-scan** (default 30 s) covers anything a watch can miss: a xenstored restart,
   a backend without XenStore (libvirt's test driver), a bug.
 * **Reason detection on Xen 4.17.**  The xl backend creates domains without an xl monitor and
@@ -63,6 +69,8 @@ class _Tracked:
     name: str
     domid: int | None
     future: asyncio.Future[DomainExit]
+    #: The subscription's number: only listings that started after it may judge this domain.
+    since: int = 0
     requested: bool = False
     last: DomainInfo | None = None
 
@@ -89,6 +97,7 @@ class DomainWatcher:
         self._kick = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._reapers: set[asyncio.Task[None]] = set()
+        self._subscriptions = 0  # counter numbering subscriptions (see _Tracked.since)
         self.scans = 0
         self.events = 0
 
@@ -123,7 +132,8 @@ class DomainWatcher:
         Returns a future that resolves with the :class:`DomainExit`; await it through
         ``asyncio.shield`` when several waiters share it.  Subscribing again returns the same
         future.  Call after the domain was created: a name that is absent at the next scan is
-        reported as destroyed.
+        reported as destroyed; a listing that was already under way when ``subscribe`` was
+        called does not judge it.
         """
         entry = self._tracked.get(name)
         if entry is not None:
@@ -136,7 +146,8 @@ class DomainWatcher:
                 # A new incarnation was subscribed before the old one's exit was seen.
                 self._finish(entry, DomainExit(name, entry.domid, self._vanished_reason(entry), entry.requested, entry.last))
         fut: asyncio.Future[DomainExit] = asyncio.get_running_loop().create_future()
-        self._tracked[name] = _Tracked(name=name, domid=domid, future=fut)
+        self._subscriptions += 1
+        self._tracked[name] = _Tracked(name=name, domid=domid, future=fut, since=self._subscriptions)
         self.kick()
         return fut
 
@@ -192,13 +203,18 @@ class DomainWatcher:
                 self.kick()
 
     async def rescan(self) -> list[DomainExit]:
-        """List all domains once and resolve the futures of tracked domains that exited."""
+        """List all domains once and resolve the futures of tracked domains that exited.
+
+        Only subscriptions made before the listing started are judged: a domain subscribed
+        while the listing was under way may be missing from it although it is alive.
+        """
+        horizon = self._subscriptions
         domains = await self.backend.list_domains()
         self.scans += 1
         by_name = {d.name: d for d in domains}
         exits = []
         for entry in list(self._tracked.values()):
-            if entry.future.done():
+            if entry.future.done() or entry.since > horizon:
                 continue
             exit_ = self._judge(entry, by_name.get(entry.name))
             if exit_ is not None:
