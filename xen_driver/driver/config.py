@@ -40,6 +40,13 @@ PLUGIN_DEFAULTS: dict[str, Any] = {
     "clickos_layout": "cosmos",
     "state_dir": "/var/lib/nomad-driver-xen",
     "xenstored_socket": "/run/xenstored/socket",
+    # What a job may make dom0 act on (docs/SECURITY.md): hotplug scripts by name from Xen's
+    # scripts directory, bridges by name, and size caps on job values that become host work.
+    "vif_scripts_dir": "/etc/xen/scripts",
+    "vif_scripts": ["vif-bridge", "vif-route", "vif-nat"],
+    "vif_bridges": ["xenbr0"],
+    "max_vifs": 8,
+    "max_click_config_bytes": 65536,
 }
 
 TASK_DEFAULTS: dict[str, Any] = {
@@ -55,6 +62,15 @@ MAX_ROUTER_ID = (1 << 31) - 1
 MIN_FINGERPRINT_PERIOD = 1.0
 MAX_FINGERPRINT_PERIOD = 3600.0
 MAX_BOOT_TIMEOUT = 3600.0
+#: Upper bound of the ``max_vifs`` plugin setting (netback handles more, no unikernel needs them).
+MAX_VIFS_LIMIT = 64
+#: Upper bound of ``max_click_config_bytes``: ClickOS stores the configuration in XenStore in
+#: ~1 KiB nodes, and xenstored's default quota is 1000 nodes per domain; 512 KiB stays near half.
+MAX_CLICK_CONFIG_LIMIT = 512 * 1024
+#: Longest ``boot_marker``: it is searched for in every console line.
+MAX_BOOT_MARKER_LEN = 256
+#: Xen's MAX_GUEST_CMDLINE is 1024 bytes including the terminating NUL.
+MAX_CMDLINE_LEN = 1023
 
 # Extra places to look for `xl` when the agent's PATH lacks the sbin directories.
 XL_SEARCH_DIRS = ("/usr/sbin", "/sbin", "/usr/local/sbin")
@@ -99,6 +115,9 @@ def parse_duration(text: str) -> float:
 
 
 # ---- value checks ------------------------------------------------------------------------------
+
+_IFNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}")
+_SCRIPT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 # Characters that would end, escape or comment out a quoted xl.cfg string, plus anything that is
 # not printable ASCII: such values are refused instead of escaped (see xen/spec.py).
@@ -230,6 +249,11 @@ class PluginConfig:
     clickos_layout: str = PLUGIN_DEFAULTS["clickos_layout"]
     state_dir: str = PLUGIN_DEFAULTS["state_dir"]
     xenstored_socket: str = PLUGIN_DEFAULTS["xenstored_socket"]
+    vif_scripts_dir: str = PLUGIN_DEFAULTS["vif_scripts_dir"]
+    vif_scripts: tuple[str, ...] = tuple(PLUGIN_DEFAULTS["vif_scripts"])
+    vif_bridges: tuple[str, ...] = tuple(PLUGIN_DEFAULTS["vif_bridges"])
+    max_vifs: int = PLUGIN_DEFAULTS["max_vifs"]
+    max_click_config_bytes: int = PLUGIN_DEFAULTS["max_click_config_bytes"]
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> "PluginConfig":
@@ -261,34 +285,52 @@ class PluginConfig:
             clickos_layout=_choice(S, "clickos_layout", _get(data, "clickos_layout", PLUGIN_DEFAULTS), CLICKOS_LAYOUTS),
             state_dir=_abs_dir(S, "state_dir", _get(data, "state_dir", PLUGIN_DEFAULTS)),
             xenstored_socket=_abs_dir(S, "xenstored_socket", _get(data, "xenstored_socket", PLUGIN_DEFAULTS)),
+            vif_scripts_dir=_abs_dir(S, "vif_scripts_dir", _get(data, "vif_scripts_dir", PLUGIN_DEFAULTS)),
+            vif_scripts=_script_allowlist(_get(data, "vif_scripts", PLUGIN_DEFAULTS)),
+            vif_bridges=_bridge_allowlist(_get(data, "vif_bridges", PLUGIN_DEFAULTS)),
+            max_vifs=_integer(S, "max_vifs", _get(data, "max_vifs", PLUGIN_DEFAULTS), 0, MAX_VIFS_LIMIT),
+            max_click_config_bytes=_integer(
+                S,
+                "max_click_config_bytes",
+                _get(data, "max_click_config_bytes", PLUGIN_DEFAULTS),
+                1,
+                MAX_CLICK_CONFIG_LIMIT,
+            ),
         )
 
-    def resolve_image(self, path: str, task_dir: str, field_name: str = "kernel") -> str:
-        """Absolute host path of a kernel/ramdisk, or ConfigError if it is not allowed.
 
-        Relative paths are taken from the task directory (artifacts, templates). Absolute paths
-        must lie inside one of ``image_dirs`` after resolving symlinks.
-        """
-        if path.startswith("/"):
-            real = os.path.realpath(path)
-            for d in self.image_dirs:
-                base = os.path.realpath(d)
-                if real == base or real.startswith(base.rstrip("/") + "/"):
-                    return real
+def _string_list(scope: str, name: str, value: Any, what: str) -> list[Any]:
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(scope, name, value, f"must be a list of {what}")
+    return list(value)
+
+
+def _script_allowlist(value: Any) -> tuple[str, ...]:
+    """``vif_scripts``: plain names (looked up in ``vif_scripts_dir``) or absolute paths."""
+    items = _string_list(PLUGIN, "vif_scripts", value, "hotplug script names or absolute paths")
+    out = []
+    for i, item in enumerate(items):
+        field = f"vif_scripts[{i}]"
+        _xl_string(PLUGIN, field, item)
+        if item.startswith("/"):
+            out.append(posixpath.normpath(item))
+        elif _SCRIPT_NAME.fullmatch(item):
+            out.append(item)
+        else:
             raise ConfigError(
-                TASK,
-                field_name,
-                path,
-                "must be relative to the task directory or inside one of the plugin's image_dirs ("
-                + ", ".join(self.image_dirs)
-                + ")",
+                PLUGIN, field, item, "must be a script name in vif_scripts_dir (letters, digits, '_', '.', '-') or an absolute path"
             )
-        rel = _relative_path(TASK, field_name, path)
-        base = os.path.realpath(task_dir)
-        real = os.path.realpath(os.path.join(base, rel))
-        if not (real == base or real.startswith(base.rstrip("/") + "/")):
-            raise ConfigError(TASK, field_name, path, "must stay inside the task directory (symlinks included)")
-        return real
+    return tuple(out)
+
+
+def _bridge_allowlist(value: Any) -> tuple[str, ...]:
+    items = _string_list(PLUGIN, "vif_bridges", value, "bridge interface names")
+    for i, item in enumerate(items):
+        if not isinstance(item, str) or not _IFNAME.fullmatch(item):
+            raise ConfigError(
+                PLUGIN, f"vif_bridges[{i}]", item, "must be an interface name of 1-15 letters, digits, '_', '.' or '-'"
+            )
+    return tuple(items)
 
 
 # ---- task config -------------------------------------------------------------------------------
@@ -304,7 +346,7 @@ class VifConfig:
     script: str | None = None
 
 
-_IFNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}")
+
 _MAC = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
 _CPUS = re.compile(r"(all|(nodes:)?\^?\d+(-\d+)?(,\^?\d+(-\d+)?)*)")
 
@@ -376,6 +418,10 @@ class TaskConfig:
         cmdline = data.get("cmdline")
         if cmdline is not None:
             cmdline = _xl_string(S, "cmdline", cmdline, allow_empty=True)
+            if len(cmdline) > MAX_CMDLINE_LEN:
+                raise ConfigError(
+                    S, "cmdline", cmdline, f"is {len(cmdline)} bytes long; Xen passes at most {MAX_CMDLINE_LEN}"
+                )
         memory = data.get("memory")
         if memory is not None:
             memory = _integer(S, "memory", memory, 1, MAX_MEMORY_MIB)
@@ -401,6 +447,10 @@ class TaskConfig:
             boot_marker = _plain_string(S, "boot_marker", boot_marker)
             if "\n" in boot_marker or "\r" in boot_marker:
                 raise ConfigError(S, "boot_marker", boot_marker, "must be a fragment of a single console line")
+            if len(boot_marker) > MAX_BOOT_MARKER_LEN:
+                raise ConfigError(
+                    S, "boot_marker", boot_marker, f"must be at most {MAX_BOOT_MARKER_LEN} characters long"
+                )
         return cls(
             kernel=kernel,
             ramdisk=ramdisk,

@@ -49,11 +49,13 @@ from xen_driver.driver.config import TASK, PluginConfig, TaskConfig
 from xen_driver.driver.errors import (
     ConfigError,
     DriverError,
+    HostUnavailable,
     NotSupported,
     RecoverableError,
     TaskAlreadyExists,
     TaskNotFound,
 )
+from xen_driver.driver import policy
 from xen_driver.driver.models import (
     CpuUsage,
     ExitResult,
@@ -73,9 +75,9 @@ from xen_driver.xen import clickos
 from xen_driver.xen.backend import Backend, DomainInfo, DomainNotFound, ExitReason, XenBackendError
 from xen_driver.xen.console import ConsolePump, ConsoleStream, FifoSink
 from xen_driver.xen.fifokeeper import FifoKeeperClient
-from xen_driver.xen.probe import parse_xl_info
+from xen_driver.xen.probe import cpu_mhz, parse_xl_info
 from xen_driver.xen.spec import DomainSpec, SpecError, VifSpec
-from xen_driver.xen.stats import StatsSampler
+from xen_driver.xen.stats import SamplerFailure, StatsSampler
 from xen_driver.xen.watcher import DomainExit, DomainWatcher
 from xen_driver.xen.xenstore import XenStore, XenStoreError
 from xen_driver.xen.xl import XlBackend
@@ -175,7 +177,15 @@ class TaskLifecycle:
         #: Physical CPUs of the host (``xl info`` nr_cpus), to check ``cpus`` pinning against;
         #: None until known (then pinning is only checked for its syntax).
         self.host_cpus: int | None = None
+        #: The host's memory (``xl info`` total_memory, MiB): no guest may ask for more.
+        self.host_memory_mib: int | None = None
+        #: Whether a bridge of this name exists on the host (tests replace it).
+        self.bridge_exists: Callable[[str], bool] = policy.interface_exists
         self._sampler = StatsSampler(self.backend)
+        #: MHz of one host CPU (xl info cpu_mhz / libvirt node info), for TaskStats' total_ticks;
+        #: None until learnt (asked again at most once a minute while unknown).
+        self.host_cpu_mhz: float | None = None
+        self._cpu_mhz_asked = -1e9
         self._started = False
         self._start_lock = asyncio.Lock()
         self._exit_tasks: set[asyncio.Task[None]] = set()
@@ -266,60 +276,30 @@ class TaskLifecycle:
 
     def resolve_image(self, spec: TaskSpec, field_name: str, value: str) -> str:
         """Absolute real path of a kernel/ramdisk, checked against where images may come from."""
-        try:
-            return self._resolve_image(spec, field_name, value)
-        except ConfigError:
-            raise
-        except ValueError as exc:  # os.path refuses NUL bytes (in the value or in the task's name)
-            raise ConfigError(TASK, field_name, value, f"cannot be resolved to a host path ({exc})") from None
-
-    def _resolve_image(self, spec: TaskSpec, field_name: str, value: str) -> str:
-        task_dir = spec.task_dir
-        if os.path.isabs(value):
-            path = os.path.realpath(value)
-        else:
-            if not task_dir:
-                raise ConfigError(TASK, field_name, value, "must be an absolute path (this task has no task directory)")
-            path = os.path.realpath(os.path.join(task_dir, value))
-        allowed = [os.path.realpath(d) for d in self.config.image_dirs]
-        if task_dir:
-            allowed.append(os.path.realpath(task_dir))
-        if not any(path == d or path.startswith(d.rstrip("/") + "/") for d in allowed):
-            where = ", ".join(self.config.image_dirs) or "(none configured)"
-            raise ConfigError(
-                TASK,
-                field_name,
-                value,
-                f"must be inside the task directory or one of the plugin's image_dirs: {where}",
-            )
-        if not os.path.isfile(path):
-            raise ConfigError(TASK, field_name, value, "must name an existing file (nothing is there)")
-        if not os.access(path, os.R_OK):
-            raise ConfigError(TASK, field_name, value, "must be a readable file")
-        return path
+        return policy.resolve_image(
+            value, field=field_name, task_dir=spec.task_dir or None, image_dirs=self.config.image_dirs
+        )
 
     def _click_config(self, spec: TaskSpec) -> str | None:
         cfg = spec.config
         if cfg.click_config is not None:
-            return cfg.click_config
+            return policy.check_click_text(cfg.click_config, self.config)
         if cfg.click_config_file is None:
             return None
-        base = os.path.realpath(spec.task_dir)
-        path = os.path.realpath(os.path.join(base, cfg.click_config_file))
-        if not path.startswith(base.rstrip("/") + "/"):
-            raise ConfigError(TASK, "click_config_file", cfg.click_config_file, "must stay inside the task directory")
-        try:
-            with open(path, encoding="utf-8") as fh:
-                return fh.read()
-        except FileNotFoundError:
-            raise ConfigError(
-                TASK,
-                "click_config_file",
-                cfg.click_config_file,
-                "must name a file in the task directory (none is there: is the template's destination the same?)",
-            ) from None
-        except UnicodeDecodeError:
-            raise ConfigError(TASK, "click_config_file", cfg.click_config_file, "must be a UTF-8 text file") from None
+        if not spec.task_dir:
+            raise ConfigError(TASK, "click_config_file", cfg.click_config_file, "needs a task directory")
+        return policy.read_click_config_file(cfg.click_config_file, spec.task_dir, self.config)
+
+    def _vif_specs(self, cfg: TaskConfig) -> tuple[VifSpec, ...]:
+        """The job's vifs, with every bridge and hotplug script checked against the plugin's allow-lists."""
+        policy.check_vif_count(len(cfg.vif), self.config)
+        vifs = []
+        for i, v in enumerate(cfg.vif):
+            if v.bridge is not None:
+                policy.check_bridge(i, v.bridge, self.config, self.bridge_exists)
+            script = policy.resolve_vif_script(i, v.script, self.config) if v.script is not None else None
+            vifs.append(VifSpec(bridge=v.bridge, mac=v.mac, ip=v.ip, script=script))
+        return tuple(vifs)
 
     def domain_spec(self, spec: TaskSpec, name: str) -> DomainSpec:
         """Map a task onto a toolstack-neutral domain description (validated)."""
@@ -332,6 +312,8 @@ class TaskLifecycle:
             memory, mem_field = spec.memory_mb, "resources.memory"
         if memory < MIN_MEMORY_MIB:
             raise ConfigError(TASK, mem_field, memory, f"must be at least {MIN_MEMORY_MIB} MiB for a PV guest")
+        policy.check_memory(memory, mem_field, self.host_limits)
+        policy.check_vcpus(cfg.vcpus, self.host_limits)
         maxmem = spec.memory_max_mb if cfg.memory is None and spec.memory_max_mb > memory else None
         if cfg.cpus is not None:
             self._check_cpus(cfg.cpus)
@@ -345,7 +327,7 @@ class TaskLifecycle:
             maxmem_mb=maxmem,
             vcpus=cfg.vcpus,
             cpus=cfg.cpus,
-            vifs=tuple(VifSpec(bridge=v.bridge, mac=v.mac, ip=v.ip, script=v.script) for v in cfg.vif),
+            vifs=self._vif_specs(cfg),
             on_crash="preserve" if cfg.on_crash == "destroy" else cfg.on_crash,
         )
         try:
@@ -370,14 +352,23 @@ class TaskLifecycle:
                 TASK, "cpus", cpus, f"names CPU {highest}, but this host has CPUs 0-{self.host_cpus - 1}"
             )
 
+    @property
+    def host_limits(self) -> policy.HostLimits:
+        return policy.HostLimits(nr_cpus=self.host_cpus, total_memory_mib=self.host_memory_mib)
+
     async def _learn_host_cpus(self) -> None:
+        """Learn the host's CPUs and memory once (one ``xl info``), to bound what a job may ask for."""
         if self.host_cpus is not None or not isinstance(self.backend, XlBackend):
             return
         try:
             info = parse_xl_info((await self.backend.run("info")).stdout)
             self.host_cpus = int(info["nr_cpus"])
+            self.host_memory_mib = int(info["total_memory"])
         except (XenBackendError, KeyError, ValueError) as exc:
-            self._log.warn("cannot learn the host's CPU count; cpus pinning checked for syntax only", error=str(exc))
+            self._log.warn(
+                "cannot learn the host's CPUs and memory; vcpus, cpus and memory checked for syntax only",
+                error=str(exc),
+            )
 
     def _handle(self, task: XenTask) -> TaskHandle:
         return TaskHandle(
@@ -429,8 +420,7 @@ class TaskLifecycle:
         log = self._log.bind(task_id=spec.id, domain=name)
 
         with timer.phase("validate"):
-            if spec.config.cpus is not None:
-                await self._learn_host_cpus()
+            await self._learn_host_cpus()
             dspec = self.domain_spec(spec, name)
             click_text = self._click_config(spec)
             if click_text is not None and self._xenstore is None:
@@ -644,21 +634,36 @@ class TaskLifecycle:
         (where ``nomad alloc fs`` can reach it) before destroying it.
         """
         crashed = exit_.reason is ExitReason.CRASH
-        policy = task.spec.config.on_crash
-        if crashed and policy == "preserve":
+        on_crash = task.spec.config.on_crash
+        if crashed and on_crash == "preserve":
             self._log.info("keeping crashed domain until the task is destroyed", domain=task.name)
             return
-        if crashed and policy == "coredump-destroy" and isinstance(self.backend, XlBackend) and task.spec.task_dir:
-            core = os.path.join(task.spec.task_dir, f"{task.name}.core")
-            try:
-                await self.backend.run("dump-core", task.name, core)
-                self._event(task, f"Crash dump of {task.name} written to {os.path.basename(core)} in the task directory")
-            except XenBackendError as exc:
-                self._log.warn("crash dump failed", domain=task.name, error=str(exc))
+        if crashed and on_crash == "coredump-destroy" and isinstance(self.backend, XlBackend) and task.spec.task_dir:
+            await self._dump_core(task)
         try:
             await self.backend.destroy(task.name)
         except XenBackendError as exc:
             self._log.warn("could not destroy exited domain", domain=task.name, error=str(exc))
+
+    async def _dump_core(self, task: XenTask) -> None:
+        """Dump the crashed guest's memory into the task directory, never through a job's symlink.
+
+        ``xl dump-core`` runs as root and follows links, so it writes into the driver's own state
+        directory; the file is then copied into the task directory without following links
+        (:func:`~xen_driver.driver.policy.copy_into_task_dir`)."""
+        assert isinstance(self.backend, XlBackend) and task.spec.task_dir
+        filename = f"{task.name}.core"
+        scratch = os.path.join(task.state.task_state_dir, filename)
+        try:
+            await self.backend.run("dump-core", task.name, scratch)
+            policy.copy_into_task_dir(scratch, task.spec.task_dir, filename)
+            self._event(task, f"Crash dump of {task.name} written to {filename} in the task directory")
+        except (XenBackendError, OSError) as exc:
+            self._log.warn("crash dump failed", domain=task.name, error=str(exc))
+            self._event(task, f"Crash dump of {task.name} failed: {exc}")
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(scratch)
 
     # ------------------------------------------------------------------ WaitTask
     async def wait_task(self, task_id: str) -> ExitResult:
@@ -772,20 +777,54 @@ class TaskLifecycle:
         )
 
     # ------------------------------------------------------------------ TaskStats
+    async def _learn_host_cpu_mhz(self) -> float | None:
+        """MHz of one host CPU: what Nomad counts CPU in (total_ticks = percent/100 × MHz)."""
+        if self.host_cpu_mhz is not None or time.monotonic() - self._cpu_mhz_asked < 60:
+            return self.host_cpu_mhz
+        self._cpu_mhz_asked = time.monotonic()
+        try:
+            if isinstance(self.backend, XlBackend):
+                self.host_cpu_mhz = cpu_mhz(parse_xl_info((await self.backend.run("info", timeout_s=30)).stdout))
+            elif self.backend.kind == "libvirt":
+                # virConnect.getInfo(): [model, memory MiB, cpus, MHz, nodes, sockets, cores, threads]
+                be = self.backend
+                info = await be._call(lambda: be._connection().getInfo())  # type: ignore[attr-defined]
+                self.host_cpu_mhz = float(info[3]) if float(info[3]) > 0 else None
+        except Exception as exc:  # noqa: BLE001 - stats go on, without MHz
+            self._log.warn("cannot learn the host's CPU MHz; CPU is reported as percent only", error=str(exc))
+            return None
+        if self.host_cpu_mhz is None:
+            self._log.warn("the host does not say its CPU MHz; CPU is reported as percent only")
+        return self.host_cpu_mhz
+
     async def task_stats(self, task_id: str, interval: float) -> AsyncIterator[TaskStats]:
+        """One sample per interval while the task runs (see xen/stats.py for what the figures
+        are).  Ends with HostUnavailable when the shared sampler keeps failing, instead of going
+        quiet or repeating an old sample."""
         task = self._get(task_id)
         interval = max(interval, 0.5)
+        await self._learn_host_cpu_mhz()
         queue = self._sampler.subscribe(task.name)
         try:
             while task.running:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(interval * 3):
                         sample = await queue.get()
+                    if isinstance(sample, SamplerFailure):
+                        raise HostUnavailable(f"no resource usage for {task.name}: {sample}")
+                    percent, mhz = sample.cpu_percent, self.host_cpu_mhz
                     yield TaskStats(
                         task_id=task.id,
                         timestamp=dt.datetime.fromtimestamp(sample.timestamp_ns / 1e9, dt.timezone.utc),
-                        cpu=CpuUsage(percent=sample.cpu_percent),
-                        memory=MemoryUsage(rss=sample.memory_kib * 1024, usage=sample.memory_kib * 1024),
+                        cpu=CpuUsage(
+                            percent=percent,
+                            total_ticks=percent / 100.0 * mhz if percent is not None and mhz else None,
+                        ),
+                        memory=MemoryUsage(
+                            rss=sample.memory_kib * 1024,
+                            usage=sample.memory_kib * 1024,
+                            max_usage=sample.peak_memory_kib * 1024,
+                        ),
                     )
                     await asyncio.sleep(interval)
         finally:

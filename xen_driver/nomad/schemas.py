@@ -24,6 +24,11 @@ PLUGIN_SCHEMA = Schema(
             "clickos_layout": attr("clickos_layout", "string", default=_P["clickos_layout"]),
             "state_dir": attr("state_dir", "string", default=_P["state_dir"]),
             "xenstored_socket": attr("xenstored_socket", "string", default=_P["xenstored_socket"]),
+            "vif_scripts_dir": attr("vif_scripts_dir", "string", default=_P["vif_scripts_dir"]),
+            "vif_scripts": attr("vif_scripts", "list(string)", default=_P["vif_scripts"]),
+            "vif_bridges": attr("vif_bridges", "list(string)", default=_P["vif_bridges"]),
+            "max_vifs": attr("max_vifs", "number", default=_P["max_vifs"]),
+            "max_click_config_bytes": attr("max_click_config_bytes", "number", default=_P["max_click_config_bytes"]),
         }
     )
 )

@@ -78,10 +78,14 @@ class FifoSink:
     def _open(self) -> int:
         if self._fd is None:
             try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK | os.O_APPEND | os.O_CLOEXEC)
+                # O_NOFOLLOW: the log directory is inside the allocation, whose files a job can
+                # write; a symlink there must not turn console output into a write elsewhere.
+                fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW)
             except OSError as exc:
                 if exc.errno in (errno.ENXIO, errno.ENOENT):
                     raise SinkUnavailable(f"{self.path}: {exc.strerror}") from None
+                if exc.errno == errno.ELOOP:
+                    raise SinkUnavailable(f"{self.path}: is a symbolic link; console output is not written through it") from None
                 raise
             is_fifo = stat.S_ISFIFO(os.fstat(fd).st_mode)
             if not is_fifo:

@@ -98,20 +98,3 @@ def test_go_durations(text, seconds):
 def test_bad_durations(text):
     with pytest.raises(ValueError):
         parse_duration(text)
-
-
-def test_resolve_image(tmp_path):
-    images = tmp_path / "images"
-    images.mkdir()
-    (images / "k").write_text("")
-    task_dir = tmp_path / "alloc" / "task"
-    (task_dir / "local").mkdir(parents=True)
-    (task_dir / "local" / "k").write_text("")
-    (task_dir / "local" / "escape").symlink_to("/etc/passwd")
-    cfg = PluginConfig(image_dirs=(str(images),))
-    assert cfg.resolve_image(str(images / "k"), str(task_dir)) == str(images / "k")
-    assert cfg.resolve_image("local/k", str(task_dir)) == str(task_dir / "local" / "k")
-    with pytest.raises(ConfigError, match='task config "kernel": got "/etc/passwd", must be relative to the task directory or inside one of the plugin\'s image_dirs'):
-        cfg.resolve_image("/etc/passwd", str(task_dir))
-    with pytest.raises(ConfigError, match="must stay inside the task directory"):
-        cfg.resolve_image("local/escape", str(task_dir), "ramdisk")
