@@ -43,6 +43,17 @@ def serve() -> int:
     xlog.configure()
     log = xlog.get_logger("plugin")
 
+    # Each guest holds descriptors here; the common soft limit of 1024 runs out at ~500 guests.
+    from xen_driver.xen import fdlimit
+
+    before, soft = fdlimit.raise_soft_limit()
+    hard = fdlimit.limits()[1]
+    if soft < LOW_NOFILE:
+        log.warn("open-file limit is low: a few hundred guests at most", soft=soft, hard=hard,
+                 fix="raise LimitNOFILE of the Nomad agent")
+    else:
+        log.debug("open-file limit", soft_before=before, soft=soft, hard=hard)
+
     from xen_driver.nomad.service import BasePluginService, DriverService, PluginState
     from xen_driver._proto.nomad import base_pb2_grpc, driver_pb2_grpc
     from xen_driver.plugin.server import PluginServer
@@ -57,10 +68,16 @@ def serve() -> int:
         asyncio.get_running_loop().set_exception_handler(xlog.asyncio_exception_handler)
         return await PluginServer(register=register, on_stop=state.shutdown).serve()
 
+    from xen_driver.plugin.server import SocketDirError
+
     try:
         code = asyncio.run(main())
     except HandshakeError as exc:
         log.error("handshake failed", error=str(exc).strip())
+        return 1
+    except SocketDirError as exc:
+        sys.stderr.write(f"nomad-driver-xen: {exc}\n")
+        sys.stderr.flush()
         return 1
     log.debug("plugin exited", code=code)
     # Everything is flushed and the socket removed; skip interpreter teardown (gRPC's core can
@@ -71,6 +88,9 @@ def serve() -> int:
         pass
     os._exit(code)
 
+
+#: Below this many open files the plugin warns at start (each guest holds about two).
+LOW_NOFILE = 4096
 
 #: Where bytecode goes when the installation itself is read-only (a shared checkout, say).
 DEFAULT_PYCACHE_DIR = "/var/cache/nomad-driver-xen/pycache"

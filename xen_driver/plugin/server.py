@@ -38,18 +38,52 @@ _log = get_logger("plugin")
 Register = Callable[[grpc.aio.Server], None]
 
 
+#: Where the socket goes when neither ``$PLUGIN_UNIX_SOCKET_DIR`` nor ``$TMPDIR`` is usable.
+FALLBACK_SOCKET_DIRS: tuple[str, ...] = ("/tmp",)
+
+
+class SocketDirError(OSError):
+    """No directory the plugin's unix socket could be created in; the message says which and the fix."""
+
+
 def socket_path(environ: Mapping[str, str]) -> str:
-    """A fresh socket path in ``$PLUGIN_UNIX_SOCKET_DIR``, ``$TMPDIR`` or /tmp."""
-    candidates = [environ.get("PLUGIN_UNIX_SOCKET_DIR"), environ.get("TMPDIR"), "/tmp"]
-    for directory in candidates:
-        if not directory or not os.path.isdir(directory):
+    """A fresh socket path in ``$PLUGIN_UNIX_SOCKET_DIR``, ``$TMPDIR`` or /tmp, the first that works.
+
+    A directory named by the environment that is missing, read-only or unwritable is skipped with
+    a warning naming it (so a bad ``TMPDIR`` in the agent's environment costs nothing but that
+    line); when none works, :class:`SocketDirError` names every directory tried and the fix.
+    """
+    candidates = [
+        ("PLUGIN_UNIX_SOCKET_DIR", environ.get("PLUGIN_UNIX_SOCKET_DIR")),
+        ("TMPDIR", environ.get("TMPDIR")),
+        *(("fallback", d) for d in FALLBACK_SOCKET_DIRS),
+    ]
+    skipped: list[str] = []
+    for source, directory in candidates:
+        if not directory:
             continue
-        fd, path = tempfile.mkstemp(prefix="plugin", dir=directory)
+        where = f"{directory} (${source})" if source != "fallback" else directory
+        if not os.path.isdir(directory):
+            skipped.append(f"{where}: not a directory")
+            continue
+        try:
+            fd, path = tempfile.mkstemp(prefix="plugin", dir=directory)
+        except OSError as exc:
+            skipped.append(f"{where}: {exc.strerror or exc}")
+            continue
         os.close(fd)
         os.unlink(path)
-        if len(os.fsencode(path)) <= MAX_SOCKET_PATH:
-            return path
-    raise OSError("no directory for the plugin socket (tried $PLUGIN_UNIX_SOCKET_DIR, $TMPDIR, /tmp)")
+        if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+            skipped.append(f"{where}: socket path longer than {MAX_SOCKET_PATH} bytes")
+            continue
+        if skipped:
+            _log.warn("socket directory unusable; using another", skipped="; ".join(skipped), using=directory)
+        return path
+    raise SocketDirError(
+        "no usable directory for the plugin's unix socket ("
+        + "; ".join(skipped or ["no candidate"])
+        + "); fix: set TMPDIR (or PLUGIN_UNIX_SOCKET_DIR) in the Nomad agent's environment to a writable directory"
+    )
 
 
 def _socket_group(environ: Mapping[str, str]) -> int | None:
