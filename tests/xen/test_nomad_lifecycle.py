@@ -176,3 +176,101 @@ def test_guest_ignoring_shutdown_is_destroyed_after_kill_timeout(nomad):
     terminated = [e for e in nomad.task_events(alloc, "firewall") if e["Type"] == "Terminated"]
     assert terminated and terminated[-1]["Details"].get("signal") == "9", _events(nomad, alloc, "firewall")
     assert nomad.domains() == []  # ... before the domain was destroyed
+
+
+# ---- security: what a job may make dom0 do (docs/SECURITY.md) ----------------------------------
+
+KERNEL = 'kernel = "/var/lib/nomad-driver-xen/images/ndx-unikernel"'
+MARKER = "/tmp/ndx-evil-ran"
+EVIL = f'#!/bin/sh\necho "ran as $(id -u) args=$*" >> {MARKER}\nexit 0\n'
+
+
+def _with_template(job: str, destination: str, data: str, perms: str = "755") -> str:
+    """Add a ``template`` writing ``data`` to ``destination`` (in the task directory) to the task."""
+    block = (
+        f'      template {{\n        destination = "{destination}"\n        perms       = "{perms}"\n'
+        f"        data        = <<EOT\n{data}EOT\n      }}\n\n      resources {{"
+    )
+    return job.replace("      resources {", block, 1)
+
+
+def test_job_scripts_never_run_in_dom0(nomad, testbed):
+    """A job naming a hotplug script of its own (written by its template into the task directory,
+    or any absolute path) is refused, naming the field and the plugin setting; nothing runs."""
+    testbed.run(f"rm -f {MARKER}; printf '%s' '{EVIL}' > /tmp/evil; chmod 755 /tmp/evil")
+    jobs = {
+        "sec-task-dir-script": _with_template(
+            _batch_job(
+                "sec-task-dir-script",
+                f'        {KERNEL}\n        vif {{\n          bridge = "xenbr0"\n'
+                '          script = "${NOMAD_TASK_DIR}/evil.sh"\n        }',
+            ),
+            "local/evil.sh",
+            EVIL,
+        ),
+        "sec-abs-script": _batch_job(
+            "sec-abs-script",
+            f'        {KERNEL}\n        vif {{\n          bridge = "xenbr0"\n          script = "/tmp/evil"\n        }}',
+        ),
+    }
+    for name, text in jobs.items():
+        nomad.run_job(nomad.write_job(f"{name}.nomad", text))
+    for name in jobs:
+        alloc = nomad.wait_alloc(name, {"failed", "complete"}, timeout=240)
+        events = _events(nomad, alloc, "compute")
+        assert alloc["ClientStatus"] == "failed", f"{name}: {events}"
+        assert '"vif[0].script"' in events and '"vif_scripts"' in events, f"{name}: {events}"
+    assert testbed.run(f"cat {MARKER} 2>/dev/null || true").stdout == ""  # no script ran
+    assert nomad.domains() == []
+    assert nomad.leftovers() == []
+    for name in jobs:
+        nomad.stop_job(name)
+
+
+def test_allowed_stock_script_and_bridge_still_work(nomad):
+    text = _batch_job(
+        "sec-stock-script",
+        f'        {KERNEL}\n        cmdline = "tick=1 poweroff_after=2"\n        boot_marker = "NDX-GUEST READY"\n'
+        '        vif {\n          bridge = "xenbr0"\n          script = "vif-bridge"\n        }',
+    )
+    nomad.run_job(nomad.write_job("sec-stock-script.nomad", text))
+    alloc = nomad.wait_alloc("sec-stock-script", {"complete", "failed"}, timeout=240)
+    assert alloc["ClientStatus"] == "complete", _events(nomad, alloc, "compute")
+    assert nomad.domains() == []
+    nomad.stop_job("sec-stock-script")
+
+
+def test_disallowed_bridge_and_oversized_click_config_are_refused(nomad, testbed_report):
+    big = "// " + "x" * 100 + "\n"
+    jobs = {
+        "sec-bridge": (
+            _batch_job("sec-bridge", f'        {KERNEL}\n        vif {{\n          bridge = "lo"\n        }}'),
+            ['"vif[0].bridge"', '"vif_bridges"'],
+        ),
+        "sec-big-click": (
+            _with_template(
+                _batch_job("sec-big-click", f'        {KERNEL}\n        click_config_file = "local/big.click"'),
+                "local/big.click",
+                big * 1000,  # 104 kB, over the default cap of 64 KiB
+                perms="644",
+            ),
+            ['"click_config_file"', "at most 65536 bytes", '"max_click_config_bytes"'],
+        ),
+    }
+    for name, (text, _) in jobs.items():
+        nomad.run_job(nomad.write_job(f"{name}.nomad", text))
+    for name, (_, expected) in jobs.items():
+        alloc = nomad.wait_alloc(name, {"failed", "complete"}, timeout=240)
+        events = _events(nomad, alloc, "compute")
+        assert alloc["ClientStatus"] == "failed", f"{name}: {events}"
+        for text in expected:
+            assert text in events, f"{name}: expected {text} in the task events:\n{events}"
+        if name == "sec-big-click":
+            by_type = {e["Type"]: e["Time"] for e in nomad.task_events(alloc, "compute")}
+            if "Driver Failure" in by_type and "Task Setup" in by_type:
+                took = (by_type["Driver Failure"] - by_type["Task Setup"]) / 1e9
+                testbed_report.append(f"oversized Click configuration refused {took:.2f} s after task setup")
+    assert nomad.domains() == []
+    assert nomad.leftovers() == []
+    for name in jobs:
+        nomad.stop_job(name)
