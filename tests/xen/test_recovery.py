@@ -730,7 +730,7 @@ XL_KEYS = {"type", "name", "uuid", "kernel", "ramdisk", "cmdline", "memory", "ma
 _LINE = re.compile(r'^([a-z_]+) = (?:"([^"\\\n#]*)"|(\d+)|\[ ("[^"\\\n#]*"(?:, "[^"\\\n#]*")*) \])$')
 
 
-def _strategies(images: str):
+def _strategies(images: str, scripts: str):
     from hypothesis import strategies as st
 
     def mostly(good, bad, bad_in_10: int = 2):
@@ -773,7 +773,7 @@ def _strategies(images: str):
         "mac": mac,
         "ip": mostly(st.sampled_from(["10.0.0.2", "10.0.0.2 fd00::2"]),
                      st.one_of(st.sampled_from(["10.0.0.300", "10.0.0.2,x"]), strings)),
-        "script": mostly(st.sampled_from(["vif-bridge", "/etc/xen/scripts/vif-route"]),
+        "script": mostly(st.sampled_from(["vif-bridge", f"{scripts}/vif-route", "/etc/xen/scripts/vif-nat"]),
                          st.one_of(st.sampled_from(["vif bridge", "vif=x"]), strings)),
     })
     config = st.fixed_dictionaries({"kernel": kernel}, optional={
@@ -849,17 +849,27 @@ def sweep_configs(root: Path, max_examples: int = 1200, host_cpus: int | None = 
     images.mkdir()
     for where in (images, alloc / "web"):  # decoding never reads the kernel; dom0 gets the real one
         (where / "ndx-unikernel").write_bytes(b"\x7fELF placeholder")
+    scripts = root / "scripts"  # the operator's allowed hotplug scripts (the last one is not allowed)
+    for script in ("vif-bridge", "vif-route"):
+        (scripts / script).parent.mkdir(exist_ok=True)
+        (scripts / script).write_text("#!/bin/sh\n")
+        (scripts / script).chmod(0o755)
     lifecycle = TaskLifecycle(
-        PluginConfig.from_dict({"image_dirs": [str(images)], "state_dir": str(root / "state")}), lambda e: None
+        PluginConfig.from_dict({
+            "image_dirs": [str(images)], "state_dir": str(root / "state"), "vif_scripts_dir": str(scripts),
+            "vif_scripts": ["vif-bridge", "vif-route"], "vif_bridges": ["xenbr0", "br-0.1", "a" * 15],
+        }),
+        lambda e: None,
     )
     lifecycle.host_cpus = host_cpus  # what StartTask learns from `xl info` on the real host
+    lifecycle.bridge_exists = lambda name: True  # the dry run in dom0 does not plug anything
     counts = {"examples": 0, "refused": 0, "type errors": 0, "rendered": 0}
     rendered: dict[str, tuple] = {}
     texts: set[str] = set()
 
     @settings(max_examples=max_examples, derandomize=True, deadline=None, database=None,
               suppress_health_check=list(HealthCheck))
-    @given(_strategies(str(images)))
+    @given(_strategies(str(images), str(scripts)))
     def sweep(case):
         (raw, wrong_type), task_name = case
         counts["examples"] += 1
