@@ -34,6 +34,7 @@ from xen_driver.driver.models import (
     TaskStatus,
 )
 from xen_driver.logging import get_logger
+from xen_driver.xen import fdlimit
 from xen_driver.xen.probe import HostProbe, ProbeState, host_signature, probe_host
 
 #: The name jobs use in ``driver = "xen"``; also the prefix of our node attributes.
@@ -119,9 +120,19 @@ class DriverCore:
         try:
             probe = await self._prober(self.config)
         except Exception as exc:  # a bug in probing must not end the stream
+            if (err := fdlimit.exhaustion(exc)) is not None:
+                return Fingerprint(Health.UNHEALTHY, fdlimit.describe(err))
             self._log.error("host probe failed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
             return Fingerprint(Health.UNHEALTHY, f"probing the Xen host failed: {exc}")
-        return fingerprint_from_probe(probe, self.config)
+        fp = fingerprint_from_probe(probe, self.config)
+        if fp.health is Health.HEALTHY:
+            # The host is fine but this process is nearly out of descriptors: starts would be
+            # refused, so tell the scheduler before it places more guests here.
+            try:
+                fdlimit.check_spare()
+            except fdlimit.OutOfFileDescriptors as exc:
+                return Fingerprint(Health.UNHEALTHY, str(exc), fp.attributes)
+        return fp
 
     def request_fingerprint(self) -> None:
         """Ask for a fresh fingerprint now (e.g. after a toolstack call failed unexpectedly)."""

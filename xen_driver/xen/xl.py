@@ -43,6 +43,7 @@ from xen_driver.xen.backend import (
     ExitReason,
     XenBackendError,
 )
+from xen_driver.xen.fdlimit import EXHAUSTED_ERRNOS, OutOfFileDescriptors
 from xen_driver.xen.spec import DomainSpec, check_name
 from xen_driver.xen.xlcfg import render
 
@@ -124,6 +125,10 @@ class XlBackend:
                 raise XlNotFound(f"the xl executable {self.xl!r} was not found; is xen-utils installed?") from None
             except PermissionError as exc:
                 raise XlNotFound(f"the xl executable {self.xl!r} cannot be run: {exc}") from None
+            except OSError as exc:
+                if exc.errno in EXHAUSTED_ERRNOS:  # no descriptor left for xl's pipes
+                    raise OutOfFileDescriptors(exc.errno) from exc
+                raise
             try:
                 async with asyncio.timeout(deadline):
                     out, err = await proc.communicate()
