@@ -19,6 +19,8 @@ import shutil
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
+from xen_driver.xen.fdlimit import EXHAUSTED_ERRNOS, OutOfFileDescriptors
+
 DEFAULT_TIMEOUT = 10.0
 #: Where to look for `xl` besides PATH: Nomad agents often run with a PATH lacking sbin.
 SBIN_DIRS = ("/usr/sbin", "/sbin", "/usr/local/sbin")
@@ -160,9 +162,12 @@ async def probe_host(
         where = xl_path if "/" in xl_path else f'"{xl_path}" on PATH or in {", ".join(SBIN_DIRS)}'
         return HostProbe(ProbeState.UNDETECTED, f"Xen toolstack not found: no executable {where}")
 
-    rc, out, err = await run(
-        [xl, "info"], timeout=timeout, env=dict(env) if env is not None else None
-    )
+    try:
+        rc, out, err = await run(
+            [xl, "info"], timeout=timeout, env=dict(env) if env is not None else None
+        )
+    except OutOfFileDescriptors as exc:  # not a host problem: this process has no descriptor left
+        return HostProbe(ProbeState.UNHEALTHY, str(exc), xl_path=xl)
     if rc is None:
         return HostProbe(
             ProbeState.UNHEALTHY,
@@ -187,7 +192,11 @@ async def probe_host(
 async def run(
     argv: Sequence[str], *, timeout: float, env: Mapping[str, str] | None = None
 ) -> tuple[int | None, str, str]:
-    """Run a command; ``(None, out, err)`` on timeout (the process is killed), rc 127 if it cannot start."""
+    """Run a command; ``(None, out, err)`` on timeout (the process is killed), rc 127 if it cannot start.
+
+    Raises :class:`OutOfFileDescriptors` when it cannot start for want of a descriptor (that is
+    no fact about the host, and must not be explained as one).
+    """
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv,
@@ -198,6 +207,8 @@ async def run(
             start_new_session=True,  # a hung xl must not receive the agent's terminal signals
         )
     except OSError as exc:
+        if exc.errno in EXHAUSTED_ERRNOS:
+            raise OutOfFileDescriptors(exc.errno) from exc
         return 127, "", f"cannot execute {argv[0]}: {exc.strerror or exc}"
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
