@@ -10,6 +10,20 @@ CPU time in tenths of a second, which over a 1 s interval would make the percent
 10-point steps; the sampler therefore computes the rate over a sliding window (default 5 s,
 i.e. about 2 % resolution) once enough history exists.  Percent is of one physical CPU, so a
 busy 2-vCPU guest can show 200 %.
+
+Memory is the domain's current allocation (``xl list`` Mem, libvirt's current memory): what Xen
+has given the guest, which is all Xen can measure (it does not see inside the guest's own
+allocator).  ``peak_memory_kib`` is the highest allocation seen since sampling of this domain
+began (it only differs from the current one for a guest that balloons).
+
+A failing sampler never passes an old sample off as a new one.  When a listing fails (the
+backend raises, or answers nothing within ``sample_timeout_s``) no sample is sent to anyone,
+and the newest samples are forgotten, so a stream opened meanwhile does not start with one.
+After ``max_failures`` consecutive failures (3, i.e. about three intervals) every subscriber
+receives a :class:`SamplerFailure` instead of a sample, and again after every further failed
+listing; the driver ends the task's TaskStats stream with that error.  Nomad then keeps the
+last good sample with its own, no longer advancing timestamp, logs the error, and opens a new
+stream one interval later, which ends the same way until a listing succeeds again.
 """
 
 from __future__ import annotations
@@ -37,31 +51,58 @@ class DomainSample:
     memory_kib: int
     max_memory_kib: int
     vcpus: int
+    peak_memory_kib: int = 0  # highest memory_kib seen for this domain (this domid)
+
+
+@dataclass(frozen=True)
+class SamplerFailure:
+    """Sent to subscribers instead of a sample once listings keep failing."""
+
+    failures: int  # consecutive failed listings
+    error: str  # the last one's error
+
+    def __str__(self) -> str:
+        return f"the last {self.failures} listings of the host's domains failed: {self.error}"
 
 
 class StatsSampler:
     """Samples every domain once per ``interval_s`` while anyone is subscribed."""
 
-    def __init__(self, backend: Backend, *, interval_s: float = 1.0, window_s: float = 5.0):
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        interval_s: float = 1.0,
+        window_s: float = 5.0,
+        max_failures: int = 3,
+        sample_timeout_s: float = 30.0,
+    ):
         self.backend = backend
         self.interval_s = interval_s
         self.window_s = window_s
+        self.max_failures = max_failures
+        self.sample_timeout_s = sample_timeout_s
         self._history: dict[str, deque[tuple[float, float, int | None]]] = {}
+        self._peak: dict[str, tuple[int | None, int]] = {}
         self._latest: dict[str, DomainSample] = {}
-        self._subs: dict[str, set[asyncio.Queue[DomainSample]]] = {}
+        self._subs: dict[str, set[asyncio.Queue[DomainSample | SamplerFailure]]] = {}
         self._task: asyncio.Task[None] | None = None
         self.samples_taken = 0
+        #: Consecutive failed listings (0 after a good one), and the last failure's text.
+        self.failures = 0
+        self.last_error: str | None = None
 
     # ------------------------------------------------------------ interface
-    def subscribe(self, name: str) -> asyncio.Queue[DomainSample]:
-        """A queue that always holds the newest sample of ``name`` (older ones are dropped)."""
-        queue: asyncio.Queue[DomainSample] = asyncio.Queue(maxsize=1)
+    def subscribe(self, name: str) -> asyncio.Queue[DomainSample | SamplerFailure]:
+        """A queue that always holds the newest sample of ``name`` (older ones are dropped), or a
+        :class:`SamplerFailure` while listings keep failing."""
+        queue: asyncio.Queue[DomainSample | SamplerFailure] = asyncio.Queue(maxsize=1)
         self._subs.setdefault(name, set()).add(queue)
         if name in self._latest:
             queue.put_nowait(self._latest[name])
         return queue
 
-    def unsubscribe(self, name: str, queue: asyncio.Queue[DomainSample]) -> None:
+    def unsubscribe(self, name: str, queue: asyncio.Queue[DomainSample | SamplerFailure]) -> None:
         subs = self._subs.get(name)
         if subs is not None:
             subs.discard(queue)
@@ -72,24 +113,58 @@ class StatsSampler:
         return self._latest.get(name)
 
     # -------------------------------------------------------------- sampling
+    @staticmethod
+    def _offer(queue: asyncio.Queue[DomainSample | SamplerFailure], item: DomainSample | SamplerFailure) -> None:
+        if queue.full():
+            queue.get_nowait()
+        queue.put_nowait(item)
+
     async def sample_once(self) -> dict[str, DomainSample]:
+        """List the domains once and hand each subscriber its domain's sample (raises what the
+        backend raises; :meth:`tick` counts that as a failure)."""
         domains = await self.backend.list_domains()
         now = time.monotonic()
         wall = time.time_ns()
         self.samples_taken += 1
+        self.failures = 0
         seen = set()
         for info in domains:
             seen.add(info.name)
             sample = self._compute(info, now, wall)
             self._latest[info.name] = sample
             for queue in self._subs.get(info.name, ()):
-                if queue.full():
-                    queue.get_nowait()
-                queue.put_nowait(sample)
+                self._offer(queue, sample)
         for gone in set(self._history) - seen:
             self._history.pop(gone, None)
+            self._peak.pop(gone, None)
             self._latest.pop(gone, None)
         return dict(self._latest)
+
+    async def tick(self) -> None:
+        """One sampling round as the loop runs it: failures are counted, never raised."""
+        try:
+            async with asyncio.timeout(self.sample_timeout_s):
+                await self.sample_once()
+        except XenBackendError as exc:
+            self._failed(str(exc))
+        except TimeoutError:
+            self._failed(f"no answer within {self.sample_timeout_s:g}s")
+        except Exception as exc:  # keep sampling for everyone else
+            log.exception("stats sample crashed")
+            self._failed(f"{type(exc).__name__}: {exc}")
+
+    def _failed(self, error: str) -> None:
+        self.failures += 1
+        self.last_error = error
+        # What was sampled before is not news any more: a stream opened now must not start
+        # with it.
+        self._latest.clear()
+        log.warning("stats sample failed", error=error, consecutive=self.failures)
+        if self.failures >= self.max_failures:
+            failure = SamplerFailure(self.failures, error)
+            for queues in self._subs.values():
+                for queue in queues:
+                    self._offer(queue, failure)
 
     def _compute(self, info: DomainInfo, now: float, wall: int) -> DomainSample:
         hist = self._history.get(info.name)
@@ -104,6 +179,11 @@ class StatsSampler:
             t0, c0, _ = hist[0]
             if now > t0:
                 percent = max(0.0, (info.cpu_seconds - c0) / (now - t0) * 100.0)
+        peak_domid, peak = self._peak.get(info.name, (info.domid, 0))
+        if peak_domid != info.domid:
+            peak = 0
+        peak = max(peak, info.memory_kib)
+        self._peak[info.name] = (info.domid, peak)
         return DomainSample(
             name=info.name,
             domid=info.domid,
@@ -113,18 +193,14 @@ class StatsSampler:
             memory_kib=info.memory_kib,
             max_memory_kib=info.max_memory_kib,
             vcpus=info.vcpus,
+            peak_memory_kib=peak,
         )
 
     async def _run(self) -> None:
         while True:
             started = time.monotonic()
             if self._subs:
-                try:
-                    await self.sample_once()
-                except XenBackendError as exc:
-                    log.warning("stats sample failed", error=str(exc))
-                except Exception:  # keep sampling for everyone else
-                    log.exception("stats sample crashed")
+                await self.tick()
             await asyncio.sleep(max(0.0, self.interval_s - (time.monotonic() - started)))
 
     def start(self) -> None:

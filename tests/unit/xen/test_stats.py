@@ -1,4 +1,5 @@
-"""StatsSampler: one list per tick for all domains, windowed CPU percent, latest-only queues."""
+"""StatsSampler: one list per tick for all domains, windowed CPU percent, latest-only queues,
+and what subscribers get when listings keep failing."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import asyncio
 import pytest
 from xen_fakes import FakeBackend
 
-from xen_driver.xen.backend import DomainState
-from xen_driver.xen.stats import StatsSampler
+from xen_driver.xen.backend import DomainState, XenBackendError
+from xen_driver.xen.stats import DomainSample, SamplerFailure, StatsSampler
 
 
 def test_cpu_percent_over_window(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -86,5 +87,105 @@ def test_no_subscribers_no_listing() -> None:
         await asyncio.sleep(0.05)
         await s.stop()
         assert be.list_calls == 0
+
+    asyncio.run(main())
+
+
+class _FlakyBackend(FakeBackend):
+    """A FakeBackend whose listing raises while ``failing`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failing: Exception | None = None
+
+    async def list_domains(self):  # type: ignore[no-untyped-def]
+        if self.failing is not None:
+            self.list_calls += 1
+            raise self.failing
+        return await super().list_domains()
+
+
+def test_failing_listings_end_in_a_failure_not_a_stale_sample() -> None:
+    async def main() -> None:
+        be = _FlakyBackend()
+        be.set("g", 3, DomainState.RUNNING, cpu_seconds=1.0, memory_kib=16384)
+        s = StatsSampler(be, max_failures=3)
+        queue = s.subscribe("g")
+        await s.tick()
+        good = queue.get_nowait()
+        assert isinstance(good, DomainSample) and s.failures == 0
+
+        be.failing = XenBackendError("xl list: xenstored gone")
+        await s.tick()
+        await s.tick()
+        # Failing, but not yet for long: nothing is sent, and the old sample is not handed to a
+        # stream opened meanwhile.
+        assert queue.empty() and s.failures == 2 and s.latest("g") is None
+        late = s.subscribe("g")
+        assert late.empty()
+
+        await s.tick()  # the third failure in a row
+        for q in (queue, late):
+            failure = q.get_nowait()
+            assert isinstance(failure, SamplerFailure) and failure.failures == 3
+            assert "xenstored gone" in str(failure) and "3" in str(failure)
+        await s.tick()
+        assert late.get_nowait().failures == 4  # reported again while it lasts
+
+        be.failing = None
+        await s.tick()
+        fresh = queue.get_nowait()
+        assert isinstance(fresh, DomainSample) and fresh.timestamp_ns > good.timestamp_ns
+        assert s.failures == 0
+
+    asyncio.run(main())
+
+
+def test_a_hanging_listing_counts_as_a_failure() -> None:
+    class Hanging(FakeBackend):
+        async def list_domains(self):  # type: ignore[no-untyped-def]
+            await asyncio.sleep(3600)
+
+    async def main() -> None:
+        s = StatsSampler(Hanging(), max_failures=1, sample_timeout_s=0.05)
+        queue = s.subscribe("g")
+        await asyncio.wait_for(s.tick(), 2)
+        failure = queue.get_nowait()
+        assert isinstance(failure, SamplerFailure) and "no answer within 0.05s" in failure.error
+
+    asyncio.run(main())
+
+
+def test_an_unexpected_exception_is_a_failure_and_sampling_goes_on() -> None:
+    async def main() -> None:
+        be = _FlakyBackend()
+        be.set("g", 3, DomainState.RUNNING)
+        be.failing = RuntimeError("boom")
+        s = StatsSampler(be, interval_s=0.01, max_failures=2)
+        queue = s.subscribe("g")
+        s.start()
+        try:
+            failure = await asyncio.wait_for(queue.get(), 2)
+            assert isinstance(failure, SamplerFailure) and failure.error == "RuntimeError: boom"
+            be.failing = None
+            while not isinstance(item := await asyncio.wait_for(queue.get(), 2), DomainSample):
+                pass
+            assert item.name == "g"
+        finally:
+            await s.stop()
+
+    asyncio.run(main())
+
+
+def test_peak_memory_is_the_highest_allocation_of_this_domain() -> None:
+    async def main() -> None:
+        be = FakeBackend()
+        s = StatsSampler(be)
+        for kib in (16384, 32768, 8192):  # a guest that balloons up, then down
+            be.set("g", 3, DomainState.RUNNING, memory_kib=kib)
+            sample = (await s.sample_once())["g"]
+        assert (sample.memory_kib, sample.peak_memory_kib) == (8192, 32768)
+        be.set("g", 4, DomainState.RUNNING, memory_kib=8192)  # a new domain of the same name
+        assert (await s.sample_once())["g"].peak_memory_kib == 8192
 
     asyncio.run(main())
