@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import math
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -44,6 +45,8 @@ class XenHostInfo:
     host: str = ""
     xen_caps: str = ""
     raw: Mapping[str, str] = field(default_factory=dict)
+    #: Clock of one physical CPU in MHz (``cpu_mhz``); 0 when xl did not say.
+    cpu_mhz: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,15 @@ def _int(raw: Mapping[str, str], key: str) -> int:
         return 0
 
 
+def cpu_mhz(raw: Mapping[str, str]) -> float | None:
+    """``cpu_mhz`` of ``xl info`` (e.g. ``2095.076``), or None when missing or not a positive number."""
+    try:
+        value = float(raw.get("cpu_mhz", "").split()[0])
+    except (ValueError, IndexError):
+        return None
+    return value if math.isfinite(value) and value > 0 else None
+
+
 def host_info_from(raw: Mapping[str, str]) -> XenHostInfo:
     version = raw.get("xen_version", "")
     if not version and raw.get("xen_major"):
@@ -117,6 +129,7 @@ def host_info_from(raw: Mapping[str, str]) -> XenHostInfo:
         host=raw.get("host", ""),
         xen_caps=raw.get("xen_caps", ""),
         raw=dict(raw),
+        cpu_mhz=cpu_mhz(raw) or 0.0,
     )
 
 

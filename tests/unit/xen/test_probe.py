@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from xen_driver.xen.probe import ProbeState, explain_failure, find_xl, parse_xl_info, probe_host
+from xen_driver.xen.probe import (
+    ProbeState,
+    cpu_mhz,
+    explain_failure,
+    find_xl,
+    host_info_from,
+    parse_xl_info,
+    probe_host,
+)
 
 XL_INFO = """host                   : dom0
 release                : 6.1.0-28-amd64
@@ -59,6 +67,15 @@ def test_parse_xl_info():
     raw = parse_xl_info(XL_INFO)
     assert raw["xen_version"] == "4.17.5" and raw["free_memory"] == "1843" and raw["xen_scheduler"] == "credit2"
     assert raw["xen_changeset"] == ""
+
+
+def test_cpu_mhz_of_xl_info():
+    """One host CPU's clock: what TaskStats converts CPU percent into Nomad's MHz with."""
+    assert cpu_mhz(parse_xl_info(XL_INFO)) == 2294.608
+    assert host_info_from(parse_xl_info(XL_INFO)).cpu_mhz == 2294.608
+    for bad in ({}, {"cpu_mhz": ""}, {"cpu_mhz": "0"}, {"cpu_mhz": "-5"}, {"cpu_mhz": "nan"}, {"cpu_mhz": "fast"}):
+        assert cpu_mhz(bad) is None, bad
+    assert host_info_from({}).cpu_mhz == 0.0
 
 
 def test_no_xl_is_undetected(tmp_path):
