@@ -195,12 +195,19 @@ def inspect_response(status: TaskStatus) -> dpb.InspectTaskResponse:
 
 
 def stats_response(stats: TaskStats) -> dpb.TaskStatsResponse:
+    """One sample for Nomad; fields left None are neither set nor listed as measured.
+
+    ``total_ticks`` (MHz used, which Nomad's CLI and UI show) is set but never listed in
+    ``measured_fields``: Nomad's ``alloc status -stats`` prints one column per listed field and
+    has none for it, so listing it would shift the CPU Stats values under the wrong headings.
+    """
     cpu, mem = stats.cpu, stats.memory
     cpu_msg = dpb.CPUUsage()
+    if cpu.total_ticks is not None:
+        cpu_msg.total_ticks = float(cpu.total_ticks)
     for name, enum_value in (
         ("system_mode", dpb.CPUUsage.SYSTEM_MODE),
         ("user_mode", dpb.CPUUsage.USER_MODE),
-        ("total_ticks", dpb.CPUUsage.TOTAL_TICKS),
         ("percent", dpb.CPUUsage.PERCENT),
     ):
         value = getattr(cpu, name)
