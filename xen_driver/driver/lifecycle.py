@@ -71,7 +71,7 @@ from xen_driver.driver.models import (
 from xen_driver.driver.state import STATE_VERSION, DriverState, DriverStateError
 from xen_driver.driver.timing import PhaseTimer
 from xen_driver.logging import get_logger
-from xen_driver.xen import clickos
+from xen_driver.xen import clickos, fdlimit
 from xen_driver.xen.backend import Backend, DomainInfo, DomainNotFound, ExitReason, XenBackendError
 from xen_driver.xen.console import ConsolePump, ConsoleStream, FifoSink
 from xen_driver.xen.fifokeeper import FifoKeeperClient
@@ -418,6 +418,10 @@ class TaskLifecycle:
         timer = PhaseTimer()
         name = domain_name_for(spec)
         log = self._log.bind(task_id=spec.id, domain=name)
+        try:
+            fdlimit.check_spare()  # refuse while the guests already followed would starve of descriptors
+        except fdlimit.OutOfFileDescriptors as exc:
+            raise RecoverableError(str(exc)) from None
 
         with timer.phase("validate"):
             await self._learn_host_cpus()
@@ -487,6 +491,8 @@ class TaskLifecycle:
             if isinstance(exc, asyncio.CancelledError):
                 raise
             log.error("task start failed", error=str(exc), timings=timer.as_dict())
+            if (err := fdlimit.exhaustion(exc)) is not None:  # say what ran out, not what it broke
+                raise RecoverableError(fdlimit.describe(err)) from exc
             if isinstance(exc, DriverError):
                 raise
             if isinstance(exc, (XenBackendError, clickos.ClickOSError, XenStoreError, OSError)):
