@@ -15,6 +15,8 @@
 
 #define PAGE_SIZE 4096
 #define SEC NDX_NS_PER_SEC
+/* burn=<pct> spins for pct % of every period and sleeps the rest. */
+#define BURN_PERIOD (SEC / 10)
 
 #define TOKEN_SHUTDOWN "ndx-shutdown"
 #define TOKEN_CLICKOS  "ndx-clickos"
@@ -91,6 +93,11 @@ static inline void mb(void)
 static inline void barrier(void)
 {
 	__asm__ __volatile__("" ::: "memory");
+}
+
+static inline void cpu_relax(void)
+{
+	__asm__ __volatile__("pause" ::: "memory");
 }
 
 static inline uint64_t rdtsc(void)
@@ -560,6 +567,8 @@ void ndx_main(const struct start_info *si)
 		say("NDX-GUEST warning: cannot watch control/shutdown\n");
 	if (opts.ignore_shutdown)
 		say("NDX-GUEST ignore_shutdown: shutdown requests will be ignored\n");
+	if (opts.burn_pct)
+		say("NDX-GUEST burning %u%% of a CPU\n", opts.burn_pct);
 	if (xs_reply(id_clickos) >= 0 && !opts.clickos) {
 		opts.clickos = 1;
 		say("clickos/0 present: ClickOS mode\n");
@@ -616,6 +625,18 @@ void ndx_main(const struct start_info *si)
 			continue;
 		}
 		deadline = earliest(earliest(poweroff_at, crash_at), next_tick);
+		if (opts.burn_pct) {
+			/* Busy part of the period: go round the loop again, so
+			 * XenStore events (shutdown requests, ClickOS) and timers
+			 * are still served while the CPU burns. */
+			uint64_t t = now_ns(), into = (t - t_ready) % BURN_PERIOD;
+
+			if (into < BURN_PERIOD / 100 * opts.burn_pct) {
+				cpu_relax();
+				continue;
+			}
+			deadline = earliest(deadline, t - into + BURN_PERIOD);
+		}
 		if (deadline && deadline <= now_ns())
 			continue;
 		wait_port(xs_port, deadline);

@@ -89,6 +89,24 @@ static int key_value(const char *w, size_t len, const char *key,
 	return 1;
 }
 
+/* "1" .. "100" (digits only). */
+static int parse_percent(const char *s, size_t len, unsigned *pct)
+{
+	unsigned v = 0;
+
+	if (len == 0 || len > 3)
+		return -1;
+	for (size_t i = 0; i < len; i++) {
+		if (s[i] < '0' || s[i] > '9')
+			return -1;
+		v = v * 10 + (unsigned)(s[i] - '0');
+	}
+	if (v < 1 || v > 100)
+		return -1;
+	*pct = v;
+	return 0;
+}
+
 static int parse_word(const char *w, size_t len, struct ndx_opts *o)
 {
 	const char *v;
@@ -108,6 +126,12 @@ static int parse_word(const char *w, size_t len, struct ndx_opts *o)
 		return ndx_parse_seconds(v, vl, &o->crash_after_ns) == 0;
 	if (key_value(w, len, "tick", &v, &vl))
 		return ndx_parse_seconds(v, vl, &o->tick_ns) == 0;
+	if (ndx_memeq_str(w, len, "burn")) {
+		o->burn_pct = 100;
+		return 1;
+	}
+	if (key_value(w, len, "burn", &v, &vl))
+		return parse_percent(v, vl, &o->burn_pct) == 0;
 	return 0;
 }
 

@@ -22,6 +22,7 @@ struct ndx_opts {
 	uint64_t tick_ns;
 	int ignore_shutdown;
 	int clickos;
+	unsigned burn_pct; /* share of the CPU to burn, 1-100; 0 = idle when idle */
 };
 
 /* Called for each word that is not understood (word is not NUL-terminated). */

@@ -116,9 +116,14 @@ def check_cmdline(tool):
         ("tick=0.000000001 crash_after=10.1234567891",
          {"tick_ns": 1, "crash_after_ns": 10 * s + 123456789}, []),
         ("poweroff_after=999999999999", {}, ["poweroff_after=999999999999"]),
+        ("burn", {"burn_pct": 100}, []),
+        ("tick=5 burn=50", {"tick_ns": 5 * s, "burn_pct": 50}, []),
+        ("burn=1 burn=100", {"burn_pct": 100}, []),
+        ("burn=0 burn=101 burn= burn=x burn=5% burn=-1 burnx",
+         {}, ["burn=0", "burn=101", "burn=", "burn=x", "burn=5%", "burn=-1", "burnx"]),
     ]
     base = {"poweroff_after_ns": 0, "crash_after_ns": 0, "tick_ns": 0,
-            "ignore_shutdown": 0, "clickos": 0}
+            "ignore_shutdown": 0, "clickos": 0, "burn_pct": 0}
     for line, want, want_unknown in cases:
         got, unknown = parse_opts(tool, line)
         exp = dict(base, **want, bad=len(want_unknown))

@@ -51,6 +51,7 @@ static int do_cmdline(const char *line)
 	printf("tick_ns %llu\n", (unsigned long long)o.tick_ns);
 	printf("ignore_shutdown %d\n", o.ignore_shutdown);
 	printf("clickos %d\n", o.clickos);
+	printf("burn_pct %u\n", o.burn_pct);
 	printf("bad %d\n", bad);
 	return 0;
 }
