@@ -23,6 +23,12 @@ client {
   }
 }
 
+# Task stats (`nomad alloc status -stats`, /v1/client/allocation/<id>/stats): since Nomad 1.10.2 a
+# client collects them from drivers only when it publishes allocation metrics.
+telemetry {
+  publish_allocation_metrics = true
+}
+
 # The label is the launcher's file name in plugin_dir.
 plugin "nomad-driver-xen" {
   config {
