@@ -1,4 +1,4 @@
-"""Log records have the shape go-plugin's stderr parser needs (PROTOCOL.md §3)."""
+"""Log records have the shape go-plugin's stderr parser needs (docs/PROTOCOL.md §3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""cty-msgpack decoding: every encoding go-cty may produce for our configs (PROTOCOL.md §4.3)."""
+"""cty-msgpack decoding: every encoding go-cty may produce for our configs (docs/PROTOCOL.md §4.3)."""
 
 from __future__ import annotations
 
