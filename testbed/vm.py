@@ -92,6 +92,14 @@ class Result:
 # images
 # --------------------------------------------------------------------------------------------
 
+def host_lock_path() -> Path:
+    """The host-wide lock that lets one testbed run at a time (in the project's cache directory)."""
+    root = os.environ.get("NDX_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "nomad-driver-xen"
+    )
+    return Path(root) / "testbed" / "run.lock"
+
+
 def locate_images(build: bool = True, log_path: str | os.PathLike | None = None) -> Path:
     """The image directory of the current recipe, built first if ``build`` (a no-op when cached)."""
     cmd = ["bash", str(TESTBED_DIR / "build.sh")] + ([] if build else ["--locate"])
@@ -471,10 +479,15 @@ class Testbed:
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self, timeout: float = 300) -> "Testbed":
-        """Boot and wait for the dom0 agent. Raises TestbedError naming the step that failed."""
+        """Boot and wait for the dom0 agent. Raises TestbedError naming the step that failed.
+
+        One testbed per host at a time: a host-wide lock is taken here and released by
+        :meth:`stop`, so a test session, a benchmark and a demo never boot two emulated Xen
+        machines side by side (on a small host they starve each other's timeouts)."""
         if self._machine is not None:
             raise RuntimeError("testbed already started")
         _install_signal_handlers()
+        self._take_host_lock()
         if self.image_dir is None:
             self.image_dir = locate_images(build=True, log_path=self.build_log_path)
         check_images(self.image_dir)
@@ -551,6 +564,7 @@ class Testbed:
         """Power dom0 off cleanly; kill QEMU if it is still there after ``timeout``. Idempotent."""
         m = self._machine
         if m is None:
+            self._release_host_lock()  # a start that failed before QEMU ran still held it
             return
         try:
             if m.running() and self._agent_up:
@@ -568,6 +582,26 @@ class Testbed:
             self._libvirtd_pid = None
             self._machine = None
             _LIVE.discard(self)
+            self._release_host_lock()
+
+    def _take_host_lock(self) -> None:
+        import fcntl
+
+        if getattr(self, "_host_lock", None) is not None:
+            return
+        path = host_lock_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(path, "a+")
+        t0 = time.monotonic()
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        self.lock_wait_s = round(time.monotonic() - t0, 1)
+        self._host_lock = lock
+
+    def _release_host_lock(self) -> None:
+        lock = getattr(self, "_host_lock", None)
+        if lock is not None:
+            self._host_lock = None
+            lock.close()  # closing the descriptor drops the flock
 
     def __enter__(self) -> "Testbed":
         if self._machine is None:

@@ -12,7 +12,6 @@ Environment:
 
 from __future__ import annotations
 
-import fcntl
 import os
 import subprocess
 import time
@@ -84,36 +83,16 @@ def testbed_run_dir() -> Path:
     return _run_dir
 
 
-def _testbed_lock_path() -> Path:
-    root = os.environ.get("NDX_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "nomad-driver-xen"
-    )
-    return Path(root) / "testbed" / "run.lock"
-
-
 @pytest.fixture(scope="session")
 def testbed(testbed_run_dir: Path, testbed_report: list[str]):
     """The booted testbed (testbed.vm.Testbed), shared by the whole session.
 
-    One testbed per host at a time: a second pytest session waits on a host-wide lock until the
-    first has powered its testbed off (two emulated Xen machines on a small host starve each
-    other's timeouts)."""
+    One testbed per host at a time: Testbed.start waits on a host-wide lock until any other
+    session's testbed is powered off."""
     images = _images
     if isinstance(images, TestbedError):
         pytest.fail(str(images), pytrace=False)
-    lock_path = _testbed_lock_path()
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    lock = open(lock_path, "a+")
-    waited = time.monotonic()
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    waited = time.monotonic() - waited
-    if waited > 1:
-        testbed_report.append(f"waited {waited:.0f} s for another session's testbed to finish ({lock_path})")
-    try:
-        yield from _booted_testbed(images, testbed_run_dir, testbed_report)
-    finally:
-        fcntl.flock(lock, fcntl.LOCK_UN)
-        lock.close()
+    yield from _booted_testbed(images, testbed_run_dir, testbed_report)
 
 
 def _booted_testbed(images: Path, testbed_run_dir: Path, testbed_report: list[str]):
@@ -129,6 +108,8 @@ def _booted_testbed(images: Path, testbed_run_dir: Path, testbed_report: list[st
     except TestbedError as exc:
         tb.stop()
         pytest.fail(str(exc), pytrace=False)
+    if getattr(tb, "lock_wait_s", 0) > 1:
+        testbed_report.append(f"waited {tb.lock_wait_s:.0f} s for another session's testbed to finish")
     marks = tb.boot_timings
     testbed_report.append(
         f"boot: toolstack up {marks.get('toolstack')} s, agent {marks.get('agent')} s after QEMU start"
