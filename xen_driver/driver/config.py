@@ -72,8 +72,6 @@ MAX_BOOT_MARKER_LEN = 256
 #: Xen's MAX_GUEST_CMDLINE is 1024 bytes including the terminating NUL.
 MAX_CMDLINE_LEN = 1023
 
-# Extra places to look for `xl` when the agent's PATH lacks the sbin directories.
-XL_SEARCH_DIRS = ("/usr/sbin", "/sbin", "/usr/local/sbin")
 
 # ---- durations ---------------------------------------------------------------------------------
 

@@ -62,6 +62,8 @@ def fingerprint_from_probe(probe: HostProbe, config: PluginConfig) -> Fingerprin
     if probe.state is ProbeState.UNDETECTED:
         return Fingerprint(Health.UNDETECTED, probe.reason)
     attrs: dict = {ATTR_PREFIX + "backend": config.backend}
+    if config.backend == "xl" and probe.xl_path:
+        attrs[ATTR_PREFIX + "xl_path"] = probe.xl_path  # the one the backend runs (same search)
     if probe.state is ProbeState.UNHEALTHY:
         return Fingerprint(Health.UNHEALTHY, probe.reason, attrs)
     info = probe.info

@@ -101,16 +101,31 @@ class XlBackend:
         history: int = 64,
     ):
         self.cfg_dir = Path(cfg_dir)
+        #: The configured ``xl_path``: a name (searched on PATH, then in the sbin directories,
+        #: exactly as the fingerprint searches it) or an absolute path.
         self.xl = xl
+        self._executable: str | None = None
         self.timeout_s = timeout_s
         self.on_call = on_call
         self.calls: deque[XlCall] = deque(maxlen=history)
         self._sem = asyncio.Semaphore(max_concurrency)
 
     # ----------------------------------------------------------------- plumbing
+    def executable(self) -> str:
+        """The ``xl`` this backend runs: resolved once, the same way the fingerprint finds it, so
+        an agent whose PATH lacks the sbin directories does not show healthy and then fail."""
+        if self._executable is None:
+            from xen_driver.xen.probe import find_xl
+
+            found = find_xl(self.xl)
+            if found is None:
+                return self.xl  # not installed (yet): the call fails with XlNotFound, naming it
+            self._executable = found
+        return self._executable
+
     async def run(self, *args: str, timeout_s: float | None = None, check: bool = True) -> XlCall:
         """Run ``xl <args>``; raise :class:`XlError` on a non-zero exit when ``check``."""
-        argv = (self.xl, *args)
+        argv = (self.executable(), *args)
         deadline = self.timeout_s if timeout_s is None else timeout_s
         async with self._sem:
             start = time.monotonic()
