@@ -72,7 +72,7 @@ from xen_driver.driver.state import STATE_VERSION, DriverState, DriverStateError
 from xen_driver.driver.timing import PhaseTimer
 from xen_driver.logging import get_logger
 from xen_driver.xen import clickos, fdlimit
-from xen_driver.xen.backend import Backend, DomainInfo, DomainNotFound, ExitReason, XenBackendError
+from xen_driver.xen.backend import Backend, DomainInfo, DomainNotFound, DomainRefused, ExitReason, XenBackendError
 from xen_driver.xen.console import ConsolePump, ConsoleStream, FifoSink
 from xen_driver.xen.fifokeeper import FifoKeeperClient
 from xen_driver.xen.probe import cpu_mhz, parse_xl_info
@@ -495,6 +495,8 @@ class TaskLifecycle:
                 raise RecoverableError(fdlimit.describe(err)) from exc
             if isinstance(exc, DriverError):
                 raise
+            if isinstance(exc, DomainRefused):  # the same config would fail again: no restart loop
+                raise RecoverableError(f"the toolstack refused the domain: {exc}", recoverable=False) from exc
             if isinstance(exc, (XenBackendError, clickos.ClickOSError, XenStoreError, OSError)):
                 raise RecoverableError(f"starting the Xen domain failed: {exc}") from exc
             raise

@@ -112,6 +112,11 @@ class DomainExists(XenBackendError):
         self.name = name
 
 
+class DomainRefused(XenBackendError):
+    """The toolstack refused the domain's configuration (a kernel it cannot load, a setting it
+    rejects): trying again would fail the same way, so a task must not be restarted for it."""
+
+
 class BackendUnavailable(XenBackendError):
     """The toolstack itself is missing (no ``xl`` binary, libvirt not installed/reachable)."""
 

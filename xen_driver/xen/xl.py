@@ -35,6 +35,7 @@ from pathlib import Path
 import structlog
 
 from xen_driver.xen.backend import (
+    DomainRefused,
     BackendUnavailable,
     DomainExists,
     DomainInfo,
@@ -51,6 +52,14 @@ log = structlog.get_logger(__name__)
 
 _NOT_FOUND_RE = re.compile(r"invalid domain identifier|not found|no such domain|unable to find domain info", re.IGNORECASE)
 _EXISTS_RE = re.compile(r"already exists", re.IGNORECASE)
+#: What libxl says when it will never build this domain, however often it is asked: the kernel is
+#: no loadable PV image, or a setting is impossible on this host.  Anything else (a timeout, a
+#: hotplug script, memory that ballooning did not free in time) may pass, and stays retryable.
+_REFUSED_RE = re.compile(
+    r"no loader found|xc_dom_parse_image failed|invalid kernel|xc_dom_kernel_(file|mem) failed"
+    r"|failed to parse config|vcpu hard affinity map is empty|elf_xen_note_check",
+    re.IGNORECASE,
+)
 _UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
@@ -64,6 +73,10 @@ class XlError(XenBackendError):
         tail = _last_lines(stderr)
         text = message or f"`{' '.join(self.argv)}` exited with status {rc}"
         super().__init__(f"{text}: {tail}" if tail else text)
+
+
+class XlRefused(XlError, DomainRefused):
+    """``xl create`` failed in a way that retrying cannot fix (see ``_REFUSED_RE``)."""
 
 
 class XlTimeout(XlError):
@@ -246,6 +259,8 @@ class XlBackend:
         if call.rc != 0:
             if _EXISTS_RE.search(call.stderr):
                 raise DomainExists(name)
+            if _REFUSED_RE.search(call.stderr):
+                raise XlRefused(call.argv, call.rc, call.stderr, f"xl refused to build the domain {name}")
             raise XlError(call.argv, call.rc, call.stderr)
         log.info("domain created", domain=name, paused=paused, duration_ms=round(call.duration_s * 1000, 1))
         return await self.domain(name) if describe else None
