@@ -3,6 +3,7 @@
     nomad-driver-xen                              # serve (only when started by Nomad)
     nomad-driver-xen install --plugin-dir DIR     # write DIR/nomad-driver-xen, a launcher for Nomad
     nomad-driver-xen version
+    nomad-driver-xen breakdown JOB|ALLOC          # instantiation time per phase (xen_driver/breakdown.py)
 """
 
 from __future__ import annotations
@@ -190,7 +191,12 @@ def main(argv: list[str] | None = None) -> int:
         help=f"keep bytecode here (default: next to the code, or {DEFAULT_PYCACHE_DIR} when that is read-only)",
     )
     sub.add_parser("version", help="print the version")
+    from xen_driver import breakdown
+
+    breakdown.add_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "breakdown":
+        return breakdown.run(args)
     if args.command == "version":
         print(f"nomad-driver-xen {__version__}")
         return 0
