@@ -67,7 +67,9 @@ def serve() -> int:
 
     async def main() -> int:
         asyncio.get_running_loop().set_exception_handler(xlog.asyncio_exception_handler)
-        return await PluginServer(register=register, on_stop=state.shutdown).serve()
+        server = PluginServer(register=register, on_stop=state.shutdown)
+        state.on_unusable = server.request_stop
+        return await server.serve()
 
     from xen_driver.plugin.server import SocketDirError
 

@@ -177,6 +177,19 @@ plugin "{LAUNCHER}" {{
         assert self.proc is not None
         return self.proc.wait(timeout=timeout)
 
+    def group_pids(self) -> list[int]:
+        """Processes still in this agent's process group (the agent and the plugins it started)."""
+        assert self.proc is not None
+        pids = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if fields[0] != "Z" and int(fields[2]) == self.proc.pid:  # state, ppid, pgrp
+                pids.append(int(stat.parent.name))
+        return pids
+
     # -- tear-down --------------------------------------------------------------------------------
 
     def stop(self) -> None:

@@ -13,6 +13,7 @@ configuration is used.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from typing import Any, AsyncIterator, Callable
 
@@ -31,6 +32,12 @@ from xen_driver.nomad.status import status_for
 
 #: The only driver API version Nomad speaks (compared semantically, so no "v" needed).
 PLUGIN_API_VERSION = "0.1.0"
+
+#: A process whose configuration was refused, and that never had one accepted, is of no use:
+#: Nomad 1.7 and later stop it right away, but Nomad 1.6's plugin loader leaves a plugin whose
+#: SetConfig failed running (and the agent then exits, so nobody ever stops it). Such a process
+#: stops itself this long after the refusal, unless a configuration is accepted meanwhile.
+REFUSED_CONFIG_EXIT_S = 5.0
 
 CoreFactory = Callable[[PluginConfig, AgentInfo | None], Any]
 
@@ -88,6 +95,31 @@ class PluginState:
         self.agent: AgentInfo | None = None
         self._core: Any = None
         self._retiring: set[asyncio.Task] = set()
+        #: Set (and replaced) whenever SetConfig replaces the core, so open streams switch over.
+        self._replaced = asyncio.Event()
+        #: Set by the plugin server: ends the process gracefully (see REFUSED_CONFIG_EXIT_S).
+        self.on_unusable: Callable[[str], None] | None = None
+        self.accepted = False
+        self._unusable_timer: asyncio.TimerHandle | None = None
+
+    def config_refused(self) -> None:
+        """SetConfig failed: without an accepted configuration, stop after a grace period."""
+        if self.accepted or self.on_unusable is None or self._unusable_timer is not None:
+            return
+        _log.debug("no configuration accepted; stopping unless one follows", in_s=REFUSED_CONFIG_EXIT_S)
+        self._unusable_timer = asyncio.get_running_loop().call_later(REFUSED_CONFIG_EXIT_S, self._unusable)
+
+    def config_accepted(self) -> None:
+        self.accepted = True
+        if self._unusable_timer is not None:
+            self._unusable_timer.cancel()
+            self._unusable_timer = None
+
+    def _unusable(self) -> None:
+        self._unusable_timer = None
+        if not self.accepted and self.on_unusable is not None:
+            _log.info("stopping: the plugin host refused this process's configuration and sent no other")
+            self.on_unusable("configuration refused")
 
     def configure(self, config: PluginConfig, agent: AgentInfo | None) -> None:
         if self._core is not None and config == self.config and (agent is None or agent == self.agent):
@@ -95,6 +127,8 @@ class PluginState:
         old = self._core
         self.config, self.agent = config, agent or self.agent
         self._core = self._factory(config, self.agent)
+        self._replaced.set()
+        self._replaced = asyncio.Event()
         if old is not None:
             task = asyncio.get_running_loop().create_task(old.shutdown())
             self._retiring.add(task)
@@ -109,6 +143,32 @@ class PluginState:
     async def shutdown(self) -> None:
         if self._core is not None:
             await self._core.shutdown()
+
+    async def follow(self, source: Callable[[Any], AsyncIterator[Any]], what: str) -> AsyncIterator[Any]:
+        """Items of ``source(core)`` for the current core, switching to the new core as soon as
+        SetConfig replaces it; never ends (Nomad re-opens an ended stream in a tight loop)."""
+        while True:
+            core, replaced = self.core, self._replaced
+            items = source(core).__aiter__()
+            while True:
+                nxt = asyncio.ensure_future(items.__anext__())
+                switch = asyncio.ensure_future(replaced.wait())
+                await asyncio.wait({nxt, switch}, return_when=asyncio.FIRST_COMPLETED)
+                switch.cancel()
+                if not nxt.done():
+                    nxt.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                        await nxt
+                    break
+                try:
+                    item = nxt.result()
+                except StopAsyncIteration:
+                    break
+                yield item
+            if self.core is not core:
+                continue
+            _log.error(f"{what} source ended unexpectedly; restarting it")
+            await asyncio.sleep(1.0)
 
 
 class BasePluginService(base_pb2_grpc.BasePluginServicer):
@@ -130,12 +190,17 @@ class BasePluginService(base_pb2_grpc.BasePluginServicer):
 
     @unary
     async def SetConfig(self, request, context):
-        config = PluginConfig.from_dict(PLUGIN_SCHEMA.decode(request.msgpack_config))
-        agent = None
-        if request.HasField("nomad_config") and request.nomad_config.HasField("driver"):
-            drv = request.nomad_config.driver
-            agent = AgentInfo(client_min_port=drv.ClientMinPort, client_max_port=drv.ClientMaxPort)
-        self.state.configure(config, agent)
+        try:
+            config = PluginConfig.from_dict(PLUGIN_SCHEMA.decode(request.msgpack_config))
+            agent = None
+            if request.HasField("nomad_config") and request.nomad_config.HasField("driver"):
+                drv = request.nomad_config.driver
+                agent = AgentInfo(client_min_port=drv.ClientMinPort, client_max_port=drv.ClientMaxPort)
+            self.state.configure(config, agent)
+        except Exception:
+            self.state.config_refused()
+            raise
+        self.state.config_accepted()
         _log.info(
             "plugin configured",
             backend=config.backend,
@@ -163,20 +228,15 @@ class DriverService(driver_pb2_grpc.DriverServicer):
 
     @server_stream
     async def Fingerprint(self, request, context) -> AsyncIterator[driver_pb2.FingerprintResponse]:
-        # Ending this stream makes Nomad re-open it in a tight loop: never end it ourselves.
-        while True:
-            async for fp in self.state.core.fingerprints():
-                yield convert.fingerprint(fp)
-            _log.error("fingerprint source ended unexpectedly; restarting it")
-            await asyncio.sleep(1.0)
+        # Ending this stream makes Nomad re-open it in a tight loop: never end it ourselves; after a
+        # SetConfig it follows the new configuration at once.
+        async for fp in self.state.follow(lambda core: core.fingerprints(), "fingerprint"):
+            yield convert.fingerprint(fp)
 
     @server_stream
     async def TaskEvents(self, request, context) -> AsyncIterator[driver_pb2.DriverTaskEvent]:
-        while True:
-            async for event in self.state.core.task_events():
-                yield convert.task_event(event)
-            _log.error("task event source ended unexpectedly; restarting it")
-            await asyncio.sleep(1.0)
+        async for event in self.state.follow(lambda core: core.task_events(), "task event"):
+            yield convert.task_event(event)
 
     # ---- task lifecycle --------------------------------------------------------------------------
 

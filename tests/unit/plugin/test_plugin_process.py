@@ -22,6 +22,7 @@ from xen_driver._proto.goplugin import broker_pb2, broker_pb2_grpc, controller_p
 from xen_driver._proto.nomad import base_pb2, base_pb2_grpc, driver_pb2, driver_pb2_grpc
 from xen_driver.nomad import cty
 from xen_driver.nomad.schemas import PLUGIN_SCHEMA, TASK_SCHEMA
+from xen_driver.nomad.service import REFUSED_CONFIG_EXIT_S
 from xen_driver.nomad.status import recoverable_from_metadata
 from xen_driver.plugin.handshake import NOMAD_HANDSHAKE
 
@@ -138,7 +139,8 @@ def test_plugin_info_and_schemas(plugin):
     caps = drv.Capabilities(driver_pb2.CapabilitiesRequest(), timeout=5).capabilities
     assert caps.fs_isolation == driver_pb2.DriverCapabilities.NONE and caps.exec is False
     assert caps.mount_configs == driver_pb2.DriverCapabilities.NO_MOUNTS
-    assert list(caps.network_isolation_modes) == [driver_pb2.NetworkIsolationSpec.HOST, driver_pb2.NetworkIsolationSpec.NONE]
+    # Only host: Nomad's client itself fails allocations asking for bridge, none, cni/* or driver.
+    assert list(caps.network_isolation_modes) == [driver_pb2.NetworkIsolationSpec.HOST]
 
 
 def test_bad_set_config_names_the_field(plugin):
@@ -146,6 +148,29 @@ def test_bad_set_config_names_the_field(plugin):
         set_config(plugin, backend="kvm")
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert err.value.details() == 'plugin config "backend": got "kvm", must be one of "xl", "libvirt"'
+
+
+def test_a_process_whose_configuration_was_refused_stops_by_itself(plugin):
+    """Nomad 1.6's plugin loader leaves a plugin whose SetConfig failed running (the agent then
+    exits); such a process must not linger."""
+    with pytest.raises(grpc.RpcError):
+        set_config(plugin, backend="kvm")
+    assert plugin.proc.wait(timeout=REFUSED_CONFIG_EXIT_S + 10) == 0
+    assert time.monotonic() - plugin.started >= REFUSED_CONFIG_EXIT_S
+    assert not os.path.exists(plugin.path)
+    records = plugin.records()
+    stop = [r for r in records if r["@message"].startswith("stopping: the plugin host refused")]
+    assert stop and stop[0]["@level"] == "info", records
+
+
+def test_a_refusal_followed_by_an_accepted_configuration_keeps_serving(plugin, tmp_path):
+    with pytest.raises(grpc.RpcError):
+        set_config(plugin, backend="kvm")
+    set_config(plugin, xl_path=str(tmp_path / "none"))
+    with pytest.raises(subprocess.TimeoutExpired):
+        plugin.proc.wait(timeout=REFUSED_CONFIG_EXIT_S + 2)
+    base = base_pb2_grpc.BasePluginStub(plugin.channel)
+    assert base.PluginInfo(base_pb2.PluginInfoRequest(), timeout=5).name == "xen"
 
 
 def test_set_config_twice_then_fingerprint_healthy_with_attributes(plugin, tmp_path):
