@@ -64,6 +64,13 @@ demo: deps nomad testbed
 recovery: deps nomad testbed
 	$(PY) -m pytest -v -rA tests/xen/test_recovery.py
 
+# The Superfluidity instantiation experiment on the testbed: N ClickOS jobs per start path pushed
+# through the HTTP API, broken down by phase (bench/results/instantiation.{json,png}). Not in `make test`.
+.PHONY: instantiation
+instantiation: deps nomad testbed guests
+	$(PY) -c 'import matplotlib' 2>/dev/null || $(PY) -m pip install --quiet --disable-pip-version-check -e '.[plot]'
+	$(PY) bench/instantiation.py -n $(or $(N),5) --paths $(or $(PATHS),xl)
+
 bench: deps nomad testbed
 	$(PY) bench/startup.py
 	$(PY) bench/start_overhead.py
