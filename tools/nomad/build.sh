@@ -6,10 +6,15 @@
 # Nomad cannot be `go install`ed (its go.mod has `replace` directives), so we generate a small
 # wrapper module that requires the pinned release, re-declares that release's own non-local
 # replaces, pins the `api` sub-module to the release's commit (upstream builds it from ./api),
-# and builds the dependency's main package with cgo off (cgo is only needed by Nomad's own
-# `exec` driver, which our tests do not use).
+# and builds the dependency's main package with cgo on (Nomad 1.6's own `exec` driver, which
+# our tests do not use, links libcontainer's nsenter, which does not build without cgo).
 #
-# The result lives at $NDX_CACHE_DIR/nomad/<version>/nomad. When it exists and reports the pinned
+# Only open-source releases: release.py refuses a pin of 1.7.0 or later (Business Source
+# License) before anything is fetched, and tools/licence_guard.py reads the licence of every
+# module of the wrapper's build list.
+#
+# The result lives at $NDX_CACHE_DIR/nomad/<version>/nomad, next to the wrapper module
+# (wrapper/, kept for the licence guard). When both exist and the binary reports the pinned
 # version, this script does nothing but print that path.
 set -euo pipefail
 
@@ -23,7 +28,7 @@ bin="$out_dir/nomad"
 mkdir -p "$out_dir"
 
 is_ready() {
-    [[ -x "$bin" ]] && "$bin" version 2>/dev/null | head -n1 | grep -qx "Nomad v$version"
+    [[ -x "$bin" && -f "$out_dir/wrapper/go.mod" ]] && "$bin" version 2>/dev/null | head -n1 | grep -qx "Nomad v$version"
 }
 
 if is_ready; then

@@ -27,6 +27,8 @@ from pathlib import Path
 
 MODULE = "github.com/hashicorp/nomad"
 VERSION_FILE = Path(__file__).resolve().parent / "VERSION"
+#: Nomad is under the Business Source License from this release on; the project uses none of them.
+FIRST_BSL_RELEASE = (1, 7, 0)
 
 
 def go_json(*args: str) -> dict:
@@ -36,6 +38,16 @@ def go_json(*args: str) -> dict:
 
 def main() -> int:
     version = VERSION_FILE.read_text().strip()
+    try:
+        release = tuple(int(part) for part in version.split("."))
+    except ValueError:
+        sys.exit(f"release.py: {VERSION_FILE} says {version!r}, not a release number such as 1.6.3")
+    if len(release) != 3 or release >= FIRST_BSL_RELEASE:
+        # Checked before anything is fetched: such a release must not even be downloaded.
+        sys.exit(
+            f"release.py: {VERSION_FILE} pins Nomad {version}; Nomad is under the Business Source License "
+            f"from {'.'.join(map(str, FIRST_BSL_RELEASE))} on, pin an open-source (MPL-2.0) release such as 1.6.3"
+        )
     meta = go_json("mod", "download", "-json", f"{MODULE}@v{version}")
     if meta.get("Error"):
         sys.exit(f"release.py: {meta['Error']}")
