@@ -6,6 +6,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -139,22 +141,30 @@ func TestPluginInfo(t *testing.T) {
 	if err != nil {
 		t.Fatalf("`%s version`: %v", name, err)
 	}
-	if got := strings.TrimSpace(string(out)); got != "nomad-driver-xen "+pv.Original() {
+	// "nomad-driver-xen <version>", possibly followed by where the build came from.
+	got := strings.TrimSpace(string(out))
+	if want := "nomad-driver-xen " + pv.Original(); got != want && !strings.HasPrefix(got, want+" (") {
 		t.Errorf("`%s version` says %q, PluginInfo says %q", name, got, pv.Original())
 	}
 }
 
-// Documented defaults (README.md, "Plugin configuration").
+// Documented defaults (README.md, "Plugin configuration"; the limits on what a job may make
+// dom0 do in docs/SECURITY.md).
 var pluginDefaults = map[string]any{
-	"backend":            "xl",
-	"xl_path":            "xl",
-	"libvirt_uri":        "xen:///system",
-	"image_dirs":         []any{"/var/lib/nomad-driver-xen/images", "/usr/lib/xen/boot"},
-	"fingerprint_period": "30s",
-	"console_log_dir":    "/var/log/xen/console",
-	"clickos_layout":     "cosmos",
-	"state_dir":          "/var/lib/nomad-driver-xen",
-	"xenstored_socket":   "/run/xenstored/socket",
+	"backend":                "xl",
+	"xl_path":                "xl",
+	"libvirt_uri":            "xen:///system",
+	"image_dirs":             []any{"/var/lib/nomad-driver-xen/images", "/usr/lib/xen/boot"},
+	"fingerprint_period":     "30s",
+	"console_log_dir":        "/var/log/xen/console",
+	"clickos_layout":         "cosmos",
+	"state_dir":              "/var/lib/nomad-driver-xen",
+	"xenstored_socket":       "/run/xenstored/socket",
+	"vif_scripts_dir":        "/etc/xen/scripts",
+	"vif_scripts":            []any{"vif-bridge", "vif-route", "vif-nat"},
+	"vif_bridges":            []any{"xenbr0"},
+	"max_vifs":               8,
+	"max_click_config_bytes": 65536,
 }
 
 // TestConfigSchema: the plugin's config schema converts with Nomad's hclspec converter and an
@@ -179,7 +189,7 @@ func TestConfigSchema(t *testing.T) {
 	}
 	for k, want := range pluginDefaults {
 		if !sameJSON(got[k], want) {
-			t.Errorf("default of %q is %#v, README says %#v", k, got[k], want)
+			t.Errorf("default of %q is %#v, the docs say %#v", k, got[k], want)
 		}
 	}
 }
@@ -203,7 +213,9 @@ func TestSetConfigAcceptsDefaults(t *testing.T) {
 }
 
 // TestSetConfigRejectsBadConfig: a bad value stops the agent's plugin loader with our message,
-// which names the setting; shape errors are caught by Nomad with our schema.
+// which names the setting; shape errors are caught by Nomad with our schema. No plugin process
+// outlives the refusal: Nomad 1.6's loader does not stop a plugin whose SetConfig failed, so
+// the plugin stops itself (a few seconds later; later Nomad releases stop it at once).
 func TestSetConfigRejectsBadConfig(t *testing.T) {
 	cases := []struct {
 		name string
@@ -217,10 +229,12 @@ func TestSetConfigRejectsBadConfig(t *testing.T) {
 		{"unknown key (schema)", map[string]any{"no_such_setting": true}, `no_such_setting`},
 		{"wrong type (schema)", map[string]any{"image_dirs": "/one/dir"}, `image_dirs`},
 	}
+	var launched []int
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			logger, _ := testLogger(t, "loader")
+			logger, sink := testLogger(t, "loader")
 			_, err := newLoader(t, tc.cfg, logger)
+			launched = append(launched, startedPids(sink.String())...)
 			if err == nil {
 				t.Fatalf("loader accepted %v", tc.cfg)
 			}
@@ -230,4 +244,28 @@ func TestSetConfigRejectsBadConfig(t *testing.T) {
 			t.Logf("agent would stop with: %v", err)
 		})
 	}
+	if len(launched) < len(cases) {
+		t.Fatalf("found %d plugin launches in the loaders' logs, want at least %d", len(launched), len(cases))
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for _, pid := range launched {
+		for !processGone(pid) {
+			if time.Now().After(deadline) {
+				t.Fatalf("plugin process %d still runs 15 s after its configuration was refused", pid)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	t.Logf("all %d plugin processes the loaders launched have exited", len(launched))
+}
+
+// startedPids: the pids go-plugin logged as "plugin started" (one per plugin launch).
+func startedPids(log string) []int {
+	var pids []int
+	for _, m := range regexp.MustCompile(`plugin started: .*\bpid=(\d+)`).FindAllStringSubmatch(log, -1) {
+		if pid, err := strconv.Atoi(m[1]); err == nil {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }

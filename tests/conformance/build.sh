@@ -6,7 +6,8 @@
 # The binary runs on the host and, copied into the Xen testbed, in dom0 (CGO_ENABLED=0, so it
 # needs nothing there). It is cached under $NDX_CACHE_DIR/conformance/<hash of the module's
 # sources, go.mod, go.sum and the Go version>; Go's own build cache (shared with
-# tools/nomad/build.sh: same flags) makes a rebuild after a source change a matter of seconds.
+# tools/nomad/build.sh, which builds with cgo, so only the packages cgo does not touch are
+# reused) makes a rebuild after a source change a matter of seconds.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/nomad/client/lib/cgutil"
 	cstructs "github.com/hashicorp/nomad/client/structs"
 	"github.com/hashicorp/nomad/helper/uuid"
 	"github.com/hashicorp/nomad/nomad/structs"
@@ -97,6 +98,7 @@ func startGuest(t *testing.T, h *testutils.DriverHarness, ex exampleTask, name s
 		},
 	}
 	t.Cleanup(h.MkAllocDir(cfg, true))
+	t.Cleanup(func() { removeHarnessCgroup(t, cfg) })
 	taskDir := cfg.TaskDir()
 	for _, tmpl := range ex.task.Templates {
 		if tmpl.EmbeddedTmpl == nil || tmpl.DestPath == nil {
@@ -142,6 +144,20 @@ func startGuest(t *testing.T, h *testutils.DriverHarness, ex exampleTask, name s
 		t.Fatalf("InspectTask does not name the task's domain (attributes %v)", st.DriverAttributes)
 	}
 	return g
+}
+
+// removeHarnessCgroup: on a cgroup v2 host, Nomad 1.6's harness makes an (empty) cgroup for
+// every alloc dir, which its clean-up with log collection on does not remove.
+func removeHarnessCgroup(t *testing.T, cfg *drivers.TaskConfig) {
+	if !cgutil.UseV2 {
+		return
+	}
+	slice := filepath.Join(cgutil.CgroupRoot, "testing.slice")
+	dir := filepath.Join(slice, cgutil.CgroupScope(cfg.AllocID, cfg.Name))
+	if err := os.Remove(dir); err != nil && !os.IsNotExist(err) {
+		t.Errorf("removing the harness's cgroup %s: %v", dir, err)
+	}
+	_ = os.Remove(slice) // the harness's parent too, once no other test's cgroup is in it
 }
 
 // running: the task is running and its domain exists (for guests that do not end by themselves).

@@ -20,7 +20,6 @@ import (
 	"time"
 
 	hclog "github.com/hashicorp/go-hclog"
-	"github.com/hashicorp/nomad/client/lib/numalib"
 	"github.com/hashicorp/nomad/helper/pluginutils/loader"
 	"github.com/hashicorp/nomad/nomad/structs/config"
 	"github.com/hashicorp/nomad/plugins/base"
@@ -250,12 +249,13 @@ func sharedLoader(cfg map[string]any) (*loader.PluginLoader, error) {
 	return l, nil
 }
 
-// agentConfig is what a client agent sends with SetConfig in the long-lived plugin process.
+// agentConfig is what a client agent sends with SetConfig in the long-lived plugin process:
+// the client's port range (Nomad 1.6 has no CPU topology in it; later agents add one, which
+// the plugin accepts and ignores).
 func agentConfig() *base.AgentConfig {
 	return &base.AgentConfig{Driver: &base.ClientDriverConfig{
 		ClientMinPort: 14000,
 		ClientMaxPort: 14512,
-		Topology:      numalib.Scan(numalib.PlatformScanners(true)),
 	}}
 }
 
@@ -351,7 +351,8 @@ func sessionPlugin(t *testing.T) *pluginProc {
 // codes (Nomad's client keeps the status but not always the call's shape).
 func (p *pluginProc) raw(t *testing.T) proto.DriverClient {
 	t.Helper()
-	conn, err := grpc.NewClient("unix://"+p.addr.String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	// grpc.Dial: the gRPC release Nomad 1.6 links predates grpc.NewClient. It connects lazily.
+	conn, err := grpc.Dial("unix://"+p.addr.String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -54,6 +54,7 @@ fi
 
 # Update: drop every replace, set the new ones and the requirement, then tidy. On failure the
 # previous go.mod/go.sum are put back.
+[[ -e go.sum ]] || : > go.sum   # a hand-cleaned go.mod may come without one
 cp go.mod go.mod.orig && cp go.sum go.sum.orig
 trap 'mv -f go.mod.orig go.mod; mv -f go.sum.orig go.sum; echo "pin.sh: failed; go.mod/go.sum left unchanged" >&2' ERR
 go mod edit -json go.mod | python3 -c '

@@ -19,7 +19,6 @@ import (
 	"github.com/hashicorp/nomad/nomad/mock"
 	"github.com/hashicorp/nomad/nomad/structs"
 	"github.com/hashicorp/nomad/plugins/drivers"
-	"github.com/hashicorp/nomad/plugins/drivers/fsisolation"
 	"github.com/hashicorp/nomad/plugins/drivers/proto"
 	"github.com/zclconf/go-cty/cty"
 	"google.golang.org/grpc/codes"
@@ -250,7 +249,7 @@ func TestCapabilities(t *testing.T) {
 		t.Fatalf("Capabilities: %v", err)
 	}
 	t.Logf("capabilities: %+v", *caps)
-	if caps.FSIsolation != fsisolation.None {
+	if caps.FSIsolation != drivers.FSIsolationNone {
 		t.Errorf("fs isolation %q: a PV guest cannot see the host's task dir, want none (host paths)", caps.FSIsolation)
 	}
 	if caps.Exec {
@@ -266,6 +265,9 @@ func TestCapabilities(t *testing.T) {
 		if m == drivers.NetIsolationModeGroup || m == drivers.NetIsolationModeTask {
 			t.Errorf("network mode %q needs network namespaces, which the driver does not create", m)
 		}
+	}
+	if caps.RemoteTasks {
+		t.Error("claims remote tasks (Nomad 1.6-1.9), but a guest runs on this node")
 	}
 	if caps.MountConfigs != drivers.MountConfigSupportNone {
 		t.Errorf("mount configs %v: volume mounts cannot reach a PV guest", caps.MountConfigs)

@@ -98,7 +98,7 @@ func checkFingerprint(t *testing.T, fp *drivers.Fingerprint) {
 			t.Errorf("attribute %q renders empty (Nomad would delete it from the node)", key)
 		}
 		// What a constraint on ${attr.<key>} compares against parses back to the same value.
-		if back := pstructs.ParseAttribute(rendered); attr.String == nil && (back == nil || !back.Equal(attr)) {
+		if back := pstructs.ParseAttribute(rendered); attr.String == nil && !sameAttribute(back, attr) {
 			t.Errorf("attribute %q = %q does not parse back as the same value (%v)", key, rendered, back)
 		}
 	}
@@ -173,4 +173,16 @@ func TestReattach(t *testing.T) {
 	if again.Exited() {
 		t.Fatal("reattached client reports the plugin exited")
 	}
+}
+
+// sameAttribute: b is the same value as a, in the same unit (what a constraint compares).
+func sameAttribute(a, b *pstructs.Attribute) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	if a.Unit != b.Unit || a.GoString() != b.GoString() {
+		return false
+	}
+	cmp, ok := a.Compare(b)
+	return ok && cmp == 0
 }
