@@ -14,7 +14,7 @@ Nomad sees as UNIMPLEMENTED. :func:`make_core` is the single place that wires th
 from __future__ import annotations
 
 import asyncio
-import importlib.util
+import importlib
 from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
 from xen_driver.driver.config import PluginConfig
@@ -57,6 +57,16 @@ def default_signature(config: PluginConfig) -> tuple:
     return host_signature(config.xl_path, config.xenstored_socket)
 
 
+def libvirt_binding_problem() -> str | None:
+    """Why the libvirt binding cannot be used, or None.  Imported for real: a binding that is
+    present but broken (built for another libvirt) must not make the node look healthy."""
+    try:
+        importlib.import_module("libvirt")
+    except Exception as exc:  # ImportError, or whatever a broken extension raises
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
 def fingerprint_from_probe(probe: HostProbe, config: PluginConfig) -> Fingerprint:
     """Map a host probe onto Nomad's health model and node attributes."""
     if probe.state is ProbeState.UNDETECTED:
@@ -68,13 +78,16 @@ def fingerprint_from_probe(probe: HostProbe, config: PluginConfig) -> Fingerprin
         return Fingerprint(Health.UNHEALTHY, probe.reason, attrs)
     info = probe.info
     assert info is not None
-    if config.backend == "libvirt" and importlib.util.find_spec("libvirt") is None:
-        return Fingerprint(
-            Health.UNHEALTHY,
-            'backend "libvirt" is configured but the libvirt Python binding is not installed '
-            "(install nomad-driver-xen[libvirt])",
-            attrs,
-        )
+    if config.backend == "libvirt":
+        problem = libvirt_binding_problem()
+        if problem is not None:
+            return Fingerprint(
+                Health.UNHEALTHY,
+                f'backend "libvirt" is configured but the libvirt Python binding cannot be imported ({problem}) '
+                "(on Debian: apt install python3-libvirt, which the single-file plugin uses from the system; "
+                "in a virtualenv: pip install 'nomad-driver-xen[libvirt]')",
+                attrs,
+            )
     attrs.update(
         {
             ATTR_PREFIX + "version": info.xen_version,

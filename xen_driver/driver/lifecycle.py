@@ -72,7 +72,16 @@ from xen_driver.driver.state import STATE_VERSION, DriverState, DriverStateError
 from xen_driver.driver.timing import PhaseTimer
 from xen_driver.logging import get_logger
 from xen_driver.xen import clickos, fdlimit
-from xen_driver.xen.backend import Backend, DomainInfo, DomainNotFound, DomainRefused, ExitReason, XenBackendError
+from xen_driver.xen.backend import (
+    Backend,
+    BackendUnavailable,
+    DomainInfo,
+    DomainNotFound,
+    DomainRefused,
+    ExitReason,
+    UnavailableBackend,
+    XenBackendError,
+)
 from xen_driver.xen.console import ConsolePump, ConsoleStream, FifoSink
 from xen_driver.xen.fifokeeper import FifoKeeperClient
 from xen_driver.xen.probe import cpu_mhz, parse_xl_info
@@ -195,7 +204,11 @@ class TaskLifecycle:
         if config.backend == "libvirt":
             from xen_driver.xen.libvirt_backend import LibvirtBackend
 
-            return LibvirtBackend(config.libvirt_uri)
+            try:
+                return LibvirtBackend(config.libvirt_uri)
+            except BackendUnavailable as exc:  # the binding is missing: say so, don't fail SetConfig
+                self._log.error("libvirt backend unavailable", error=str(exc))
+                return UnavailableBackend("libvirt", exc)
         return XlBackend(self._state_dir / "domains", xl=config.xl_path)
 
     async def _ensure_started(self) -> None:

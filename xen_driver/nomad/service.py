@@ -13,6 +13,7 @@ configuration is used.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from typing import Any, AsyncIterator, Callable
 
@@ -94,6 +95,8 @@ class PluginState:
         self.agent: AgentInfo | None = None
         self._core: Any = None
         self._retiring: set[asyncio.Task] = set()
+        #: Set (and replaced) whenever SetConfig replaces the core, so open streams switch over.
+        self._replaced = asyncio.Event()
         #: Set by the plugin server: ends the process gracefully (see REFUSED_CONFIG_EXIT_S).
         self.on_unusable: Callable[[str], None] | None = None
         self.accepted = False
@@ -124,6 +127,8 @@ class PluginState:
         old = self._core
         self.config, self.agent = config, agent or self.agent
         self._core = self._factory(config, self.agent)
+        self._replaced.set()
+        self._replaced = asyncio.Event()
         if old is not None:
             task = asyncio.get_running_loop().create_task(old.shutdown())
             self._retiring.add(task)
@@ -138,6 +143,32 @@ class PluginState:
     async def shutdown(self) -> None:
         if self._core is not None:
             await self._core.shutdown()
+
+    async def follow(self, source: Callable[[Any], AsyncIterator[Any]], what: str) -> AsyncIterator[Any]:
+        """Items of ``source(core)`` for the current core, switching to the new core as soon as
+        SetConfig replaces it; never ends (Nomad re-opens an ended stream in a tight loop)."""
+        while True:
+            core, replaced = self.core, self._replaced
+            items = source(core).__aiter__()
+            while True:
+                nxt = asyncio.ensure_future(items.__anext__())
+                switch = asyncio.ensure_future(replaced.wait())
+                await asyncio.wait({nxt, switch}, return_when=asyncio.FIRST_COMPLETED)
+                switch.cancel()
+                if not nxt.done():
+                    nxt.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                        await nxt
+                    break
+                try:
+                    item = nxt.result()
+                except StopAsyncIteration:
+                    break
+                yield item
+            if self.core is not core:
+                continue
+            _log.error(f"{what} source ended unexpectedly; restarting it")
+            await asyncio.sleep(1.0)
 
 
 class BasePluginService(base_pb2_grpc.BasePluginServicer):
@@ -197,20 +228,15 @@ class DriverService(driver_pb2_grpc.DriverServicer):
 
     @server_stream
     async def Fingerprint(self, request, context) -> AsyncIterator[driver_pb2.FingerprintResponse]:
-        # Ending this stream makes Nomad re-open it in a tight loop: never end it ourselves.
-        while True:
-            async for fp in self.state.core.fingerprints():
-                yield convert.fingerprint(fp)
-            _log.error("fingerprint source ended unexpectedly; restarting it")
-            await asyncio.sleep(1.0)
+        # Ending this stream makes Nomad re-open it in a tight loop: never end it ourselves; after a
+        # SetConfig it follows the new configuration at once.
+        async for fp in self.state.follow(lambda core: core.fingerprints(), "fingerprint"):
+            yield convert.fingerprint(fp)
 
     @server_stream
     async def TaskEvents(self, request, context) -> AsyncIterator[driver_pb2.DriverTaskEvent]:
-        while True:
-            async for event in self.state.core.task_events():
-                yield convert.task_event(event)
-            _log.error("task event source ended unexpectedly; restarting it")
-            await asyncio.sleep(1.0)
+        async for event in self.state.follow(lambda core: core.task_events(), "task event"):
+            yield convert.task_event(event)
 
     # ---- task lifecycle --------------------------------------------------------------------------
 

@@ -152,3 +152,44 @@ class Backend(Protocol):
 
     async def domain(self, name: str) -> DomainInfo:
         """One domain, or :class:`DomainNotFound`."""
+
+
+class UnavailableBackend:
+    """Stands in for a toolstack that cannot be used on this host (its binding is not installed).
+
+    The plugin still starts and takes its configuration; the fingerprint reports the node
+    unhealthy with the reason, and every operation raises the same :class:`BackendUnavailable`,
+    so Nomad and the operator see the cause instead of an internal error.
+    """
+
+    def __init__(self, kind: str, error: BackendUnavailable):
+        self.kind = kind
+        self.error = error
+
+    def _fail(self) -> BackendUnavailable:
+        return BackendUnavailable(str(self.error))
+
+    async def validate(self, spec: DomainSpec) -> None:
+        raise self._fail()
+
+    async def create_domain(self, spec: DomainSpec, *, paused: bool = True) -> DomainInfo:
+        raise self._fail()
+
+    async def unpause(self, name: str) -> None:
+        raise self._fail()
+
+    async def shutdown(self, name: str, *, wait: bool = False) -> None:
+        raise self._fail()
+
+    async def destroy(self, name: str) -> None:
+        raise self._fail()
+
+    async def list_domains(self) -> list[DomainInfo]:
+        raise self._fail()
+
+    async def domain(self, name: str) -> DomainInfo:
+        raise self._fail()
+
+    async def close(self) -> None:
+        return None
+

@@ -20,7 +20,8 @@ def test_fingerprint_mapping():
     fp = fingerprint_from_probe(HostProbe(ProbeState.UNDETECTED, "no xl"), cfg)
     assert (fp.health, fp.description, dict(fp.attributes)) == (Health.UNDETECTED, "no xl", {})
     fp = fingerprint_from_probe(HostProbe(ProbeState.UNHEALTHY, "no hypervisor", "/usr/sbin/xl"), cfg)
-    assert fp.health is Health.UNHEALTHY and fp.attributes == {"driver.xen.backend": "xl"}
+    assert fp.health is Health.UNHEALTHY
+    assert fp.attributes == {"driver.xen.backend": "xl", "driver.xen.xl_path": "/usr/sbin/xl"}
     fp = fingerprint_from_probe(HostProbe(ProbeState.HEALTHY, "ok", "/usr/sbin/xl", INFO), cfg)
     assert fp.health is Health.HEALTHY
     assert fp.attributes["driver.xen.version"] == "4.17.5" and fp.attributes["driver.xen.free_memory"].value == 1843
