@@ -173,6 +173,15 @@ def install(
     return target
 
 
+def build_commit() -> str:
+    """``commit <id>`` of a built artifact (tools/dist.py writes xen_driver/_build.py), else ``source checkout``."""
+    try:
+        from xen_driver._build import COMMIT  # type: ignore[import-not-found]
+    except ImportError:
+        return "source checkout"
+    return f"commit {COMMIT}"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] == "serve":
@@ -200,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "breakdown":
         return breakdown.run(args)
     if args.command == "version":
-        print(f"nomad-driver-xen {__version__}")
+        print(f"nomad-driver-xen {__version__} ({build_commit()})")
         return 0
     if args.command == "install":
         if "/" in args.name or args.name in ("", ".", ".."):

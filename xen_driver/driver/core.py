@@ -140,6 +140,9 @@ class DriverCore:
             self._log.error("host probe failed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
             return Fingerprint(Health.UNHEALTHY, f"probing the Xen host failed: {exc}")
         fp = fingerprint_from_probe(probe, self.config)
+        learn = getattr(self.tasks, "learn_host_info", None)
+        if probe.info is not None and learn is not None:
+            learn(probe.info)  # the probe ran `xl info` anyway: no task start has to
         if fp.health is Health.HEALTHY:
             # The host is fine but this process is nearly out of descriptors: starts would be
             # refused, so tell the scheduler before it places more guests here.

@@ -84,7 +84,7 @@ from xen_driver.xen.backend import (
 )
 from xen_driver.xen.console import ConsolePump, ConsoleStream, FifoSink
 from xen_driver.xen.fifokeeper import FifoKeeperClient
-from xen_driver.xen.probe import cpu_mhz, parse_xl_info
+from xen_driver.xen.probe import XenHostInfo, cpu_mhz, parse_xl_info
 from xen_driver.xen.spec import DomainSpec, SpecError, VifSpec
 from xen_driver.xen.stats import SamplerFailure, StatsSampler
 from xen_driver.xen.watcher import DomainExit, DomainWatcher
@@ -368,6 +368,16 @@ class TaskLifecycle:
     @property
     def host_limits(self) -> policy.HostLimits:
         return policy.HostLimits(nr_cpus=self.host_cpus, total_memory_mib=self.host_memory_mib)
+
+    def learn_host_info(self, info: XenHostInfo) -> None:
+        """Host facts from the fingerprint's probe (it runs ``xl info`` anyway, and Nomad places no
+        task before the node is healthy), so no start pays for an ``xl info`` of its own."""
+        if info.nr_cpus > 0:
+            self.host_cpus = info.nr_cpus
+        if info.total_memory_mib > 0:
+            self.host_memory_mib = info.total_memory_mib
+        if info.cpu_mhz > 0 and self.host_cpu_mhz is None:
+            self.host_cpu_mhz = info.cpu_mhz
 
     async def _learn_host_cpus(self) -> None:
         """Learn the host's CPUs and memory once (one ``xl info``), to bound what a job may ask for."""

@@ -127,3 +127,32 @@ def test_fingerprint_periodic_without_change():
 
     asyncio.run(scenario())
     assert len(calls) == 2
+
+
+async def test_fingerprint_probe_hands_host_facts_to_the_tasks():
+    """No task start pays for `xl info`: the fingerprint's probe already learnt the host."""
+
+    class Tasks:
+        learned = None
+
+        def __init__(self, config, emit):
+            pass
+
+        def learn_host_info(self, info):
+            Tasks.learned = info
+
+    async def prober(config):
+        return HostProbe(ProbeState.HEALTHY, "ok", "/usr/sbin/xl", INFO)
+
+    core = DriverCore(PluginConfig(), prober=prober, tasks_factory=Tasks)
+    await core.fingerprint_once()
+    assert Tasks.learned is INFO
+
+
+def test_lifecycle_learns_cpus_memory_and_mhz_from_the_probe(tmp_path):
+    from xen_driver.driver.lifecycle import TaskLifecycle
+
+    lc = TaskLifecycle(PluginConfig.from_dict({"state_dir": str(tmp_path)}), lambda e: None, backend=object())
+    lc.learn_host_info(XenHostInfo("4.17.5", "credit2", 100, 3071, 2, cpu_mhz=2400.0))
+    assert (lc.host_cpus, lc.host_memory_mib, lc.host_cpu_mhz) == (2, 3071, 2400.0)
+    assert lc.host_limits.total_memory_mib == 3071
