@@ -10,7 +10,25 @@
 #
 # Go comes from the base image (Nomad is built from the Go module proxy with it); everything
 # else comes from Debian bookworm and PyPI, installed by the project's own scripts.
-FROM golang:1.26-bookworm
+#
+# The release artifacts (what `make dist` builds: the single-file plugin, wheel, sdist, .deb),
+# by the same script, into ./dist on the host:
+#
+#   docker build --target dist --output dist .
+
+FROM debian:bookworm-slim AS dist-build
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 python3-venv git ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY . /src
+RUN python3 tools/dist.py --out /dist
+
+FROM scratch AS dist
+COPY --from=dist-build /dist/ /
+
+# The development image (the default target: the last stage).
+FROM golang:1.26-bookworm AS dev
 
 ENV DEBIAN_FRONTEND=noninteractive \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \

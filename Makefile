@@ -11,10 +11,11 @@ PY           := $(VENV)/bin/python
 export NDX_CACHE_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/nomad-driver-xen
 NOMAD_VERSION := $(shell cat tools/nomad/VERSION)
 
-.PHONY: help deps proto nomad guests testbed testbed-smoke test unit conformance demo bench clean
+.PHONY: help deps proto nomad guests testbed testbed-smoke test unit conformance demo bench clean dist
 
 help:
 	@echo "make test           run the whole test suite (installs what it needs)"
+	@echo "make dist           dist/: the single-file plugin, wheel, sdist and .deb (tools/dist.py)"
 	@echo "make demo           real Nomad + real Xen testbed running nomad-jobs/clickos.nomad"
 	@echo "make recovery       plugin crash, agent restarts, Xen faults under a real Nomad agent (table + bench/results/recovery.json)"
 	@echo "make nomad          build/cache the pinned Nomad agent ($(NOMAD_VERSION))"
@@ -52,7 +53,12 @@ unit: deps
 conformance: deps testbed
 	$(PY) -m pytest -v tests/nomad/test_conformance_host.py tests/xen/test_conformance.py
 
-test: deps nomad testbed
+# Release artifacts from this checkout and PyPI: dist/nomad-driver-xen (one file for plugin_dir),
+# the wheel and sdist, a .deb. The testbed installs dist/nomad-driver-xen in dom0, so test needs it.
+dist:
+	$(PYTHON) tools/dist.py
+
+test: deps nomad testbed dist
 	$(PY) -m pytest -v tests
 
 demo: deps nomad testbed

@@ -31,7 +31,7 @@ def test_launcher_quotes_paths():
 
 def test_version_and_install_commands(tmp_path, capsys):
     assert main(["version"]) == 0
-    assert capsys.readouterr().out.strip() == f"nomad-driver-xen {__version__}"
+    assert capsys.readouterr().out.strip() == f"nomad-driver-xen {__version__} (source checkout)"
     assert main(["install", "--plugin-dir", str(tmp_path), "--name", "xen"]) == 0
     assert (tmp_path / "xen").exists()
 
