@@ -74,8 +74,10 @@ def _import_libvirt() -> Any:
         import libvirt  # type: ignore[import-not-found]
     except ImportError:
         raise LibvirtNotInstalled(
-            "the libvirt backend needs libvirt-python (pip install 'nomad-driver-xen[libvirt]'; "
-            "building it needs the libvirt development headers and pkg-config)"
+            "the libvirt backend needs libvirt's Python binding (libvirt-python), which is not installed: "
+            "on Debian, apt install python3-libvirt (the single-file plugin does not bundle it and uses the "
+            "system's); in a virtualenv, pip install 'nomad-driver-xen[libvirt]' (builds against the libvirt "
+            "development headers, needs pkg-config and a C compiler)"
         ) from None
     return libvirt
 
