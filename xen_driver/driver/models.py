@@ -59,7 +59,11 @@ class Capabilities:
     exec: bool = False
     #: Xen guests see no host file system: Nomad must use host paths for the task dir.
     fs_isolation_none: bool = True
-    network_modes: tuple[NetworkMode, ...] = (NetworkMode.HOST, NetworkMode.NONE)
+    #: Only ``host``: a guest gets its own addresses from its vifs, never a network namespace.
+    #: Nomad's client maps a job's ``bridge``, ``none`` and ``cni/*`` modes to GROUP and
+    #: ``driver`` to TASK, and fails such an allocation itself ("does not support ... networking
+    #: mode") when the driver does not list them (docs/PROTOCOL.md §5.12).
+    network_modes: tuple[NetworkMode, ...] = (NetworkMode.HOST,)
     must_create_network: bool = False
     #: No volume mounts (CSI/host volumes) can be given to a PV unikernel.
     no_mounts: bool = True
