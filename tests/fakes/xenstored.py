@@ -1,19 +1,38 @@
-"""Test doubles for the xen/ layer: an in-process xenstored speaking the real wire format, and a
-programmable backend.  The fake xenstored is written from the protocol description (header of
-four little-endian u32, NUL-separated payloads, ERROR replies carrying an errno name), so the
-client is tested against the framing it will meet, not against its own encoder."""
+"""A xenstored speaking the real wire format over a unix socket, in-process or as a process.
+
+Written from the protocol description (header of four little-endian u32, NUL-separated
+payloads, ERROR replies carrying an errno name, at most 4096 payload bytes, so a long
+directory answers E2BIG and must be read with DIRECTORY_PART), so the client is tested against
+the framing it will meet, not against its own encoder.
+
+Run as a process (``python -m tests.fakes.xenstored --socket S --domains DIR``) it also stands
+in for the hypervisor and the guests, with the domain table the fake ``xl`` keeps
+(:mod:`tests.fakes.domains`): a guest asked to power off through ``control/shutdown`` shuts
+down (unless its command line says ``ignore-shutdown``), and ``@releaseDomain`` fires for
+every domain that shuts down or is destroyed (the fake ``xl`` reports those by writing
+``/fake/release``).
+"""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
+import os
+import re
+import signal
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
-
-from xen_driver.xen.backend import DomainInfo, DomainNotFound, DomainState
 
 HDR = struct.Struct("<IIII")
 (DIRECTORY, READ, GET_PERMS, WATCH, UNWATCH, TX_START, TX_END) = (1, 2, 3, 4, 5, 6, 7)
 (GET_DOMAIN_PATH, WRITE, MKDIR, RM, SET_PERMS, WATCH_EVENT, ERROR) = (10, 11, 12, 13, 14, 15, 16)
+(IS_DOMAIN_INTRODUCED, DIRECTORY_PART) = (17, 22)
+PAYLOAD_MAX = 4096
+#: Written by the fake xl after a domain shut down or was destroyed: fire @releaseDomain.
+RELEASE_HOOK = "/fake/release"
+_SHUTDOWN_RE = re.compile(r"^/local/domain/(\d+)/control/shutdown$")
 
 
 @dataclass
@@ -25,8 +44,11 @@ class _Node:
 class FakeXenstored:
     """A small xenstored: a path→node dict, watches, transactions (copy-on-start, EAGAIN on conflict)."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, *, record_requests: bool = True):
         self.path = path
+        self.record_requests = record_requests
+        #: Called as ``on_write(path, value)`` after every write outside a transaction.
+        self.on_write: list[Callable[[str, bytes], None]] = []
         self.nodes: dict[str, _Node] = {"/": _Node()}
         self.watches: list[tuple[asyncio.StreamWriter, str, str]] = []
         self.transactions: dict[int, dict[str, _Node]] = {}
@@ -71,6 +93,13 @@ class FakeXenstored:
         self._ensure(tree, parent)
         tree[path] = _Node(perms=list(tree[parent].perms))
 
+    def _children(self, tree: dict[str, _Node], path: str) -> bytes:
+        if path not in tree:
+            raise KeyError("ENOENT")
+        prefix = path.rstrip("/") + "/"
+        kids = sorted({p[len(prefix) :].split("/")[0] for p in tree if p.startswith(prefix) and p != path})
+        return b"".join(k.encode() + b"\0" for k in kids)
+
     def _fire(self, path: str) -> None:
         for writer, wpath, token in list(self.watches):
             if path == wpath or path.startswith(wpath.rstrip("/") + "/") or (
@@ -93,7 +122,8 @@ class FakeXenstored:
                 hdr = await reader.readexactly(HDR.size)
                 mtype, req, tx, length = HDR.unpack(hdr)
                 payload = await reader.readexactly(length)
-                self.requests.append((mtype, req, tx, payload))
+                if self.record_requests:
+                    self.requests.append((mtype, req, tx, payload))
                 asyncio.get_running_loop().create_task(self._answer(writer, mtype, req, tx, payload))
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
@@ -126,7 +156,12 @@ class FakeXenstored:
             tree[path].value = value
             if not tx:
                 self.generation += 1
-                self._fire(path)
+                if path == RELEASE_HOOK:
+                    self.fire_special()
+                else:
+                    self._fire(path)
+                for hook in self.on_write:
+                    hook(path, value)
             return b"OK\0"
         if mtype == MKDIR:
             self._ensure(tree, path)
@@ -146,11 +181,24 @@ class FakeXenstored:
                 self._fire(path)
             return b"OK\0"
         if mtype == DIRECTORY:
-            if path not in tree:
-                raise KeyError("ENOENT")
-            prefix = path.rstrip("/") + "/"
-            kids = sorted({p[len(prefix) :].split("/")[0] for p in tree if p.startswith(prefix) and p != path})
-            return b"".join(k.encode() + b"\0" for k in kids)
+            listing = self._children(tree, path)
+            if len(listing) > PAYLOAD_MAX:
+                raise KeyError("E2BIG")  # as xenstored: the client must use DIRECTORY_PART
+            return listing
+        if mtype == DIRECTORY_PART:
+            # <path>|<offset>| -> <generation>|<children from offset>|, the last part with an
+            # extra empty string; parts end on a child boundary.
+            listing = self._children(tree, path)
+            offset = int(parts[1].decode() or 0)
+            gen = str(self.generation).encode() + b"\0"
+            room = PAYLOAD_MAX - len(gen) - 1
+            chunk = listing[offset : offset + room]
+            if offset + len(chunk) < len(listing):
+                chunk = chunk[: chunk.rfind(b"\0") + 1]
+                return gen + chunk
+            return gen + chunk + b"\0"
+        if mtype == IS_DOMAIN_INTRODUCED:
+            return b"T\0" if f"/local/domain/{int(path)}" in tree else b"F\0"
         if mtype == GET_PERMS:
             if path not in tree:
                 raise KeyError("ENOENT")
@@ -200,40 +248,60 @@ class FakeXenstored:
         raise KeyError("ENOSYS")
 
 
-class FakeBackend:
-    """A Backend whose domain table the test edits directly."""
 
-    kind = "fake"
 
-    def __init__(self) -> None:
-        self.domains: dict[str, DomainInfo] = {}
-        self.list_calls = 0
-        self.destroyed: list[str] = []
+# ---------------------------------------------------------------- as a process
+def guest_side(server: FakeXenstored, domains_dir: str) -> Callable[[str, bytes], None]:
+    """What the guests and the hypervisor do when dom0 writes: a PV guest asked to power off
+    (``control/shutdown``) shuts down, and Xen's domain-exception VIRQ makes xenstored fire
+    ``@releaseDomain``."""
+    from tests.fakes.domains import DomainTable
 
-    def set(self, name: str, domid: int, state: DomainState, **kw: object) -> None:
-        self.domains[name] = DomainInfo(name=name, domid=domid, uuid=None, state=state, **kw)  # type: ignore[arg-type]
+    table = DomainTable(domains_dir)
+    reasons = {"poweroff": 0, "halt": 0, "reboot": 1, "suspend": 2, "crash": 3}
 
-    async def list_domains(self) -> list[DomainInfo]:
-        self.list_calls += 1
-        return list(self.domains.values())
+    def on_write(path: str, value: bytes) -> None:
+        m = _SHUTDOWN_RE.match(path)
+        if not m or value.decode(errors="replace") not in reasons:
+            return
+        domid, reason = int(m.group(1)), reasons[value.decode()]
 
-    async def domain(self, name: str) -> DomainInfo:
-        if name not in self.domains:
-            raise DomainNotFound(name)
-        return self.domains[name]
+        def act() -> None:
+            if table.guest_shutdown(domid, reason):
+                server.fire_special()
 
-    async def destroy(self, name: str) -> None:
-        self.destroyed.append(name)
-        self.domains.pop(name, None)
+        asyncio.get_running_loop().call_soon(act)
 
-    async def validate(self, spec):  # type: ignore[no-untyped-def]
-        return None
+    return on_write
 
-    async def create_domain(self, spec, *, paused=True):  # type: ignore[no-untyped-def]
-        raise NotImplementedError
 
-    async def unpause(self, name: str) -> None:
-        return None
+async def _serve(socket_path: str, domains_dir: str | None) -> None:
+    server = FakeXenstored(socket_path, record_requests=False)
+    for p in ("/local", "/local/domain", "/vm", "/libxl", "/fake"):
+        server._ensure(server.nodes, p)
+    if domains_dir:
+        server.on_write.append(guest_side(server, domains_dir))
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(socket_path)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print("ready", flush=True)
+    await stop.wait()
+    await server.stop()
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(socket_path)
 
-    async def shutdown(self, name: str, *, wait: bool = False) -> None:
-        return None
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="a fake xenstored for tests and benchmarks")
+    ap.add_argument("--socket", required=True)
+    ap.add_argument("--domains", help="the fake xl's FAKE_XEN_DIR, to play the guests' side")
+    args = ap.parse_args()
+    asyncio.run(_serve(args.socket, args.domains))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""A programmable :class:`~xen_driver.xen.backend.Backend` whose domain table a test edits directly."""
+
+from __future__ import annotations
+
+from xen_driver.xen.backend import DomainInfo, DomainNotFound, DomainState
+
+
+class FakeBackend:
+    """A Backend whose domain table the test edits directly."""
+
+    kind = "fake"
+
+    def __init__(self) -> None:
+        self.domains: dict[str, DomainInfo] = {}
+        self.list_calls = 0
+        self.destroyed: list[str] = []
+
+    def set(self, name: str, domid: int, state: DomainState, **kw: object) -> None:
+        self.domains[name] = DomainInfo(name=name, domid=domid, uuid=None, state=state, **kw)  # type: ignore[arg-type]
+
+    async def list_domains(self) -> list[DomainInfo]:
+        self.list_calls += 1
+        return list(self.domains.values())
+
+    async def domain(self, name: str) -> DomainInfo:
+        if name not in self.domains:
+            raise DomainNotFound(name)
+        return self.domains[name]
+
+    async def destroy(self, name: str) -> None:
+        self.destroyed.append(name)
+        self.domains.pop(name, None)
+
+    async def validate(self, spec):  # type: ignore[no-untyped-def]
+        return None
+
+    async def create_domain(self, spec, *, paused=True):  # type: ignore[no-untyped-def]
+        raise NotImplementedError
+
+    async def unpause(self, name: str) -> None:
+        return None
+
+    async def shutdown(self, name: str, *, wait: bool = False) -> None:
+        return None
