@@ -401,6 +401,9 @@ class TaskConfig:
     on_crash: str = "destroy"
     boot_marker: str | None = None
     boot_timeout: float = 30.0
+    #: Index of the vif whose address Nomad advertises (None: the first vif with an ``ip``);
+    #: checked against the vifs by :func:`xen_driver.driver.network.advertised_vif`.
+    advertise_vif: int | None = None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> "TaskConfig":
@@ -449,6 +452,9 @@ class TaskConfig:
                 raise ConfigError(
                     S, "boot_marker", boot_marker, f"must be at most {MAX_BOOT_MARKER_LEN} characters long"
                 )
+        advertise_vif = data.get("advertise_vif")
+        if advertise_vif is not None:
+            advertise_vif = _integer(S, "advertise_vif", advertise_vif, 0, MAX_VIFS_LIMIT - 1)
         return cls(
             kernel=kernel,
             ramdisk=ramdisk,
@@ -463,4 +469,5 @@ class TaskConfig:
             on_crash=_choice(S, "on_crash", _get(data, "on_crash", TASK_DEFAULTS), ON_CRASH),
             boot_marker=boot_marker,
             boot_timeout=_duration(S, "boot_timeout", _get(data, "boot_timeout", TASK_DEFAULTS), 0.001, MAX_BOOT_TIMEOUT),
+            advertise_vif=advertise_vif,
         )

@@ -55,7 +55,7 @@ from xen_driver.driver.errors import (
     TaskAlreadyExists,
     TaskNotFound,
 )
-from xen_driver.driver import policy
+from xen_driver.driver import network, policy
 from xen_driver.driver.models import (
     CpuUsage,
     ExitResult,
@@ -303,7 +303,7 @@ class TaskLifecycle:
             raise ConfigError(TASK, "click_config_file", cfg.click_config_file, "needs a task directory")
         return policy.read_click_config_file(cfg.click_config_file, spec.task_dir, self.config)
 
-    def _vif_specs(self, cfg: TaskConfig) -> tuple[VifSpec, ...]:
+    def _vif_specs(self, cfg: TaskConfig, macs: tuple[str, ...]) -> tuple[VifSpec, ...]:
         """The job's vifs, with every bridge and hotplug script checked against the plugin's allow-lists."""
         policy.check_vif_count(len(cfg.vif), self.config)
         vifs = []
@@ -311,8 +311,12 @@ class TaskLifecycle:
             if v.bridge is not None:
                 policy.check_bridge(i, v.bridge, self.config, self.bridge_exists)
             script = policy.resolve_vif_script(i, v.script, self.config) if v.script is not None else None
-            vifs.append(VifSpec(bridge=v.bridge, mac=v.mac, ip=v.ip, script=script))
+            vifs.append(VifSpec(bridge=v.bridge, mac=macs[i], ip=v.ip, script=script))
         return tuple(vifs)
+
+    def _macs_in_use(self) -> set[str]:
+        """MACs of the guests this driver runs, so a derived MAC never repeats one of them."""
+        return {m.lower() for t in self._tasks.values() if t.running for m in t.state.vif_macs}
 
     def domain_spec(self, spec: TaskSpec, name: str) -> DomainSpec:
         """Map a task onto a toolstack-neutral domain description (validated)."""
@@ -340,7 +344,7 @@ class TaskLifecycle:
             maxmem_mb=maxmem,
             vcpus=cfg.vcpus,
             cpus=cfg.cpus,
-            vifs=self._vif_specs(cfg),
+            vifs=self._vif_specs(cfg, network.vif_macs(spec.id, cfg.vif, self._macs_in_use())),
             on_crash="preserve" if cfg.on_crash == "destroy" else cfg.on_crash,
         )
         try:
@@ -399,6 +403,7 @@ class TaskLifecycle:
             version=STATE_VERSION,
             state=TaskState.RUNNING if task.running else TaskState.EXITED,
             driver_state=task.state.encode(),
+            network=task.state.network,
         )
 
     # ------------------------------------------------------------------ console
@@ -449,6 +454,7 @@ class TaskLifecycle:
         with timer.phase("validate"):
             await self._learn_host_cpus()
             dspec = self.domain_spec(spec, name)
+            net = network.plan(spec.config.vif, spec.config.advertise_vif, spec.ports)
             click_text = self._click_config(spec)
             if click_text is not None and self._xenstore is None:
                 await self._reconnect_xenstore()
@@ -508,6 +514,8 @@ class TaskLifecycle:
                 console_path=console_path,
                 console_offset=0,
                 driver_config=spec.raw_config,
+                vif_macs=tuple(v.mac or "" for v in dspec.vifs),
+                network=net,
             )
         except BaseException as exc:
             await self._undo_start(name, attempted, task_dir, console_path, stream)
@@ -529,8 +537,17 @@ class TaskLifecycle:
         self._by_domain[name] = task
         if exit_future.done():  # it booted and died already: report it through WaitTask
             self._on_domain_exit(exit_future.result())
-        log.info("task started", domid=state.domid, timings=task.timings, summary=timer.summary())
+        log.info("task started", domid=state.domid, timings=task.timings, summary=timer.summary(),
+                 network=network.describe(net))
         self._event(task, f"Guest {name} (domid {state.domid}) booted: {timer.summary()}", timer.annotations())
+        if net is not None:
+            self._event(task, f"Guest {name} advertised at {network.describe(net)}")
+        elif unreachable := network.unreachable_ports(net, spec.ports):
+            self._event(
+                task,
+                f"Guest {name} has no vif with an ip, so nothing is advertised: the allocation's ports "
+                f"({', '.join(unreachable)}) stay on the host, which does not forward them into the guest",
+            )
         return self._handle(task)
 
     async def _domid(self, name: str) -> int:
@@ -805,6 +822,7 @@ class TaskLifecycle:
             completed_at=task.completed_at,
             exit=None if task.running else task.exited.result(),
             driver_attributes=attrs,
+            network=task.state.network,
         )
 
     # ------------------------------------------------------------------ TaskStats
@@ -904,7 +922,13 @@ class TaskLifecycle:
         offset = self._read_offset(state)
         self._attach_console(spec, state.domain_name, state.console_path, Path(state.task_state_dir), offset)
         self._watcher.subscribe(state.domain_name, state.domid)
-        log.info("task recovered", domid=state.domid, console_offset=offset, domain_state=info.state.value)
+        log.info(
+            "task recovered",
+            domid=state.domid,
+            console_offset=offset,
+            domain_state=info.state.value,
+            network=network.describe(state.network),
+        )
 
 
 def _task_field(spec_field: str) -> str:

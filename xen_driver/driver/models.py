@@ -79,6 +79,20 @@ class AgentInfo:
 
 
 @dataclass(frozen=True)
+class PortMapping:
+    """One of Nomad's allocated ports (a group ``network { port "<label>" { ... } }``).
+
+    ``value`` is the port Nomad reserved on the host, ``to`` the port the task serves on
+    (0 when the job gave none; Nomad has already turned ``to = -1`` into ``value``).
+    """
+
+    label: str
+    value: int
+    to: int = 0
+    host_ip: str = ""
+
+
+@dataclass(frozen=True)
 class TaskSpec:
     """Everything the core needs to start (or recover) one task."""
 
@@ -102,6 +116,8 @@ class TaskSpec:
     #: The job's ``config {}`` as Nomad sent it (cty-msgpack).  Kept in the driver state, because
     #: Nomad does not persist it in its own copy of the task handle (see driver/state.py).
     raw_config: bytes = b""
+    #: The allocation's ports (group ``network`` block), for the guest's port map.
+    ports: tuple[PortMapping, ...] = ()
 
     @property
     def task_dir(self) -> str:
@@ -117,7 +133,11 @@ class TaskState(enum.IntEnum):
 
 @dataclass(frozen=True)
 class NetworkOverride:
-    """Address (and port map) Nomad should advertise for a guest with its own IP."""
+    """Address (and port map) Nomad should advertise for a guest with its own IP.
+
+    Nomad's DriverNetwork: services with ``address_mode = "driver"`` (or ``"auto"`` when
+    ``auto_advertise`` is set) register at ``addr`` and, for a port label, at ``port_map[label]``.
+    """
 
     addr: str
     port_map: Mapping[str, int] = field(default_factory=dict)

@@ -11,6 +11,10 @@ bytes only in memory, in an unexported field of its TaskConfig, which its state 
 not persist), so a RecoverTask that decoded the job config from the handle would refuse every
 task after an agent restart and Nomad would start duplicates next to the running guests.
 
+The guest's network (the vifs' MACs, derived ones included, and the address and port map
+Nomad was told at start) is kept too, so a recovered task reports exactly what the started one
+did.
+
 Encoding: msgpack map with a ``v`` key.  Decoding refuses versions it does not know with a clear
 error instead of guessing, so a downgrade cannot silently mis-adopt a guest.
 """
@@ -18,15 +22,19 @@ error instead of guessing, so a downgrade cannot silently mis-adopt a guest.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import msgpack
 
+from xen_driver.driver.models import NetworkOverride
+
 #: Version of the blob's schema; bump it (and keep a reader for the old one) on any change.
-#: 2 added ``driver_config``.
-STATE_VERSION = 2
-READABLE_VERSIONS = (1, 2)
-#: Fields a version-1 blob lacks, with the value they then take.
+#: 2 added ``driver_config``; 3 added ``vif_macs`` and ``network``.
+STATE_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
+#: Fields older blobs lack, with the value they then take.
 _ADDED_IN_2 = {"driver_config": b""}
+_ADDED_IN_3: dict[str, Any] = {"vif_macs": (), "network": None}
 
 
 class DriverStateError(ValueError):
@@ -48,9 +56,19 @@ class DriverState:
     console_path: str  # the guest console log we stream into Nomad's stdout FIFO
     console_offset: int  # byte offset already streamed when the handle was made
     driver_config: bytes = b""  # the job's config {} as Nomad sent it (cty-msgpack); since v2
+    vif_macs: tuple[str, ...] = ()  # every vif's MAC, in vif order (derived ones included); since v3
+    network: NetworkOverride | None = None  # what StartTask advertised to Nomad; since v3
 
     def encode(self) -> bytes:
-        return msgpack.packb({"v": STATE_VERSION, **asdict(self)}, use_bin_type=True)
+        raw = asdict(self)
+        raw["vif_macs"] = list(self.vif_macs)
+        if self.network is not None:
+            raw["network"] = {
+                "addr": self.network.addr,
+                "port_map": {str(k): int(v) for k, v in self.network.port_map.items()},
+                "auto_advertise": bool(self.network.auto_advertise),
+            }
+        return msgpack.packb({"v": STATE_VERSION, **raw}, use_bin_type=True)
 
     @classmethod
     def decode(cls, blob: bytes) -> "DriverState":
@@ -70,11 +88,29 @@ class DriverState:
             )
         if version == 1:
             raw = {**_ADDED_IN_2, **raw}
+        if version in (1, 2):
+            raw = {**_ADDED_IN_3, **raw}
         names = {f.name for f in fields(cls)}
         missing = names - raw.keys()
         if missing:
             raise DriverStateError(f"task handle driver_state lacks {', '.join(sorted(missing))}")
-        return cls(**{k: raw[k] for k in names})
+        values = {k: raw[k] for k in names}
+        values["vif_macs"] = tuple(values["vif_macs"] or ())
+        values["network"] = _network(values["network"])
+        return cls(**values)
+
+
+def _network(raw: Any) -> NetworkOverride | None:
+    if raw is None:
+        return None
+    try:
+        return NetworkOverride(
+            addr=str(raw["addr"]),
+            port_map={str(k): int(v) for k, v in (raw.get("port_map") or {}).items()},
+            auto_advertise=bool(raw.get("auto_advertise", False)),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise DriverStateError(f"task handle driver_state has an unreadable network: {exc!r}") from None
 
 
 def stored_driver_config(blob: bytes) -> bytes:

@@ -23,6 +23,7 @@ from xen_driver.driver.models import (
     ExitResult,
     Fingerprint,
     NetworkOverride,
+    PortMapping,
     RecoveredTask,
     TaskEvent,
     TaskHandle,
@@ -120,7 +121,21 @@ def task_spec(task: dpb.TaskConfig, raw_config: bytes | None = None) -> TaskSpec
         stderr_path=task.stderr_path,
         config=TaskConfig.from_dict(TASK_SCHEMA.decode(raw)),
         raw_config=raw,
+        ports=ports(task.resources),
     )
+
+
+def ports(resources: dpb.Resources) -> tuple[PortMapping, ...]:
+    """The allocation's ports: the group network's (``Resources.ports``, with ``to``), then those
+    of a legacy task-level network (label and host port only) whose labels are not among them."""
+    out = [PortMapping(label=p.label, value=p.value, to=p.to, host_ip=p.host_ip) for p in resources.ports]
+    seen = {p.label for p in out}
+    for net in resources.allocated_resources.networks:
+        for p in list(net.reserved_ports) + list(net.dynamic_ports):
+            if p.label and p.label not in seen:
+                out.append(PortMapping(label=p.label, value=p.value, host_ip=net.ip))
+                seen.add(p.label)
+    return tuple(out)
 
 
 def network_override(net: NetworkOverride | None) -> dpb.NetworkOverride | None:

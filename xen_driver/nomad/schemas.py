@@ -56,6 +56,7 @@ TASK_SCHEMA = Schema(
             "on_crash": attr("on_crash", "string", default=_T["on_crash"]),
             "boot_marker": attr("boot_marker", "string"),
             "boot_timeout": attr("boot_timeout", "string", default=_T["boot_timeout"]),
+            "advertise_vif": attr("advertise_vif", "number"),
         }
     )
 )

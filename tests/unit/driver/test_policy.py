@@ -324,7 +324,11 @@ FIELD_TABLE = [
     ("on_crash", "coredump-destroy", "rename-restart"),
     ("boot_marker", "NDX-GUEST READY", "x" * 257),
     ("boot_timeout", "10s", "2h"),
+    ("advertise_vif", 1, 0),
 ]
+
+# What a row's values come with, for fields that only mean something next to others.
+ROW_CONTEXT = {"advertise_vif": {"vif": [{"bridge": "xenbr0"}, {"bridge": "xenbr0", "ip": "10.0.0.2"}]}}
 
 
 def _job_value(value, root: Path, task: Path):
@@ -351,7 +355,7 @@ async def test_every_job_field_reaching_the_host(host, field, good, bad):
     try:
         # Refused: a field-named ConfigError, before anything is created, and nothing left.
         with pytest.raises(ConfigError) as err:
-            await lc.start_task(make_spec(tmp_path, **{key: _job_value(bad, tmp_path, task_dir)}))
+            await lc.start_task(make_spec(tmp_path, **ROW_CONTEXT.get(key, {}), **{key: _job_value(bad, tmp_path, task_dir)}))
         assert f'"{field}"' in str(err.value), str(err.value)
         assert fake.calls == [] and _leftovers(tmp_path, fake) == []
         # Accepted: the domain is built with the host value the policy resolved.
@@ -359,7 +363,7 @@ async def test_every_job_field_reaching_the_host(host, field, good, bad):
             spec = make_spec(tmp_path, **{key: _job_value(good, tmp_path, task_dir)})
             assert lc._click_config(spec)  # the push itself needs xenstored (tests/xen)
             return
-        spec = make_spec(tmp_path, **{key: _job_value(good, tmp_path, task_dir)})
+        spec = make_spec(tmp_path, **ROW_CONTEXT.get(key, {}), **{key: _job_value(good, tmp_path, task_dir)})
         await lc.start_task(spec)
         dspec = fake.specs[domain_name_for(spec)]
         if key == "vif" and "script" in (good[0] or {}):

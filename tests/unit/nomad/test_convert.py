@@ -164,3 +164,53 @@ def test_version_1_driver_state_still_decodes():
     blob = msgpack.packb(v1, use_bin_type=True)
     assert DriverState.decode(blob).driver_config == b"" and stored_driver_config(blob) == b""
     assert stored_driver_config(b"junk") == b""
+
+
+# ---- the guest's network (issue 15) -------------------------------------------------------------
+
+
+def test_ports_of_the_group_network_reach_the_task_spec():
+    """Nomad sends the group network's ports as Resources.ports (label, host port, to, host ip)."""
+    t = task_config(kernel="k", vif=[{"bridge": "xenbr0", "ip": "10.0.0.2", "mac": None, "script": None}])
+    t.resources.ports.add(label="http", value=23456, to=80, host_ip="192.168.1.10")
+    t.resources.ports.add(label="admin", value=23457)
+    spec = convert.task_spec(t)
+    assert [(p.label, p.value, p.to, p.host_ip) for p in spec.ports] == [
+        ("http", 23456, 80, "192.168.1.10"),
+        ("admin", 23457, 0, ""),
+    ]
+
+
+def test_ports_of_a_legacy_task_network_come_after_the_groups():
+    t = task_config()
+    t.resources.ports.add(label="http", value=23456, to=80)
+    net = t.resources.allocated_resources.networks.add(ip="192.168.1.10")
+    net.reserved_ports.add(label="dns", value=53)
+    net.dynamic_ports.add(label="http", value=29999)  # the group's label wins
+    net.dynamic_ports.add(label="metrics", value=23999)
+    spec = convert.task_spec(t)
+    assert [(p.label, p.value, p.to) for p in spec.ports] == [("http", 23456, 80), ("dns", 53, 0), ("metrics", 23999, 0)]
+
+
+def test_no_ports_no_network():
+    spec = convert.task_spec(task_config())
+    assert spec.ports == ()
+    msg = convert.start_response(TaskHandle(task_id="x", version=3, state=TaskState.RUNNING, driver_state=b"s"), task_config())
+    assert not msg.HasField("network_override")
+
+
+def test_inspect_reports_the_network():
+    net = NetworkOverride(addr="fd00::7", port_map={"http": 80, "dns": 53}, auto_advertise=True)
+    msg = convert.inspect_response(TaskStatus(id="x", name="web", state=TaskState.RUNNING, network=net))
+    assert msg.network_override.addr == "fd00::7" and msg.network_override.auto_advertise is True
+    assert dict(msg.network_override.port_map) == {"http": 80, "dns": 53}
+    assert not convert.inspect_response(TaskStatus(id="x", name="web", state=TaskState.RUNNING)).HasField("network_override")
+
+
+def test_capabilities_list_only_the_host_network_mode():
+    """Nomad's client maps bridge, none and cni/* to GROUP and driver to TASK, and fails an
+    allocation asking for a mode the driver does not list; a Xen guest has its own vifs, no
+    network namespace, so only host is true."""
+    caps = convert.capabilities(Capabilities())
+    assert list(caps.network_isolation_modes) == [driver_pb2.NetworkIsolationSpec.HOST]
+    assert not caps.must_create_network

@@ -123,7 +123,7 @@ def test_plugin_config_every_number_width_reaches_the_same_config():
     for vcpus_raw in (b"\x02", b"\xcc\x02", b"\xcd\x00\x02", b"\xd3" + struct.pack(">q", 2),
                       b"\xcb" + struct.pack(">d", 2.0), msgpack.packb("2")):
         body = dict(base, kernel="k")
-        packed = bytearray(b"\x8d")  # fixmap with 13 entries, keys sorted like go-cty
+        packed = bytearray([0x80 | len(body)])  # a fixmap of every attribute, keys sorted like go-cty
         for key in sorted(body):
             packed += msgpack.packb(key)
             packed += vcpus_raw if key == "vcpus" else msgpack.packb(body[key])

@@ -76,6 +76,7 @@ def test_task_schema_shape():
             "on_crash": cty.STRING,
             "boot_marker": cty.STRING,
             "boot_timeout": cty.STRING,
+            "advertise_vif": cty.NUMBER,
         }
     )
 
