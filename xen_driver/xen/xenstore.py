@@ -184,8 +184,35 @@ class _Ops:
                 raise
 
     async def directory(self, path: str) -> list[str]:
-        raw = await self._request(Op.DIRECTORY, _check_path(path) + b"\x00", path=path)
+        """The children of ``path``.  A list longer than one message (``/local/domain`` of about
+        a thousand guests once domids have five digits) makes xenstored answer E2BIG; it is
+        then read in parts, as libxenstore does."""
+        try:
+            raw = await self._request(Op.DIRECTORY, _check_path(path) + b"\x00", path=path)
+        except XenStoreError as exc:
+            if exc.errno_name != "E2BIG":
+                raise
+            raw = await self._directory_in_parts(path)
         return [p.decode("ascii", "replace") for p in raw.split(b"\x00") if p]
+
+    async def _directory_in_parts(self, path: str, *, attempts: int = 8) -> bytes:
+        """``DIRECTORY_PART <path> <offset>`` until the part that ends with an empty name; each
+        answer starts with the node's generation, and a change between parts starts over."""
+        for _ in range(attempts):
+            names, generation = bytearray(), None
+            while True:
+                raw = await self._request(
+                    Op.DIRECTORY_PART, _check_path(path) + b"\x00" + str(len(names)).encode() + b"\x00", path=path
+                )
+                gen, _, part = raw.partition(b"\x00")
+                if generation is None:
+                    generation = gen
+                elif gen != generation:
+                    break  # the node changed under us: read it again from the start
+                if part in (b"", b"\x00") or part.endswith(b"\x00\x00"):
+                    return bytes(names + part[:-1])
+                names += part
+        raise XenStoreError(Op.DIRECTORY_PART, path, "EAGAIN")
 
     async def get_perms(self, path: str) -> list[str]:
         raw = await self._request(Op.GET_PERMS, _check_path(path) + b"\x00", path=path)

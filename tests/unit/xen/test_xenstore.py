@@ -211,3 +211,43 @@ def test_find_domid_reads_names_newest_first(tmp_path: Path) -> None:
         assert await xs.find_domid("missing") is None
 
     run(tmp_path, body)
+
+
+def test_directory_longer_than_one_message_is_read_in_parts(tmp_path: Path) -> None:
+    """xenstored answers E2BIG when a directory does not fit in 4096 bytes (/local/domain of
+    about a thousand guests once domids have five digits); the client then reads it with
+    DIRECTORY_PART, and find_domid keeps working."""
+
+    async def body(server: FakeXenstored, xs: XenStore) -> None:
+        domids = list(range(10000, 11200))  # 1200 five-digit domids: ~7 KB of names
+        for domid in domids:
+            server._ensure(server.nodes, f"/local/domain/{domid}/name")
+            server.nodes[f"/local/domain/{domid}/name"].value = f"g{domid}".encode()
+        children = await xs.directory("/local/domain")
+        assert sorted(int(c) for c in children) == domids
+        assert any(r[0] == Op.DIRECTORY_PART for r in server.requests)
+        assert await xs.find_domid("g11199") == 11199
+
+    run(tmp_path, body)
+
+
+def test_directory_read_in_parts_restarts_when_the_node_changes(tmp_path: Path) -> None:
+    async def body(server: FakeXenstored, xs: XenStore) -> None:
+        for domid in range(10000, 11200):
+            server._ensure(server.nodes, f"/local/domain/{domid}")
+        real = server._handle
+        changed = []
+
+        def handle(writer, mtype, tx, path, parts, payload):  # type: ignore[no-untyped-def]
+            reply = real(writer, mtype, tx, path, parts, payload)
+            if mtype == Op.DIRECTORY_PART and not changed:  # a domain appears between two parts
+                changed.append(1)
+                server._ensure(server.nodes, "/local/domain/99999")
+                server.generation += 1
+            return reply
+
+        server._handle = handle  # type: ignore[method-assign]
+        children = await xs.directory("/local/domain")
+        assert "99999" in children and len(children) == 1201
+
+    run(tmp_path, body)
