@@ -6,14 +6,24 @@ Why this shape:
   special watch whenever *any* introduced domain shuts down (poweroff, reboot, crash, watchdog:
   it checks the hypervisor's shutdown flag on every ``VIRQ_DOM_EXC``) and again when a domain is
   destroyed.  The event carries no domid (per-domain ``@releaseDomain/<domid>`` only exists from
-  Xen 4.22; we target 4.17), so each event triggers one ``list_domains()`` of the whole host and
-  a diff against the tracked names.  Bursts of events are coalesced into one re-list.
+  Xen 4.22; we target 4.17).
+* **Cost follows what changed, not how many guests run.**  Starting a task costs no listing:
+  with XenStore the new subscription is checked with one read of ``/local/domain/<domid>/name``
+  (the toolstack writes it before ``xl create`` returns and removes it when the domain is
+  destroyed), so a guest destroyed before it was subscribed is still reported.  An event costs
+  one XenStore ``directory`` of ``/local/domain`` (which domains still exist: a vanished one
+  was destroyed) and one ``list_domains()`` for the shut-down states only the hypervisor knows;
+  bursts of events are coalesced, and listings for events are at most one per
+  ``min_list_interval_s``, so a thousand stops cost about one listing a second, not a
+  thousand.  Without XenStore every subscription and event falls back to a listing.
 * **A listing judges only what it could have seen.**  ``xl list`` reads the domain table when it
   starts and answers up to seconds later; a domain created and subscribed in between is absent
   from the answer although it is alive.  Every subscription takes a number from a counter, every
-  listing notes the counter when it starts, and a listing judges only the subscriptions older
-  than itself.  A new subscription asks for a listing of its own, so a guest that dies at once
-  is still reported.
+  listing (and every XenStore check) notes the counter when it starts, and judges *absence* only
+  for subscriptions older than itself.  A domain the answer shows shut down (same domid) is
+  judged whatever its age: a shut-down domain never runs again, so that answer cannot be stale.
+  The shut-down domains of the last listing are remembered, so a guest that died before its
+  subscription (its event already spent) is reported at once.
 * **A slow safety re-scan** (default 30 s) covers anything a watch can miss: a xenstored restart,
   a backend without XenStore (libvirt's test driver), a bug.
 * **Reason detection on Xen 4.17.**  The xl backend creates domains without an xl monitor and
@@ -86,19 +96,29 @@ class DomainWatcher:
         rescan_interval_s: float = 30.0,
         coalesce_s: float = 0.02,
         reap: bool = False,
+        min_list_interval_s: float = 1.0,
     ):
         self.backend = backend
         self.xenstore = xenstore
         self.rescan_interval_s = rescan_interval_s
         self.coalesce_s = coalesce_s
         self.reap = reap
+        self.min_list_interval_s = min_list_interval_s
         self._tracked: dict[str, _Tracked] = {}
+        #: Subscriptions not yet checked by anything that started after them.
+        self._fresh: set[str] = set()
+        #: An event (or kick) arrived that no listing has covered yet.
+        self._changed = False
+        #: Domains the last listing showed shut down or dying (final states), by name.
+        self._final: dict[str, DomainInfo] = {}
+        self._last_list = -1e9
         self._listeners: list[Callable[[DomainExit], object]] = []
         self._kick = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._reapers: set[asyncio.Task[None]] = set()
         self._subscriptions = 0  # counter numbering subscriptions (see _Tracked.since)
-        self.scans = 0
+        self.scans = 0  # full listings
+        self.checks = 0  # XenStore checks (directory reads and subscription reads)
         self.events = 0
 
     # ------------------------------------------------------------- lifecycle
@@ -148,7 +168,11 @@ class DomainWatcher:
         fut: asyncio.Future[DomainExit] = asyncio.get_running_loop().create_future()
         self._subscriptions += 1
         self._tracked[name] = _Tracked(name=name, domid=domid, future=fut, since=self._subscriptions)
-        self.kick()
+        if self.xenstore is None or domid is None:
+            self.kick()  # only a listing can tell
+        else:
+            self._fresh.add(name)
+            self._kick.set()
         return fut
 
     def unsubscribe(self, name: str) -> None:
@@ -167,7 +191,8 @@ class DomainWatcher:
         self._listeners.append(callback)
 
     def kick(self) -> None:
-        """Ask for a re-scan soon (after our own destroy, or from the event watch)."""
+        """Something may have changed (an event, our own destroy): look soon."""
+        self._changed = True
         self._kick.set()
 
     @property
@@ -190,33 +215,103 @@ class DomainWatcher:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.rescan_interval_s):
                     await self._kick.wait()
+            periodic = not self._kick.is_set()
             if self.coalesce_s:
                 await asyncio.sleep(self.coalesce_s)  # let a burst of events collapse into one scan
             self._kick.clear()
             if not self.tracked:
+                self._fresh.clear()
+                self._changed = False
                 continue
             try:
-                await self.rescan()
+                await self._look(full=periodic or self.xenstore is None)
             except Exception as exc:  # the one watcher must survive anything a backend throws
                 log.warning("domain re-scan failed; retrying", error=str(exc), error_type=type(exc).__name__)
                 await asyncio.sleep(1.0)
                 self.kick()
+            if self._fresh or self._changed:
+                self._kick.set()
+
+    async def _look(self, *, full: bool) -> None:
+        """One round: check new subscriptions and, after events, what changed."""
+        fresh, self._fresh = self._fresh, set()
+        if fresh and not full:
+            try:
+                await self._check_fresh(fresh)
+            except XenStoreError as exc:
+                log.debug("xenstore check of new domains failed; listing instead", error=str(exc))
+                full = True
+        if self._changed and not full:
+            with contextlib.suppress(XenStoreError):
+                await self._check_present()
+            wait = self._last_list + self.min_list_interval_s - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)  # more events may arrive meanwhile: this listing covers them
+            full = True
+        if full:
+            self._changed = False
+            await self.rescan()
+
+    async def _check_fresh(self, names: set[str]) -> None:
+        """Is each newly subscribed domain still there?  One XenStore read each, issued after the
+        subscription, so an absent name is a domain destroyed before anyone watched it."""
+        assert self.xenstore is not None
+        horizon = self._subscriptions
+        entries = [e for n in names if (e := self._tracked.get(n)) is not None and not e.future.done()]
+        for entry in entries:
+            final = self._final.get(entry.name)
+            if final is not None and final.domid == entry.domid:  # died before it was subscribed
+                exit_ = self._judge(entry, final)
+                if exit_ is not None:
+                    self._finish(entry, exit_)
+        entries = [e for e in entries if not e.future.done()]
+        if not entries:
+            return
+        self.checks += 1
+        names_read = await asyncio.gather(
+            *(self.xenstore.read_or_none(f"/local/domain/{e.domid}/name") for e in entries)
+        )
+        for entry, value in zip(entries, names_read):
+            if entry.future.done() or entry.since > horizon:
+                continue
+            if value is None or value.decode("utf-8", "replace") != entry.name:
+                self._finish(entry, DomainExit(entry.name, entry.domid, self._vanished_reason(entry), entry.requested, entry.last))
+
+    async def _check_present(self) -> None:
+        """Which tracked domains no longer exist, from one XenStore directory of /local/domain."""
+        assert self.xenstore is not None
+        horizon = self._subscriptions
+        self.checks += 1
+        present = {int(c) for c in await self.xenstore.directory("/local/domain") if c.isdigit()}
+        for entry in list(self._tracked.values()):
+            if entry.future.done() or entry.since > horizon or entry.domid is None:
+                continue
+            if entry.domid not in present:
+                self._finish(entry, DomainExit(entry.name, entry.domid, self._vanished_reason(entry), entry.requested, entry.last))
 
     async def rescan(self) -> list[DomainExit]:
         """List all domains once and resolve the futures of tracked domains that exited.
 
-        Only subscriptions made before the listing started are judged: a domain subscribed
-        while the listing was under way may be missing from it although it is alive.
+        Only subscriptions made before the listing started are judged absent: a domain
+        subscribed while the listing was under way may be missing from it although it is alive.
+        A domain the listing shows shut down (with the subscribed domid) is judged regardless.
         """
         horizon = self._subscriptions
+        self._last_list = time.monotonic()
         domains = await self.backend.list_domains()
         self.scans += 1
         by_name = {d.name: d for d in domains}
+        self._final = {d.name: d for d in domains if d.state in (DomainState.SHUTDOWN, DomainState.DYING)}
         exits = []
         for entry in list(self._tracked.values()):
-            if entry.future.done() or entry.since > horizon:
+            if entry.future.done():
                 continue
-            exit_ = self._judge(entry, by_name.get(entry.name))
+            info = by_name.get(entry.name)
+            if entry.since > horizon:
+                final = self._final.get(entry.name)
+                if final is None or entry.domid is None or final.domid != entry.domid:
+                    continue
+            exit_ = self._judge(entry, info)
             if exit_ is not None:
                 exits.append(exit_)
                 self._finish(entry, exit_)
