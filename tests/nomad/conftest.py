@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -58,7 +59,7 @@ def hcl_string(value: str) -> str:
 class NomadAgent:
     """One `nomad agent -dev` process and everything it needs, under ``workdir``."""
 
-    def __init__(self, nomad: str, workdir: Path, plugin_config: dict[str, Any]) -> None:
+    def __init__(self, nomad: str, workdir: Path, plugin_config: dict[str, Any] | None) -> None:
         self.nomad = nomad
         self.workdir = workdir
         self.plugin_config = plugin_config
@@ -73,7 +74,7 @@ class NomadAgent:
 
     def config_text(self) -> str:
         lines = []
-        for key, value in self.plugin_config.items():
+        for key, value in (self.plugin_config or {}).items():
             if isinstance(value, list):
                 rendered = "[" + ", ".join(hcl_string(v) for v in value) + "]"
             elif isinstance(value, str):
@@ -82,6 +83,14 @@ class NomadAgent:
                 rendered = json.dumps(value)
             lines.append(f"      {key} = {rendered}")
         body = "\n".join(lines)
+        # plugin_config None: no plugin block at all (Nomad 1.6-1.9 load the plugin anyway).
+        block = "" if self.plugin_config is None else f"""
+plugin "{LAUNCHER}" {{
+  config {{
+{body}
+  }}
+}}
+"""
         http, rpc, serf = self.ports
         return f"""
 data_dir   = {hcl_string(str(self.data_dir))}
@@ -102,13 +111,7 @@ client {{
     "fingerprint.denylist" = "env_aws,env_gce,env_azure,env_digitalocean,consul,vault"
   }}
 }}
-
-plugin "{LAUNCHER}" {{
-  config {{
-{body}
-  }}
-}}
-"""
+{block}"""
 
     def start(self) -> "NomadAgent":
         from xen_driver.cli import install
@@ -215,12 +218,21 @@ def nomad_bin() -> str:
     return nomad_binary()
 
 
+@pytest.fixture(scope="session")
+def nomad_release(nomad_bin) -> tuple[int, int, int]:
+    """(major, minor, patch) of the agent under test, from `nomad version`."""
+    out = subprocess.run([nomad_bin, "version"], capture_output=True, text=True, timeout=60).stdout
+    m = re.match(r"Nomad v(\d+)\.(\d+)\.(\d+)", out)
+    assert m, f"`nomad version` said {out!r}"
+    return int(m[1]), int(m[2]), int(m[3])
+
+
 @pytest.fixture
 def nomad_agent(nomad_bin, tmp_path):
     """Factory: ``nomad_agent(plugin_config_dict)`` -> started NomadAgent (stopped afterwards)."""
     agents: list[NomadAgent] = []
 
-    def start(plugin_config: dict[str, Any]) -> NomadAgent:
+    def start(plugin_config: dict[str, Any] | None) -> NomadAgent:
         workdir = tmp_path / f"agent{len(agents)}"
         workdir.mkdir()
         agent = NomadAgent(nomad_bin, workdir, plugin_config)

@@ -76,6 +76,22 @@ def test_agent_loads_our_driver_and_reports_this_hosts_health(nomad_agent):
     assert "agent: shutdown complete" in log
 
 
+def test_without_a_plugin_block(nomad_agent, nomad_release):
+    """Nomad before 1.10 (the pinned 1.6.3 among them) runs every executable in plugin_dir, with
+    or without a `plugin` block: the driver then runs with its defaults. From 1.10 on a plugin
+    without a block is not run at all, so the README has operators write one in any case."""
+    agent = nomad_agent(None)
+    if nomad_release < (1, 10, 0):
+        driver = agent.node()["Drivers"]["xen"]
+        assert driver["HealthDescription"] == asyncio.run(probe_host("xl")).reason  # default xl_path
+        configured = log_line(agent.log(), "INFO", DRIVER_MGR, "plugin configured")
+        assert configured and "backend=xl" in configured and "xl_path=xl" in configured, agent.log()[-3000:]
+    else:  # as Nomad's loader documents it for 1.10 and later
+        agent.wait_for("the agent to skip the plugin", lambda: "plugin not referenced" in agent.log())
+        assert "plugin configured" not in agent.log()
+    assert "panic" not in agent.log()
+
+
 def fake_xl(directory: Path) -> tuple[str, Path]:
     """An `xl` that fails like xl on a host without Xen until `<dir>/healthy` exists."""
     flag = directory / "healthy"
