@@ -508,10 +508,11 @@ def _collect_job(api: NomadAPI, job: dict, target: str, driver: str, synced_cloc
 
 
 def _find_allocation(api: NomadAPI, target: str) -> dict | None:
-    try:
-        return api.get(f"/v1/allocation/{urllib.parse.quote(target, safe='')}")
-    except NotFound:
-        pass
+    if len(target) == 36:  # a whole id (Nomad answers 500, not 404, to anything shorter)
+        try:
+            return api.get(f"/v1/allocation/{urllib.parse.quote(target, safe='')}")
+        except NotFound:
+            return None
     if not target or len(target) % 2 or any(c not in "0123456789abcdef-" for c in target.lower()):
         return None  # Nomad only takes even-length hex prefixes
     matches = api.get("/v1/allocations", prefix=target) or []

@@ -211,6 +211,8 @@ class FakeNomad:
         elif parts[:2] == ["v1", "job"] and len(parts) == 4:
             name = f"job_{parts[2]}_{parts[3]}"
         elif parts[:2] == ["v1", "allocation"] and len(parts) == 3:
+            if len(parts[2]) != 36:  # what Nomad 1.6.3 answers to a short id
+                return 500, b"alloc lookup failed: index error: UUID must be 36 characters"
             name = f"allocation_{parts[2]}"
         elif parts[:2] == ["v1", "evaluation"] and len(parts) == 3:
             name = f"evaluation_{parts[2]}"
