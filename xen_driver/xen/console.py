@@ -10,9 +10,14 @@ output.  Hence:
   the driver persists it and passes it back to :meth:`ConsolePump.add` after a restart.  Writes
   go in pieces of at most ``PIPE_BUF`` bytes, which a FIFO takes atomically, so a write either
   delivered all of its piece or none of it.
-* **One loop for all guests.**  A single task wakes every ``tick_s`` (default 150 ms), stats
-  each file and reads what is new.  Reading a regular file from the page cache does not block
-  for long, so this scales to many guests without a task or thread per guest.
+* **One loop for all guests, woken by what changed.**  An inotify watch on each console log
+  directory (one descriptor for all, through ctypes) tells the single pump task which files were
+  written, created, moved or deleted; only those are read.  An idle guest therefore costs
+  nothing, however many there are.  A slow safety pass (every ``safety_s``, 5 s) reads every
+  file anyway, in case a change slipped past (a queue overflow re-reads everything at once);
+  streams whose directory cannot be watched (no inotify, directory missing) are polled every
+  ``tick_s`` (150 ms), as are streams with undelivered bytes.  Reading a regular file from the
+  page cache does not block for long, so no task or thread per guest is needed.
 * **Files come and go.**  A log that does not exist yet is waited for; a file that shrank was
   truncated (start again at 0); a file whose inode changed was rotated (finish the old one, then
   start the new one at 0).
@@ -27,10 +32,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import errno
 import os
 import re
 import stat
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -335,16 +343,103 @@ class ConsoleStream:
                 w.future.cancel()
 
 
+# inotify(7): the events that can mean "this file has new bytes, or is another file now".
+IN_MODIFY, IN_ATTRIB, IN_CLOSE_WRITE = 0x2, 0x4, 0x8
+IN_MOVED_FROM, IN_MOVED_TO, IN_CREATE, IN_DELETE = 0x40, 0x80, 0x100, 0x200
+IN_DELETE_SELF, IN_MOVE_SELF, IN_Q_OVERFLOW, IN_IGNORED = 0x400, 0x800, 0x4000, 0x8000
+IN_NONBLOCK, IN_CLOEXEC = os.O_NONBLOCK, os.O_CLOEXEC
+_WATCH_MASK = (
+    IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE
+    | IN_DELETE_SELF | IN_MOVE_SELF
+)
+_EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of NUL-padded name
+
+
+def _split(path: str) -> tuple[str, str]:
+    """(directory, file name) of ``path``, the directory spelled as inotify will report it."""
+    directory, name = os.path.split(os.path.abspath(path))
+    return directory, name
+
+
+class Inotify:
+    """A non-blocking inotify descriptor watching directories; :meth:`read` returns
+    ``(directory, name, mask)`` for each event (``name`` empty for the directory itself)."""
+
+    def __init__(self) -> None:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        self._add = libc.inotify_add_watch
+        self._add.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+        self._rm = libc.inotify_rm_watch
+        self._rm.argtypes = [ctypes.c_int, ctypes.c_int]
+        fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+        if fd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"inotify_init1: {os.strerror(err)}")
+        self.fd = fd
+        self._dirs: dict[int, str] = {}
+
+    def add(self, directory: str) -> int:
+        wd = self._add(self.fd, os.fsencode(directory), _WATCH_MASK)
+        if wd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"inotify_add_watch {directory}: {os.strerror(err)}")
+        self._dirs[wd] = directory
+        return wd
+
+    def remove(self, wd: int) -> None:
+        if self._dirs.pop(wd, None) is not None:
+            self._rm(self.fd, wd)
+
+    def read(self) -> list[tuple[str | None, str, int]]:
+        """Pending events; ``(None, "", IN_Q_OVERFLOW)`` when the kernel dropped some."""
+        out: list[tuple[str | None, str, int]] = []
+        while True:
+            try:
+                buf = os.read(self.fd, 65536)
+            except BlockingIOError:
+                return out
+            pos = 0
+            while pos + _EVENT.size <= len(buf):
+                wd, mask, _cookie, length = _EVENT.unpack_from(buf, pos)
+                name = buf[pos + _EVENT.size : pos + _EVENT.size + length].rstrip(b"\0")
+                pos += _EVENT.size + length
+                directory = self._dirs.get(wd)
+                if mask & IN_IGNORED:
+                    self._dirs.pop(wd, None)
+                if directory is not None or mask & IN_Q_OVERFLOW:
+                    out.append((directory, os.fsdecode(name), mask))
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
 class ConsolePump:
     """Copies many console logs into their sinks from one asyncio task."""
 
-    def __init__(self, *, tick_s: float = 0.15, max_pending: int = 1 << 20, history_bytes: int = 1 << 16):
+    def __init__(
+        self,
+        *,
+        tick_s: float = 0.15,
+        safety_s: float = 5.0,
+        max_pending: int = 1 << 20,
+        history_bytes: int = 1 << 16,
+        use_inotify: bool = True,
+    ):
         self.tick_s = tick_s
+        self.safety_s = safety_s
         self.max_pending = max_pending
         self.history_bytes = history_bytes
+        self.use_inotify = use_inotify
         self._streams: dict[str, ConsoleStream] = {}
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._inotify: Inotify | None = None
+        self._dir_watch: dict[str, int] = {}  # directory -> inotify watch descriptor
+        self._by_path: dict[tuple[str, str], set[str]] = {}  # (directory, file) -> streams reading it
+        self._dirty: set[str] = set()  # streams to read at the next wake-up
+        self._polled: set[str] = set()  # streams read every tick (unwatched directory, undelivered bytes)
+        self._last_full = 0.0
+        self.passes = 0  # reads of one stream, for tests and benchmarks
 
     @staticmethod
     def log_path(log_dir: str | os.PathLike[str], name: str) -> str:
@@ -374,8 +469,45 @@ class ConsolePump:
         stream = ConsoleStream(name, os.fspath(path), sink, offset, on_commit, self.history_bytes)
         stream.inode = inode
         self._streams[name] = stream
+        self._by_path.setdefault(_split(stream.path), set()).add(name)
+        if not self._watch_dir(_split(stream.path)[0]):
+            self._polled.add(name)
+        self._dirty.add(name)
         self._wake.set()
         return stream
+
+    def _watch_dir(self, directory: str) -> bool:
+        """Watch ``directory`` with inotify (once for all its streams); False when it cannot be."""
+        if directory in self._dir_watch:
+            return True
+        if not self.use_inotify or self._task is None:
+            return False  # not running yet: start() watches the directories of streams added before
+        try:
+            if self._inotify is None:
+                self._inotify = Inotify()
+                asyncio.get_running_loop().add_reader(self._inotify.fd, self._on_inotify)
+            self._dir_watch[directory] = self._inotify.add(directory)
+            return True
+        except OSError as exc:
+            log.debug("console directory not watched; polling it", directory=directory, error=str(exc))
+            return False
+
+    def _on_inotify(self) -> None:
+        assert self._inotify is not None
+        for directory, name, mask in self._inotify.read():
+            if directory is None or mask & (IN_Q_OVERFLOW | IN_IGNORED | IN_DELETE_SELF | IN_MOVE_SELF):
+                # Events were lost, or the directory itself went away: read everything, and poll
+                # the streams of a directory no longer watched.
+                if directory is not None and mask & (IN_IGNORED | IN_DELETE_SELF | IN_MOVE_SELF):
+                    wd = self._dir_watch.pop(directory, None)
+                    if wd is not None and not mask & IN_IGNORED:
+                        self._inotify.remove(wd)
+                    self._polled.update(n for n, s in self._streams.items() if _split(s.path)[0] == directory)
+                self._dirty.update(self._streams)
+                continue
+            self._dirty.update(self._by_path.get((directory, name), ()))
+        if self._dirty:
+            self._wake.set()
 
     def get(self, name: str) -> ConsoleStream:
         return self._streams[name]
@@ -387,10 +519,21 @@ class ConsolePump:
             return None
         if drain_timeout_s > 0:
             await self.drain(name, drain_timeout_s)
-        self._streams.pop(name, None)
+        self._forget(name, stream)
         stream.close()
         await stream.sink.close()
         return stream
+
+    def _forget(self, name: str, stream: ConsoleStream) -> None:
+        self._streams.pop(name, None)
+        self._dirty.discard(name)
+        self._polled.discard(name)
+        key = _split(stream.path)
+        names = self._by_path.get(key)
+        if names is not None:
+            names.discard(name)
+            if not names:
+                del self._by_path[key]
 
     async def drain(self, name: str, timeout_s: float) -> bool:
         """Wait until everything currently in the file was delivered; False on timeout."""
@@ -405,30 +548,61 @@ class ConsolePump:
 
     async def pump_once(self, only: ConsoleStream | None = None) -> int:
         """One pass over all streams (or one); returns bytes delivered."""
+        return await self._pump(self._streams.values() if only is None else [only])
+
+    async def _pump(self, streams) -> int:  # type: ignore[no-untyped-def]
         now = time.monotonic()
         total = 0
-        for stream in [only] if only is not None else list(self._streams.values()):
+        for stream in list(streams):
+            self.passes += 1
             try:
                 # Read in rounds so one chatty guest cannot starve the others for long.
-                stream._read_new(self.max_pending)
+                before = len(stream._pending)
+                got = stream._read_new(self.max_pending)
                 total += await stream._deliver(now)
+                if stream._pending or stream._orphan or (got and got >= self.max_pending - before):
+                    self._polled.add(stream.name)  # more to deliver or to read: no event will say so
+                elif stream.name in self._polled and self._watched(stream):
+                    self._polled.discard(stream.name)
             except OSError as exc:
                 log.warning("console read failed", domain=stream.name, path=stream.path, error=str(exc))
             except Exception:  # a broken sink must not stop the other guests' consoles
                 log.exception("console stream failed", domain=stream.name, path=stream.path)
         return total
 
+    def _watched(self, stream: ConsoleStream) -> bool:
+        return _split(stream.path)[0] in self._dir_watch
+
     async def _run(self) -> None:
         while True:
-            await self.pump_once()
+            now = time.monotonic()
+            if now - self._last_full >= self.safety_s:
+                self._last_full = now
+                self._dirty.clear()
+                for name in list(self._polled):  # a directory that appeared since can be watched now
+                    if (stream := self._streams.get(name)) is not None:
+                        self._watch_dir(_split(stream.path)[0])
+                await self.pump_once()
+            else:
+                todo = (self._dirty | self._polled) & self._streams.keys()
+                self._dirty.clear()
+                await self._pump(self._streams[n] for n in todo)
+            if self._dirty:
+                continue  # changed while we were reading
             self._wake.clear()
+            wait = self.tick_s if self._polled else self.safety_s - (time.monotonic() - self._last_full)
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.tick_s):
+                async with asyncio.timeout(max(wait, 0.0)):
                     await self._wake.wait()
 
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="console-pump")
+            self._last_full = time.monotonic()
+            for name, stream in self._streams.items():  # added before the pump ran
+                if self._watch_dir(_split(stream.path)[0]):
+                    self._polled.discard(name)
+                self._dirty.add(name)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -436,11 +610,20 @@ class ConsolePump:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._inotify is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self._inotify.fd)
+            self._inotify.close()
+            self._inotify = None
+        self._dir_watch.clear()
         for stream in list(self._streams.values()):
             stream.close()
             with contextlib.suppress(Exception):
                 await stream.sink.close()
         self._streams.clear()
+        self._by_path.clear()
+        self._dirty.clear()
+        self._polled.clear()
 
     async def __aenter__(self) -> "ConsolePump":
         self.start()

@@ -266,3 +266,66 @@ def test_drain_delivers_everything_before_remove(tmp_path: Path) -> None:
         assert len(sink.data) == 100_000
 
     asyncio.run(main())
+
+
+def test_idle_consoles_are_not_read_and_a_write_reads_only_its_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pump reads a console when inotify says it changed, not every file every tick."""
+    from xen_driver.xen import console
+
+    reads: list[str] = []
+    real = console.ConsoleStream._read_new
+
+    def counting(self, max_bytes):  # type: ignore[no-untyped-def]
+        reads.append(self.name)
+        return real(self, max_bytes)
+
+    monkeypatch.setattr(console.ConsoleStream, "_read_new", counting)
+
+    async def main() -> None:
+        async with ConsolePump(tick_s=0.01, safety_s=3600) as pump:
+            sinks = {}
+            for i in range(200):
+                append(tmp_path / f"guest-g{i}.log", b"boot\n")
+                sinks[i] = MemorySink()
+                pump.add(f"g{i}", tmp_path / f"guest-g{i}.log", sinks[i])
+            await until(lambda: all(bytes(s.data) == b"boot\n" for s in sinks.values()))
+            settled = len(reads)
+            await asyncio.sleep(0.3)  # 30 ticks of a polling pump: 6000 reads
+            assert len(reads) - settled == 0
+            append(tmp_path / "guest-g7.log", b"late\n")
+            await until(lambda: bytes(sinks[7].data) == b"boot\nlate\n", timeout=2)
+            assert set(reads[settled:]) == {"g7"}
+
+    asyncio.run(main())
+
+
+def test_rotation_and_a_new_file_are_seen_through_directory_events(tmp_path: Path) -> None:
+    log = tmp_path / "guest-r.log"
+
+    async def main() -> None:
+        async with ConsolePump(tick_s=3600, safety_s=3600) as pump:  # no polling at all
+            sink = MemorySink()
+            pump.add("r", log, sink)
+            await asyncio.sleep(0.05)
+            append(log, b"first\n")  # created after the stream was added
+            await until(lambda: bytes(sink.data) == b"first\n")
+            os.rename(log, tmp_path / "guest-r.log.1")
+            append(log, b"second\n")
+            await until(lambda: bytes(sink.data) == b"first\nsecond\n")
+
+    asyncio.run(main())
+
+
+def test_console_in_a_directory_that_appears_later_is_polled(tmp_path: Path) -> None:
+    later = tmp_path / "not-yet"
+    log = later / "guest-p.log"
+
+    async def main() -> None:
+        async with ConsolePump(tick_s=0.02, safety_s=3600) as pump:
+            sink = MemorySink()
+            pump.add("p", log, sink)
+            later.mkdir()
+            append(log, b"hello\n")
+            await until(lambda: bytes(sink.data) == b"hello\n")
+
+    asyncio.run(main())
