@@ -101,13 +101,41 @@ func exampleTaskFrom(t *testing.T, file string) exampleTask {
 // node.*, env ...), built by Nomad's task environment builder for a mock node and allocation.
 func taskVars(t *testing.T, task *structs.Task) map[string]cty.Value {
 	t.Helper()
-	alloc := mock.Alloc()
-	builder := taskenv.NewBuilder(mock.Node(), alloc, task, "global")
-	vars, _, err := builder.Build().AllValues()
+	return envVars(t, taskEnv(task))
+}
+
+func taskEnv(task *structs.Task) *taskenv.TaskEnv {
+	return taskenv.NewBuilder(mock.Node(), mock.Alloc(), task, "global").Build()
+}
+
+func envVars(t *testing.T, env *taskenv.TaskEnv) map[string]cty.Value {
+	t.Helper()
+	vars, _, err := env.AllValues()
 	if err != nil {
 		t.Fatalf("building the task environment: %v", err)
 	}
 	return vars
+}
+
+// interpolated: a job's config value with ${...} in its strings replaced from the task
+// environment, as the client does before the driver sees it.
+func interpolated(env *taskenv.TaskEnv, v any) any {
+	switch x := normJSON(v).(type) {
+	case string:
+		return env.ReplaceEnv(x)
+	case []any:
+		for i := range x {
+			x[i] = interpolated(env, x[i])
+		}
+		return x
+	case map[string]any:
+		for k := range x {
+			x[k] = interpolated(env, x[k])
+		}
+		return x
+	default:
+		return x
+	}
 }
 
 // decodeTaskConfig is the client's path from a job's config {} to the bytes in
@@ -115,7 +143,12 @@ func taskVars(t *testing.T, task *structs.Task) map[string]cty.Value {
 // with the task's variables, encoded into the TaskConfig as cty msgpack.
 func decodeTaskConfig(t *testing.T, spec hcldec.Spec, task *structs.Task, tc *drivers.TaskConfig) (cty.Value, []error) {
 	t.Helper()
-	val, diags, errs := hclutils.ParseHclInterface(task.Config, spec, taskVars(t, task))
+	return decodeWithEnv(t, spec, task, taskEnv(task), tc)
+}
+
+func decodeWithEnv(t *testing.T, spec hcldec.Spec, task *structs.Task, env *taskenv.TaskEnv, tc *drivers.TaskConfig) (cty.Value, []error) {
+	t.Helper()
+	val, diags, errs := hclutils.ParseHclInterface(task.Config, spec, envVars(t, env))
 	if diags.HasErrors() {
 		return cty.NilVal, errs
 	}
@@ -151,13 +184,14 @@ func TestTaskConfigSchema(t *testing.T) {
 		t.Run(ex.file+"/"+ex.task.Name, func(t *testing.T) {
 			task := &structs.Task{Name: ex.task.Name, Driver: ex.task.Driver, Config: ex.task.Config}
 			tc := &drivers.TaskConfig{}
-			val, errs := decodeTaskConfig(t, spec, task, tc)
+			env := taskEnv(task)
+			val, errs := decodeWithEnv(t, spec, task, env, tc)
 			if errs != nil {
 				t.Fatalf("the client would fail this task with: %v", errs)
 			}
 			got := ctyToGo(t, val)
 			for k, want := range ex.task.Config {
-				if !sameJSONSubset(got[k], want) {
+				if !sameJSONSubset(got[k], interpolated(env, want)) {
 					t.Errorf("%s decodes to %#v, the job says %#v", k, got[k], want)
 				}
 			}
@@ -170,7 +204,7 @@ func TestTaskConfigSchema(t *testing.T) {
 			if err := tc.DecodeDriverConfig(&back); err != nil {
 				t.Fatalf("the msgpack driver config does not decode: %v", err)
 			}
-			if back["kernel"] != ex.task.Config["kernel"] {
+			if back["kernel"] != interpolated(env, ex.task.Config["kernel"]) {
 				t.Errorf("kernel after msgpack round trip %#v, want %#v", back["kernel"], ex.task.Config["kernel"])
 			}
 		})
