@@ -40,6 +40,9 @@ from xen_driver.xen.backend import Backend, DomainInfo, XenBackendError
 
 log = structlog.get_logger(__name__)
 
+#: No subscriber makes the sampler list the host more often than this.
+MIN_INTERVAL_S = 0.1
+
 
 @dataclass(frozen=True)
 class DomainSample:
@@ -66,7 +69,8 @@ class SamplerFailure:
 
 
 class StatsSampler:
-    """Samples every domain once per ``interval_s`` while anyone is subscribed."""
+    """Samples every domain while anyone is subscribed, as often as the most demanding
+    subscriber asks (Nomad's ``collection_interval``; ``interval_s`` for those who do not say)."""
 
     def __init__(
         self,
@@ -86,6 +90,8 @@ class StatsSampler:
         self._peak: dict[str, tuple[int | None, int]] = {}
         self._latest: dict[str, DomainSample] = {}
         self._subs: dict[str, set[asyncio.Queue[DomainSample | SamplerFailure]]] = {}
+        #: The interval each subscriber asked for (by queue id).
+        self._wanted: dict[int, float] = {}
         self._task: asyncio.Task[None] | None = None
         self.samples_taken = 0
         #: Consecutive failed listings (0 after a good one), and the last failure's text.
@@ -93,16 +99,19 @@ class StatsSampler:
         self.last_error: str | None = None
 
     # ------------------------------------------------------------ interface
-    def subscribe(self, name: str) -> asyncio.Queue[DomainSample | SamplerFailure]:
+    def subscribe(self, name: str, interval_s: float | None = None) -> asyncio.Queue[DomainSample | SamplerFailure]:
         """A queue that always holds the newest sample of ``name`` (older ones are dropped), or a
-        :class:`SamplerFailure` while listings keep failing."""
+        :class:`SamplerFailure` while listings keep failing.  ``interval_s``: how often the
+        subscriber wants a sample; the sampler lists as often as the most demanding one asks."""
         queue: asyncio.Queue[DomainSample | SamplerFailure] = asyncio.Queue(maxsize=1)
         self._subs.setdefault(name, set()).add(queue)
+        self._wanted[id(queue)] = max(MIN_INTERVAL_S, interval_s) if interval_s else self.interval_s
         if name in self._latest:
             queue.put_nowait(self._latest[name])
         return queue
 
     def unsubscribe(self, name: str, queue: asyncio.Queue[DomainSample | SamplerFailure]) -> None:
+        self._wanted.pop(id(queue), None)
         subs = self._subs.get(name)
         if subs is not None:
             subs.discard(queue)
@@ -111,6 +120,11 @@ class StatsSampler:
 
     def latest(self, name: str) -> DomainSample | None:
         return self._latest.get(name)
+
+    @property
+    def current_interval_s(self) -> float:
+        """The interval the sampler lists at now: the shortest any subscriber asked for."""
+        return min(self._wanted.values(), default=self.interval_s)
 
     # -------------------------------------------------------------- sampling
     @staticmethod
@@ -201,7 +215,7 @@ class StatsSampler:
             started = time.monotonic()
             if self._subs:
                 await self.tick()
-            await asyncio.sleep(max(0.0, self.interval_s - (time.monotonic() - started)))
+            await asyncio.sleep(max(0.0, self.current_interval_s - (time.monotonic() - started)))
 
     def start(self) -> None:
         if self._task is None:

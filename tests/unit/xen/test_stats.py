@@ -189,3 +189,34 @@ def test_peak_memory_is_the_highest_allocation_of_this_domain() -> None:
         assert (await s.sample_once())["g"].peak_memory_kib == 8192
 
     asyncio.run(main())
+
+
+def test_sampler_follows_the_interval_subscribers_ask_for() -> None:
+    """Nomad's collection_interval sets how often the host is listed: the shortest any open
+    stream asks for, back to the default when that stream goes away."""
+
+    async def main() -> None:
+        be = FakeBackend()
+        be.set("g", 3, DomainState.RUNNING, cpu_seconds=1.0, memory_kib=16384, vcpus=1)
+        s = StatsSampler(be, interval_s=10.0)
+        slow = s.subscribe("g", 10.0)
+        fast = s.subscribe("g", 0.1)
+        assert s.current_interval_s == 0.1
+        s.start()
+        try:
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            while be.list_calls < 5:  # at 10 s this would take 40 s
+                await asyncio.wait_for(fast.get(), 2)
+            assert loop.time() - t0 < 3
+            s.unsubscribe("g", fast)
+            assert s.current_interval_s == 10.0
+            calls = be.list_calls
+            await asyncio.sleep(0.5)
+            assert be.list_calls <= calls + 1  # back to one listing per 10 s
+            s.unsubscribe("g", slow)
+            assert s.current_interval_s == 10.0
+        finally:
+            await s.stop()
+
+    asyncio.run(main())
