@@ -853,7 +853,7 @@ class TaskLifecycle:
         task = self._get(task_id)
         interval = max(interval, 0.5)
         await self._learn_host_cpu_mhz()
-        queue = self._sampler.subscribe(task.name)
+        queue = self._sampler.subscribe(task.name, interval)
         try:
             while task.running:
                 with contextlib.suppress(TimeoutError):
