@@ -35,7 +35,7 @@ from xen_driver.driver.models import (
 )
 from xen_driver.logging import get_logger
 from xen_driver.xen import fdlimit
-from xen_driver.xen.probe import HostProbe, ProbeState, host_signature, probe_host
+from xen_driver.xen.probe import HostProbe, ProbeState, console_logging_problem, host_signature, probe_host
 
 #: The name jobs use in ``driver = "xen"``; also the prefix of our node attributes.
 DRIVER_NAME = "xen"
@@ -50,7 +50,12 @@ TasksFactory = Callable[[PluginConfig, Callable[[TaskEvent], None]], Any]
 
 
 async def default_prober(config: PluginConfig) -> HostProbe:
-    return await probe_host(config.xl_path, xenstored_socket=config.xenstored_socket)
+    probe = await probe_host(config.xl_path, xenstored_socket=config.xenstored_socket)
+    if probe.state is ProbeState.HEALTHY:
+        problem = console_logging_problem(config.console_log_dir)
+        if problem is not None:
+            return HostProbe(ProbeState.UNHEALTHY, problem, probe.xl_path, probe.info)
+    return probe
 
 
 def default_signature(config: PluginConfig) -> tuple:

@@ -161,6 +161,61 @@ def explain_failure(stderr: str, *, xenstored_socket: str, sys_root: str = "/") 
     return f"xl info failed{said}"
 
 
+def console_logging_problem(console_log_dir: str, proc_root: str = "/proc") -> str | None:
+    """Why guest consoles would not reach Nomad on this dom0, or None.
+
+    The driver streams what ``xenconsoled`` writes into ``<console_log_dir>/guest-<name>.log``;
+    xenconsoled writes those files only when started with ``--log=guest`` (or ``all``), and
+    into ``--log-dir`` (default /var/log/xen/console).  Without that every start would wait for
+    its boot marker until ``boot_timeout``.  Only checked in a control domain (``proc_root``/xen
+    says ``control_d``): elsewhere there are no guests to log.
+    """
+    try:
+        with open(os.path.join(proc_root, "xen", "capabilities")) as fh:
+            if "control_d" not in fh.read():
+                return None
+    except OSError:
+        return None
+    fix = "start it with --log=guest (on Debian: XENCONSOLED_TRACE=guest in /etc/default/xen)"
+    for entry in os.listdir(proc_root):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(os.path.join(proc_root, entry, "cmdline"), "rb") as fh:
+                argv = [a.decode(errors="replace") for a in fh.read().split(b"\0") if a]
+        except OSError:
+            continue
+        if not argv or os.path.basename(argv[0]) != "xenconsoled":
+            continue
+        opts = _long_options(argv[1:])
+        if opts.get("log") not in ("guest", "all"):
+            return f"xenconsoled does not log guest consoles (--log={opts.get('log', 'none')}): {fix}"
+        log_dir = os.path.normpath(opts.get("log-dir", "/var/log/xen/console"))
+        if log_dir != os.path.normpath(console_log_dir):
+            return (
+                f"xenconsoled writes guest consoles into {log_dir}, but the plugin reads {console_log_dir}: "
+                f'set the plugin setting console_log_dir = "{log_dir}"'
+            )
+        return None
+    return f"xenconsoled is not running, so guest consoles are not written: {fix}"
+
+
+def _long_options(args: Sequence[str]) -> dict[str, str]:
+    """``--key=value`` and ``--key value`` options of a command line."""
+    out: dict[str, str] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg.startswith("--"):
+            key, eq, value = arg[2:].partition("=")
+            if not eq and i + 1 < len(args) and not args[i + 1].startswith("-"):
+                value = args[i + 1]
+                i += 1
+            out[key] = value
+        i += 1
+    return out
+
+
 async def probe_host(
     xl_path: str = "xl",
     *,

@@ -158,3 +158,51 @@ def test_explain_failure(tmp_path, layout, expected):
     reason = explain_failure("libxl: error: oops", xenstored_socket="/run/xenstored/socket", sys_root=str(root))
     assert expected in reason
     assert 'xl said: "libxl: error: oops"' in reason
+
+
+# ---- guest console logging (xenconsoled --log=guest) -------------------------------------------
+
+
+def _proc(tmp_path, caps: str | None, *cmdlines: list[str]):
+    from pathlib import Path
+
+    root = Path(tmp_path) / "proc"
+    (root / "xen").mkdir(parents=True)
+    if caps is not None:
+        (root / "xen" / "capabilities").write_text(caps)
+    (root / "self").mkdir()
+    for pid, argv in enumerate(cmdlines, start=100):
+        (root / str(pid)).mkdir()
+        (root / str(pid) / "cmdline").write_bytes(b"\0".join(a.encode() for a in argv) + b"\0")
+    return str(root)
+
+
+@pytest.mark.parametrize(
+    "argv, problem",
+    [
+        (["/usr/sbin/xenconsoled", "--pid-file=/run/xenconsoled.pid", "--log=guest"], None),
+        (["xenconsoled", "--log", "all", "--log-dir=/var/log/xen/console/"], None),
+        (["/usr/sbin/xenconsoled", "--pid-file=/run/xenconsoled.pid"], "--log=none"),
+        (["/usr/sbin/xenconsoled", "--log=hv"], "--log=hv"),
+        (["/usr/sbin/xenconsoled", "--log=guest", "--log-dir=/srv/consoles"], 'console_log_dir = "/srv/consoles"'),
+    ],
+)
+def test_console_logging_is_checked_in_dom0(tmp_path, argv, problem):
+    from xen_driver.xen.probe import console_logging_problem
+
+    root = _proc(tmp_path, "control_d\n", ["/sbin/init"], argv)
+    got = console_logging_problem("/var/log/xen/console", proc_root=root)
+    if problem is None:
+        assert got is None
+    else:
+        assert got is not None and problem in got, got
+
+
+def test_console_logging_without_xenconsoled_or_outside_dom0(tmp_path):
+    from xen_driver.xen.probe import console_logging_problem
+
+    assert "xenconsoled is not running" in console_logging_problem(
+        "/var/log/xen/console", proc_root=_proc(tmp_path / "a", "control_d\n", ["/sbin/init"])
+    )
+    assert console_logging_problem("/var/log/xen/console", proc_root=_proc(tmp_path / "b", "", ["/sbin/init"])) is None
+    assert console_logging_problem("/var/log/xen/console", proc_root=_proc(tmp_path / "c", None)) is None
