@@ -252,6 +252,8 @@ class PluginConfig:
     vif_bridges: tuple[str, ...] = tuple(PLUGIN_DEFAULTS["vif_bridges"])
     max_vifs: int = PLUGIN_DEFAULTS["max_vifs"]
     max_click_config_bytes: int = PLUGIN_DEFAULTS["max_click_config_bytes"]
+    #: Warm-pool profiles, ``pool "<name>" { ... }`` (xen_driver/driver/poolconfig.py).
+    pools: tuple = ()
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> "PluginConfig":
@@ -267,7 +269,7 @@ class PluginConfig:
         if not isinstance(raw_dirs, (list, tuple)):
             raise ConfigError(S, "image_dirs", raw_dirs, "must be a list of absolute directory paths")
         image_dirs = tuple(_abs_dir(S, f"image_dirs[{i}]", d) for i, d in enumerate(raw_dirs))
-        return cls(
+        config = cls(
             backend=_choice(S, "backend", _get(data, "backend", PLUGIN_DEFAULTS), BACKENDS),
             xl_path=xl_path,
             libvirt_uri=uri,
@@ -295,6 +297,27 @@ class PluginConfig:
                 MAX_CLICK_CONFIG_LIMIT,
             ),
         )
+        return _with_pools(config, data.get("pool"))
+
+
+def _with_pools(config: "PluginConfig", raw: Any) -> "PluginConfig":
+    if not raw:
+        return config
+    from dataclasses import replace
+
+    from xen_driver.driver.poolconfig import parse_pools
+
+    return replace(
+        config,
+        pools=parse_pools(
+            raw,
+            image_dirs=config.image_dirs,
+            vif_bridges=config.vif_bridges,
+            vif_scripts=config.vif_scripts,
+            vif_scripts_dir=config.vif_scripts_dir,
+            max_vifs=config.max_vifs,
+        ),
+    )
 
 
 def _string_list(scope: str, name: str, value: Any, what: str) -> list[Any]:
@@ -343,6 +366,12 @@ class VifConfig:
     ip: str | None = None
     script: str | None = None
 
+
+
+def _task_pool(value: Any) -> str | None:
+    from xen_driver.driver.poolconfig import task_pool
+
+    return task_pool(value)
 
 
 _MAC = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
@@ -401,6 +430,8 @@ class TaskConfig:
     on_crash: str = "destroy"
     boot_marker: str | None = None
     boot_timeout: float = 30.0
+    #: A plugin pool profile to take a pre-built domain from (xen_driver/driver/pool.py).
+    pool: str | None = None
     #: Index of the vif whose address Nomad advertises (None: the first vif with an ``ip``);
     #: checked against the vifs by :func:`xen_driver.driver.network.advertised_vif`.
     advertise_vif: int | None = None
@@ -469,5 +500,6 @@ class TaskConfig:
             on_crash=_choice(S, "on_crash", _get(data, "on_crash", TASK_DEFAULTS), ON_CRASH),
             boot_marker=boot_marker,
             boot_timeout=_duration(S, "boot_timeout", _get(data, "boot_timeout", TASK_DEFAULTS), 0.001, MAX_BOOT_TIMEOUT),
+            pool=_task_pool(data.get("pool")),
             advertise_vif=advertise_vif,
         )

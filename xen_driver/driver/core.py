@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+from dataclasses import replace
 from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
 from xen_driver.driver.config import PluginConfig
@@ -148,6 +149,10 @@ class DriverCore:
         learn = getattr(self.tasks, "learn_host_info", None)
         if probe.info is not None and learn is not None:
             learn(probe.info)  # the probe ran `xl info` anyway: no task start has to
+        pool = getattr(self.tasks, "pool", None)
+        if fp.health is Health.HEALTHY and callable(getattr(pool, "attributes", None)):
+            pool.kick()  # only the process that serves Nomad fingerprints: adopt and build members now
+            fp = replace(fp, attributes={**fp.attributes, **pool.attributes(ATTR_PREFIX)})
         if fp.health is Health.HEALTHY:
             # The host is fine but this process is nearly out of descriptors: starts would be
             # refused, so tell the scheduler before it places more guests here.

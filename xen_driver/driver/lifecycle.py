@@ -70,6 +70,7 @@ from xen_driver.driver.models import (
 )
 from xen_driver.driver.state import STATE_VERSION, DriverState, DriverStateError
 from xen_driver.driver.timing import PhaseTimer
+from xen_driver.driver.pool import WarmPool
 from xen_driver.logging import get_logger
 from xen_driver.xen import clickos, fdlimit
 from xen_driver.xen.backend import (
@@ -198,6 +199,8 @@ class TaskLifecycle:
         self._started = False
         self._start_lock = asyncio.Lock()
         self._exit_tasks: set[asyncio.Task[None]] = set()
+        #: Pre-built domains for tasks with ``pool`` (xen_driver/driver/pool.py).
+        self.pool = WarmPool(self)
 
     # ------------------------------------------------------------------ set-up / tear-down
     def _make_backend(self, config: PluginConfig) -> Backend:
@@ -251,6 +254,7 @@ class TaskLifecycle:
 
     async def close(self) -> None:
         """The plugin is exiting: stop following guests, leave them running."""
+        await self.pool.close()
         for task in list(self._exit_tasks):
             task.cancel()
         if self._watcher is not None:
@@ -442,6 +446,8 @@ class TaskLifecycle:
         if spec.id in self._tasks:
             raise TaskAlreadyExists(spec.id)
         await self._ensure_started()
+        if spec.config.pool is not None:  # a pre-built domain, or a cold start that says why
+            return await self.pool.start_task(spec)
         assert self._watcher is not None
         timer = PhaseTimer()
         name = domain_name_for(spec)
@@ -480,10 +486,14 @@ class TaskLifecycle:
             attempted = True
             with timer.phase("domain_build"):
                 if isinstance(self.backend, XlBackend):
-                    await self.backend.create(cfg_path, name, paused=paused, describe=False)
+                    await self.pool.cold_create(  # idle pool members make room when Xen is out of memory
+                        lambda: self.backend.create(cfg_path, name, paused=paused, describe=False), name, dspec.memory_mb
+                    )
                     domid = await self._domid(name)
                 else:
-                    created = await self.backend.create_domain(dspec, paused=paused)
+                    created = await self.pool.cold_create(
+                        lambda: self.backend.create_domain(dspec, paused=paused), name, dspec.memory_mb
+                    )
                     domid = created.domid if created.domid is not None else await self._domid(name)
             exit_future = self._watcher.subscribe(name, domid)
             stream = self._attach_console(spec, name, console_path, task_dir, 0)

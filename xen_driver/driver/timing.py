@@ -23,6 +23,7 @@ PHASE_ORDER = (
     "validate",
     "render",
     "domain_build",
+    "pool_claim",
     "clickos_push",
     "unpause",
     "boot",

@@ -134,6 +134,30 @@ class BlockList(Node):
 
 
 @dataclass(frozen=True)
+class BlockMap(Node):
+    """Labelled blocks (``pool "clickos" { ... }``): a map from the label to the nested value.
+
+    One label gives ``map(<nested>)``; Nomad yields an empty map when no such block is given.
+    """
+
+    nested: Node
+    labels: tuple[str, ...] = ("name",)
+    name: str = ""
+
+    def to_proto(self, implied_name: str = "") -> pb.Spec:
+        return pb.Spec(
+            block_map=pb.BlockMap(name=self.name or implied_name, labels=list(self.labels), nested=self.nested.to_proto())
+        )
+
+    @property
+    def cty_type(self) -> cty.CtyType:
+        out: cty.CtyType = self.nested.cty_type
+        for _ in self.labels:
+            out = cty.MapOf(out)
+        return out
+
+
+@dataclass(frozen=True)
 class BlockAttrs(Node):
     type: str
     name: str = ""
@@ -184,6 +208,10 @@ def attr(name: str, type: str, *, required: bool = False, default: Any = None) -
 
 def block_list(name: str, attributes: Mapping[str, Node], *, min_items: int = 0, max_items: int = 0) -> Node:
     return BlockList(nested=Object(dict(attributes)), name=name, min_items=min_items, max_items=max_items)
+
+
+def block_map(name: str, labels: tuple[str, ...], attributes: Mapping[str, Node]) -> Node:
+    return BlockMap(nested=Object(dict(attributes)), labels=tuple(labels), name=name)
 
 
 @dataclass(frozen=True)

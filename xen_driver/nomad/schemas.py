@@ -7,10 +7,28 @@ also owns the default values (so a config decoded without Nomad gets the same on
 from __future__ import annotations
 
 from xen_driver.driver.config import PLUGIN_DEFAULTS, TASK_DEFAULTS
-from xen_driver.nomad.hclspec import Object, Schema, attr, block_list
+from xen_driver.nomad.hclspec import Object, Schema, attr, block_list, block_map
 
 _P = PLUGIN_DEFAULTS
 _T = TASK_DEFAULTS
+
+#: ``pool "<name>" { ... }``: a warm-pool profile (values checked by driver/poolconfig.py).
+POOL_SCHEMA = {
+    "kernel": attr("kernel", "string", required=True),
+    "cmdline": attr("cmdline", "string"),
+    "memory": attr("memory", "number"),
+    "vcpus": attr("vcpus", "number"),
+    "size": attr("size", "number"),
+    "vif": block_list(
+        "vif",
+        {
+            "bridge": attr("bridge", "string"),
+            "mac": attr("mac", "string"),
+            "ip": attr("ip", "string"),
+            "script": attr("script", "string"),
+        },
+    ),
+}
 
 PLUGIN_SCHEMA = Schema(
     Object(
@@ -29,6 +47,7 @@ PLUGIN_SCHEMA = Schema(
             "vif_bridges": attr("vif_bridges", "list(string)", default=_P["vif_bridges"]),
             "max_vifs": attr("max_vifs", "number", default=_P["max_vifs"]),
             "max_click_config_bytes": attr("max_click_config_bytes", "number", default=_P["max_click_config_bytes"]),
+            "pool": block_map("pool", ("name",), POOL_SCHEMA),
         }
     )
 )
@@ -56,6 +75,7 @@ TASK_SCHEMA = Schema(
             "on_crash": attr("on_crash", "string", default=_T["on_crash"]),
             "boot_marker": attr("boot_marker", "string"),
             "boot_timeout": attr("boot_timeout", "string", default=_T["boot_timeout"]),
+            "pool": attr("pool", "string"),
             "advertise_vif": attr("advertise_vif", "number"),
         }
     )

@@ -324,6 +324,7 @@ FIELD_TABLE = [
     ("on_crash", "coredump-destroy", "rename-restart"),
     ("boot_marker", "NDX-GUEST READY", "x" * 257),
     ("boot_timeout", "10s", "2h"),
+    ("pool", "clickos", "click os"),  # a profile this node lacks: a cold start (tests/unit/driver/test_pool.py)
     ("advertise_vif", 1, 0),
 ]
 

@@ -23,7 +23,7 @@ def _attr_of(spec: pb.Spec) -> pb.Attr:
 def test_plugin_schema_is_an_object_of_all_fields():
     spec = PLUGIN_SCHEMA.to_proto()
     assert spec.WhichOneof("block") == "object"
-    assert set(spec.object.attributes) == set(PLUGIN_DEFAULTS)
+    assert set(spec.object.attributes) == set(PLUGIN_DEFAULTS) | {"pool"}
 
 
 @pytest.mark.parametrize("schema", [PLUGIN_SCHEMA, TASK_SCHEMA], ids=["plugin", "task"])
@@ -33,6 +33,9 @@ def test_every_attr_names_itself_even_inside_default(schema):
         kind = entry.WhichOneof("block")
         if kind == "block_list":
             assert entry.block_list.name == key
+            continue
+        if kind == "block_map":
+            assert entry.block_map.name == key and list(entry.block_map.labels) == ["name"]
             continue
         a = _attr_of(entry)
         assert a.name == key
@@ -76,6 +79,7 @@ def test_task_schema_shape():
             "on_crash": cty.STRING,
             "boot_marker": cty.STRING,
             "boot_timeout": cty.STRING,
+            "pool": cty.STRING,
             "advertise_vif": cty.NUMBER,
         }
     )
