@@ -1,8 +1,8 @@
 """A real Nomad agent (server + client) inside the testbed's dom0, with our plugin installed.
 
-This is how an operator runs the product: the pinned Nomad binary, our launcher in
-``plugin_dir`` (written by ``nomad-driver-xen install``), ``nomad-jobs/agent.hcl``, and the
-``nomad`` CLI.  Tests drive it with the CLI inside dom0 (``nomad job run …``) and read state
+This is how an operator runs the product: the pinned Nomad binary, ``dist/nomad-driver-xen`` (the
+single file of ``make dist``) in ``plugin_dir``, ``nomad-jobs/agent.hcl``, and the ``nomad`` CLI.
+Tests drive it with the CLI inside dom0 (``nomad job run …``) and read state
 through the HTTP API forwarded to a loopback port on the host.
 
 The agent is not in ``-dev`` mode: it keeps a data dir, so recovery tests can stop, kill and
@@ -55,16 +55,22 @@ class NomadDom0:
     # ---------------------------------------------------------------- set-up
     def install(self) -> None:
         shutil.copy2(host_nomad_binary(), self.run_dir / "nomad")
+        # The operator's install step: the single file of `make dist` into plugin_dir, nothing else
+        # (its dependencies are inside it). Built now when dist/ is missing or older than its
+        # sources; copied into this run's directory so a rebuild during the run changes nothing.
+        plugin = REPO / "dist" / "nomad-driver-xen"
+        inputs = [REPO / "tools" / "dist.py", *(REPO / "xen_driver").rglob("*.py"), *(REPO / "packaging").rglob("*")]
+        if not plugin.exists() or plugin.stat().st_mtime < max(p.stat().st_mtime for p in inputs if p.is_file()):
+            import subprocess
+            import sys
+
+            subprocess.run([sys.executable, str(REPO / "tools" / "dist.py")], check=True, stdout=subprocess.DEVNULL)
+        shutil.copy2(plugin, self.run_dir / "nomad-driver-xen")
         self.tb.run(
             f"set -e; install -m 0755 /host/nomad {NOMAD}; mkdir -p {PLUGIN_DIR} {DATA_DIR} {IMAGE_DIR};"
+            f" install -m 0755 /host/nomad-driver-xen {PLUGIN_DIR}/nomad-driver-xen;"
             f" install -m 0644 {self.unikernel} {IMAGE_DIR}/ndx-unikernel;"
             " mountpoint -q /sys/fs/cgroup || mount -t cgroup2 none /sys/fs/cgroup || true",
-            timeout=120,
-        )
-        # The operator's install step: our launcher into plugin_dir (runs the package from /src).
-        self.tb.run(
-            ["python3", "-m", "xen_driver", "install", "--plugin-dir", PLUGIN_DIR],
-            env={"PYTHONPATH": "/src"},
             timeout=120,
         )
         # Agent config: the example, with nothing changed but where the agent logs go.

@@ -105,6 +105,13 @@ def test_make_dist_artifacts(dist):
         assert {"__main__.py", "environment.json", "_bootstrap/__init__.py"} <= names
         assert "site-packages/xen_driver/cli.py" in names
         assert "site-packages/xen_driver/_build.py" in names
+        # bytecode inside (unchecked-hash pycs): nothing compiled on a small dom0's first start
+        py = {n for n in names if n.startswith("site-packages/") and n.endswith(".py")}
+        for n in py:
+            d, f = n.rsplit("/", 1)
+            assert f"{d}/__pycache__/{f[:-3]}.cpython-311.pyc" in names, n
+        pyc = z.read("site-packages/xen_driver/__pycache__/cli.cpython-311.pyc")
+        assert int.from_bytes(pyc[4:8], "little") == 0b01  # PEP 552: hash-based, not checked
         # binary wheels for CPython 3.11 on x86_64 Linux, not whatever the build host had
         assert any(re.match(r"site-packages/grpc/_cython/cygrpc\.cpython-311-x86_64-linux-gnu\.so$", n) for n in names)
         assert not any(n.startswith("site-packages/libvirt") for n in names)  # Debian's python3-libvirt instead

@@ -225,8 +225,10 @@ def xl_domains(tb) -> dict[str, int]:
 
 
 def plugin_pids(tb) -> list[int]:
-    """The long-lived plugin: ``python3 -m xen_driver`` (the launcher execs it without arguments)."""
-    r = tb.run(["pgrep", "-f", "--", r"-m xen_driver$"], check=False)
+    """The long-lived plugin: the single file in plugin_dir run without arguments
+    (``/usr/bin/python3 -sE /opt/nomad/plugins/nomad-driver-xen``), or ``python3 -m xen_driver``
+    that a launcher of ``nomad-driver-xen install`` execs."""
+    r = tb.run(["pgrep", "-f", "--", r"(-m xen_driver|/plugins/nomad-driver-xen)$"], check=False)
     assert r.rc in (0, 1), r.stderr
     return sorted(int(p) for p in r.stdout.split())
 
