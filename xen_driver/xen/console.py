@@ -112,7 +112,13 @@ class FifoSink:
                 n = os.write(fd, view)
                 view = view[n:]
             except BlockingIOError:
-                if time.monotonic() > deadline:
+                if len(view) == len(data):
+                    # Nothing written: the reader is behind.  Say so at once, so one task's
+                    # stalled reader never holds up the pass that serves every other task; the
+                    # caller keeps the bytes and retries this stream on its own back-off.  (The
+                    # pump writes at most PIPE_BUF at a time, which a FIFO takes whole or not.)
+                    raise SinkUnavailable(f"{self.path}: reader is not draining") from None
+                if time.monotonic() > deadline:  # a partial write must finish, or bytes repeat
                     raise SinkUnavailable(f"{self.path}: reader is not draining") from None
                 await asyncio.sleep(0.01)
             except BrokenPipeError:

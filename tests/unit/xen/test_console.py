@@ -329,3 +329,38 @@ def test_console_in_a_directory_that_appears_later_is_polled(tmp_path: Path) -> 
             await until(lambda: bytes(sink.data) == b"hello\n")
 
     asyncio.run(main())
+
+
+def test_a_stalled_reader_of_one_task_never_delays_another(tmp_path: Path) -> None:
+    """One task's logmon stops reading (its FIFO fills up); another task's console still flows.
+
+    The stalled sink may wait an hour for its reader: if its write held up the shared pass, the
+    other task's boot marker would never arrive before this test's deadline."""
+    stalled_fifo, live_fifo = tmp_path / "stalled.fifo", tmp_path / "live.fifo"
+    os.mkfifo(stalled_fifo)
+    os.mkfifo(live_fifo)
+    stalled_log, live_log = tmp_path / "guest-stalled.log", tmp_path / "guest-live.log"
+    append(stalled_log, b"")
+    append(live_log, b"")
+
+    async def main() -> None:
+        # A reader that opens the stalled FIFO and never reads: writes succeed until the pipe is full.
+        holder = os.open(stalled_fifo, os.O_RDONLY | os.O_NONBLOCK)
+        live = FifoReader(live_fifo, stop_after=len(b"NDX-GUEST READY\n"))
+        live.start()
+        try:
+            async with ConsolePump(tick_s=0.02) as pump:
+                stalled = pump.add("stalled", stalled_log, FifoSink(stalled_fifo, write_timeout_s=3600))
+                stream = pump.add("live", live_log, FifoSink(live_fifo))
+                append(stalled_log, b"x" * (1 << 20))  # far more than a pipe holds
+                await until(lambda: stalled.sink_errors >= 1, timeout=20)  # the pipe is full now
+                append(live_log, b"NDX-GUEST READY\n")
+                await stream.wait_for(b"NDX-GUEST READY", timeout_s=20)
+                await until(lambda: stream.offset == len(b"NDX-GUEST READY\n"), timeout=20)
+                await asyncio.to_thread(live.join, 5)
+                assert bytes(live.data) == b"NDX-GUEST READY\n"
+                assert stalled.offset < (1 << 20)  # still behind, nothing lost: the rest is pending
+        finally:
+            os.close(holder)
+
+    asyncio.run(asyncio.wait_for(main(), 60))
