@@ -122,6 +122,8 @@ def test_release_domain_events_drive_coalesced_rescans(tmp_path: Path) -> None:
         async with XenStore(server.path) as xs:
             await xs.write("/local/domain/3/name", "g")  # what the toolstack writes at create
             async with DomainWatcher(be, xenstore=xs, rescan_interval_s=3600) as w:
+                while w.events < 1 or w._changed:  # the watch's first event, spent with nothing tracked
+                    await asyncio.sleep(0.01)
                 fut = w.subscribe("g", domid=3)
                 while w.checks < 1:  # the new subscription is checked in XenStore ...
                     await asyncio.sleep(0.01)

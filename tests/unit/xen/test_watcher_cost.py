@@ -39,6 +39,7 @@ def run(tmp_path: Path, body, **watcher_kw) -> None:  # type: ignore[no-untyped-
 
                 kw = {"rescan_interval_s": 3600, "coalesce_s": 0.0, **watcher_kw}
                 async with DomainWatcher(be, xenstore=xs, **kw) as w:
+                    await _until(lambda: w.events >= 1 and not w._changed)  # the watch's first event
                     await body(w, be, server, create, destroy)
         finally:
             await server.stop()
