@@ -331,3 +331,22 @@ def test_cancellation_kills_xl(fake_xl: Path, tmp_path: Path, monkeypatch: pytes
             os.kill(pid, 0)  # killed and reaped, not left running
 
     asyncio.run(main())
+
+
+def test_xl_calls_start_no_waiter_thread(fake_xl: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Python 3.11's asyncio waits for each child in a thread of its own; the backend has it
+    wait through pidfds in the event loop, so a thousand guests' xl calls start no threads."""
+    import threading
+
+    monkeypatch.setenv("FAKE_XL_SLEEP", "0.3")
+
+    async def main() -> None:
+        be = XlBackend(tmp_path, xl=str(fake_xl), max_concurrency=4)
+        before = {t.name for t in threading.enumerate()}
+        calls_ = [asyncio.create_task(be.list_domains()) for _ in range(4)]
+        await asyncio.sleep(0.15)  # all four are running
+        during = {t.name for t in threading.enumerate()} - before
+        await asyncio.gather(*calls_)
+        assert not any("waitpid" in n for n in during), during
+
+    asyncio.run(main())
