@@ -14,6 +14,11 @@ job "clickos" {
   group "router" {
     count = 1
 
+    # Nomad reserves 300 MB of disk per allocation unless told; a unikernel needs almost none (10 is Nomad's minimum).
+    ephemeral_disk {
+      size = 10
+    }
+
     restart {
       attempts = 2
       interval = "5m"

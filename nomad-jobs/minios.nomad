@@ -8,6 +8,11 @@ job "minios" {
   group "batch" {
     count = 1
 
+    # Nomad reserves 300 MB of disk per allocation unless told; a unikernel needs almost none (10 is Nomad's minimum).
+    ephemeral_disk {
+      size = 10
+    }
+
     restart {
       attempts = 0
       mode     = "fail"
