@@ -87,7 +87,10 @@ BUILD_TIMEOUT_S = 300.0
 
 def is_out_of_memory(exc: BaseException) -> bool:
     """The toolstack failed because Xen had not enough free memory for the domain."""
-    return isinstance(exc, XenBackendError) and bool(_NO_MEMORY_RE.search(str(exc)))
+    if not isinstance(exc, XenBackendError):
+        return False
+    # xl's whole stderr: the domain builder's "Out of memory" line is often not among the last ones.
+    return bool(_NO_MEMORY_RE.search(f"{getattr(exc, 'stderr', '') or ''}\n{exc}"))
 
 
 def parse_member_name(name: str) -> tuple[str, str] | None:

@@ -399,3 +399,21 @@ async def test_claim_failure_half_way_leaves_nothing_behind(host):
     finally:
         fake.builds_open.set()
         await lc.close()
+
+
+def test_out_of_memory_is_recognised_in_all_of_xls_stderr():
+    from xen_driver.driver.pool import is_out_of_memory
+    from xen_driver.xen.xl import XlError
+
+    stderr = (
+        "xc: error: panic: xc_dom_boot.c:121: xc_dom_boot_mem_init: can't allocate low memory for domain: Out of memory\n"
+        "libxl: error: libxl_dom.c:593:libxl__build_dom: xc_dom_boot_mem_init failed: Cannot allocate memory\n"
+        "libxl: error: libxl_create.c:1676:domcreate_rebuild_done: Domain 5:cannot (re-)build domain: -3\n"
+        "libxl: error: libxl_domain.c:1183:libxl__destroy_domid: Domain 5:Non-existant domain\n"
+        "libxl: error: libxl_domain.c:1137:domain_destroy_callback: Domain 5:Unable to destroy guest\n"
+        "libxl: error: libxl_domain.c:1064:domain_destroy_cb: Domain 5:Destruction of domain failed\n"
+    )
+    assert is_out_of_memory(XlError(["xl", "create"], 3, stderr))
+    assert is_out_of_memory(XlError(["xl", "create"], 3, "libxl: error: failed to free memory for the domain\n"))
+    assert not is_out_of_memory(XlError(["xl", "create"], 3, "libxl: error: Could not find bridge device xenbr9\n"))
+    assert not is_out_of_memory(RuntimeError("Out of memory"))
