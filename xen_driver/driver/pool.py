@@ -167,27 +167,29 @@ class WarmPool:
         plugin process that really serves Nomad; the validating runs never get this far)."""
         if self._started or self._closing or self._starting is not None:
             return
-        self._starting = asyncio.get_running_loop().create_task(self.start(), name="pool-start")
+        self._starting = asyncio.get_running_loop().create_task(self._start(), name="pool-start")
 
     async def start(self) -> None:
-        """Adopt or destroy what earlier plugin processes left, then keep the pools filled."""
+        """Adopt or destroy what earlier plugin processes left, then keep the pools filled
+        (once, however many callers ask at the same time)."""
         if self._started:
             return
-        if self._starting is not None and asyncio.current_task() is not self._starting:
-            await asyncio.shield(self._starting)
-            return
+        if self._starting is None:
+            self._starting = asyncio.get_running_loop().create_task(self._start(), name="pool-start")
+        await asyncio.shield(self._starting)
+
+    async def _start(self) -> None:
         await self.lc._ensure_started()
-        if self._started:
-            return
         self._quiet = asyncio.Event()
-        self._quiet.set()
+        if self._busy == 0:
+            self._quiet.set()
         self._wake = asyncio.Event()
         try:
             await self._adopt()
         except Exception as exc:  # noqa: BLE001 - a host that cannot list domains: refill decides later
             self._log.warn("could not look for pool members left by an earlier plugin", error=str(exc))
         self._started = True
-        if self._profiles:
+        if self._profiles and not self._closing:
             self._runner = asyncio.get_running_loop().create_task(self._refill_loop(), name="pool-refill")
 
     async def close(self) -> None:
