@@ -84,12 +84,15 @@ class PortMapping:
 
     ``value`` is the port Nomad reserved on the host, ``to`` the port the task serves on
     (0 when the job gave none; Nomad has already turned ``to = -1`` into ``value``).
+    ``legacy`` marks a port of a task-level ``resources { network {} }`` block, which reaches
+    the driver without its ``to``.
     """
 
     label: str
     value: int
     to: int = 0
     host_ip: str = ""
+    legacy: bool = False
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,14 @@ DriverNetwork, sent as StartTask's ``network_override``):
   guest with no such vif advertises nothing (services with ``address_mode = "driver"`` then
   fail in Nomad with its own "no driver network exists").
 * **port map**: every port label of the allocation (group ``network { port "<label>" {} }``)
-  maps to the port the *guest* serves on: its ``to``, or, without ``to``, the port number Nomad
-  picked (the same number Nomad puts into ``NOMAD_PORT_<label>``, so a template can render it
-  into the guest's configuration).  The host port Nomad reserves is never forwarded into the
-  guest; a service must use the driver's address (``address_mode = "driver"``, or ``"auto"``).
+  maps to the port the *guest* serves on, its ``to``.  For such ports Nomad itself registers
+  ``address_mode = "driver"`` services at ``to`` (Nomad 1.6 reads it from the allocation, not
+  from the port map), so a guest that is advertised must give every port a ``to``: without
+  one Nomad would register the service at port 0.  Such a job is refused, naming the port.
+  The host port Nomad reserves (dynamic or ``static``) is never forwarded into the guest; a
+  service must use the driver's address (``address_mode = "driver"``, or ``"auto"``).  Ports of
+  a legacy task-level network reach the driver without ``to``; they map to their host port
+  number, and Nomad takes those from the port map.
 * **auto-advertise**: on, so services with the default ``address_mode = "auto"`` register at
   the guest's address as well: the host's address would reach nothing of the guest.
 
@@ -100,27 +104,42 @@ def _describe_vifs(vifs: Sequence[VifConfig], with_ip: Sequence[int]) -> str:
 
 
 def port_map(ports: Iterable[PortMapping]) -> dict[str, int]:
-    """label → the port the guest serves on: ``to``, or the port Nomad picked when ``to`` is unset.
+    """label → the port the guest serves on: ``to`` (a legacy task network's port: its number).
 
-    This is the value Nomad gives the task as ``NOMAD_PORT_<label>``.  A label seen twice keeps
-    its first mapping (Nomad does not send duplicates; a legacy task network repeats labels).
+    Also what Nomad gives the task as ``NOMAD_PORT_<label>``.  A label seen twice keeps its
+    first mapping; a port without a usable number is left out (:func:`plan` refuses those).
     """
     out: dict[str, int] = {}
     for p in ports:
         if not p.label or p.label in out:
             continue
-        port = p.to if p.to > 0 else p.value
+        port = p.value if p.legacy else p.to
         if 0 < port < 65536:
             out[p.label] = port
     return out
 
 
 def plan(vifs: Sequence[VifConfig], advertise_vif: int | None, ports: Iterable[PortMapping]) -> NetworkOverride | None:
-    """The driver network to return from StartTask, or None when no vif has an address."""
+    """The driver network to return from StartTask, or None when no vif has an address.
+
+    An advertised guest whose allocation has a port without ``to`` is a ConfigError naming
+    the port: Nomad would register that port's services at port 0.
+    """
     index = advertised_vif(vifs, advertise_vif)
     if index is None:
         return None
     addr = (vifs[index].ip or "").split()[0]
+    ports = tuple(ports)
+    for p in ports:
+        if p.label and not p.legacy and p.to <= 0:
+            raise ConfigError(
+                "network port",
+                f"{p.label}.to",
+                None,
+                f"must be the port the guest serves on: the guest has its own address ({addr}), where Nomad "
+                f'registers its services at "to"; the host port Nomad reserved ({p.value}) is not forwarded '
+                "into a Xen guest",
+            )
     return NetworkOverride(addr=addr, port_map=port_map(ports), auto_advertise=True)
 
 

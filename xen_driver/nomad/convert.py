@@ -133,7 +133,7 @@ def ports(resources: dpb.Resources) -> tuple[PortMapping, ...]:
     for net in resources.allocated_resources.networks:
         for p in list(net.reserved_ports) + list(net.dynamic_ports):
             if p.label and p.label not in seen:
-                out.append(PortMapping(label=p.label, value=p.value, host_ip=net.ip))
+                out.append(PortMapping(label=p.label, value=p.value, host_ip=net.ip, legacy=True))
                 seen.add(p.label)
     return tuple(out)
 

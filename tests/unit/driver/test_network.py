@@ -76,22 +76,44 @@ def test_advertise_vif_is_optional():
 
 # ---- the port map ------------------------------------------------------------------------------
 
-# (ports as (label, value, to), expected map)
+# (ports as (label, host port, to[, "legacy"]), expected map)
 PORT_MAPS = [
     ((), {}),
     ((("http", 23456, 80),), {"http": 80}),  # to = the guest's port
-    ((("http", 23456, 0),), {"http": 23456}),  # no to: the port Nomad picked (NOMAD_PORT_http)
-    ((("dns", 53, 0),), {"dns": 53}),  # a static port: the same number, on the guest's address
+    ((("dns", 53, 53),), {"dns": 53}),  # static = 53, to = 53: port 53 of the guest's address
     ((("http", 23456, 80), ("metrics", 23457, 9100)), {"http": 80, "metrics": 9100}),
     ((("http", 23456, 80), ("http", 23999, 8080)), {"http": 80}),  # first wins
     ((("", 23456, 80),), {}),  # no label: nothing a service could name
-    ((("none", 0, 0), ("big", 1, 70000), ("ok", 2, 0)), {"ok": 2}),  # impossible ports are left out
+    ((("http", 23456, 0),), {}),  # no to: nothing the guest is known to serve on (plan refuses it)
+    ((("old", 23456, 0, "legacy"),), {"old": 23456}),  # a task-level network's port: its number
+    ((("big", 1, 70000), ("ok", 2, 8080)), {"ok": 8080}),  # impossible ports are left out
 ]
 
 
 @pytest.mark.parametrize("ports, expected", PORT_MAPS)
 def test_port_map(ports, expected):
-    assert network.port_map(PortMapping(label=l, value=v, to=t) for l, v, t in ports) == expected
+    assert network.port_map(PortMapping(p[0], p[1], p[2], legacy=len(p) > 3) for p in ports) == expected
+
+
+@pytest.mark.parametrize(
+    "ports",
+    [
+        (PortMapping("http", 23456, 0),),
+        (PortMapping("http", 23456, 80), PortMapping("dns", 53, 0)),  # a static port without to
+    ],
+)
+def test_an_advertised_guest_needs_a_to_for_every_port(ports):
+    """Nomad registers a driver-address service at the port's "to" (port 0 without one)."""
+    missing = [p for p in ports if p.to == 0][0]
+    with pytest.raises(ConfigError) as err:
+        network.plan((A,), None, ports)
+    assert str(err.value).startswith(f'network port "{missing.label}.to": got nothing, must be the port the guest serves on')
+    assert "10.0.0.2" in str(err.value) and f"({missing.value})" in str(err.value)
+    # Without an address nothing is advertised, so nothing is wrong with the ports either.
+    assert network.plan((NO_IP,), None, ports) is None
+    # A legacy task network's port has no "to" to give; it maps to its number.
+    legacy = tuple(PortMapping(p.label, p.value, p.to, legacy=p.to == 0) for p in ports)
+    assert network.plan((A,), None, legacy).port_map == {p.label: p.to or p.value for p in ports}
 
 
 def test_plan_advertises_the_first_address_with_the_port_map():
@@ -152,17 +174,17 @@ async def test_start_returns_the_network_and_every_vif_has_a_mac(host):
         spec = _with_ports(
             make_spec(tmp_path, vif=[{"bridge": "xenbr0"}, {"bridge": "xenbr0", "ip": "10.0.0.7"}]),
             PortMapping("http", 23456, 80),
-            PortMapping("admin", 23457, 0),
+            PortMapping("admin", 23457, 9100),
         )
         handle = await lc.start_task(spec)
-        expected = NetworkOverride(addr="10.0.0.7", port_map={"http": 80, "admin": 23457}, auto_advertise=True)
+        expected = NetworkOverride(addr="10.0.0.7", port_map={"http": 80, "admin": 9100}, auto_advertise=True)
         assert handle.network == expected
         state = DriverState.decode(handle.driver_state)
         assert state.network == expected
         macs = tuple(v.mac for v in fake.specs[domain_name_for(spec)].vifs)
         assert macs == network.vif_macs(spec.id, spec.config.vif) and state.vif_macs == macs
         assert (await lc.inspect_task(spec.id)).network == expected
-        assert any("advertised at 10.0.0.7 (admin → 23457, http → 80)" in e.message for e in events), events
+        assert any("advertised at 10.0.0.7 (admin → 9100, http → 80)" in e.message for e in events), events
     finally:
         await lc.close()
 
@@ -179,6 +201,20 @@ async def test_advertise_vif_picks_the_vif_and_a_bad_one_creates_nothing(host):
         assert fake.calls == [] and not fake.domains
         handle = await lc.start_task(make_spec(tmp_path, vif=vifs, advertise_vif=1))
         assert handle.network is not None and handle.network.addr == "172.16.0.7"
+    finally:
+        await lc.close()
+
+
+async def test_a_port_without_to_on_an_advertised_guest_creates_nothing(host):
+    tmp_path, config, fake = host
+    lc = await _lifecycle(config, fake)
+    lc.bridge_exists = {"xenbr0"}.__contains__
+    try:
+        spec = _with_ports(make_spec(tmp_path, vif=[{"bridge": "xenbr0", "ip": "10.0.0.7"}]), PortMapping("admin", 23457))
+        with pytest.raises(ConfigError) as err:
+            await lc.start_task(spec)
+        assert str(err.value).startswith('network port "admin.to"'), str(err.value)
+        assert fake.calls == [] and not fake.domains
     finally:
         await lc.close()
 

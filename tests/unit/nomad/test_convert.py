@@ -189,7 +189,11 @@ def test_ports_of_a_legacy_task_network_come_after_the_groups():
     net.dynamic_ports.add(label="http", value=29999)  # the group's label wins
     net.dynamic_ports.add(label="metrics", value=23999)
     spec = convert.task_spec(t)
-    assert [(p.label, p.value, p.to) for p in spec.ports] == [("http", 23456, 80), ("dns", 53, 0), ("metrics", 23999, 0)]
+    assert [(p.label, p.value, p.to, p.legacy) for p in spec.ports] == [
+        ("http", 23456, 80, False),
+        ("dns", 53, 0, True),
+        ("metrics", 23999, 0, True),
+    ]
 
 
 def test_no_ports_no_network():
