@@ -864,6 +864,10 @@ class TaskLifecycle:
         interval = max(interval, 0.5)
         await self._learn_host_cpu_mhz()
         queue = self._sampler.subscribe(task.name, interval)
+        # Paced by the sampler, which hands every stream its sample in the same loop iteration
+        # (a timer per stream would wake each one separately); a stream that asked for a longer
+        # interval than others skips the samples it does not want.
+        due = 0
         try:
             while task.running:
                 with contextlib.suppress(TimeoutError):
@@ -871,6 +875,9 @@ class TaskLifecycle:
                         sample = await queue.get()
                     if isinstance(sample, SamplerFailure):
                         raise HostUnavailable(f"no resource usage for {task.name}: {sample}")
+                    if sample.timestamp_ns < due:
+                        continue
+                    due = sample.timestamp_ns + int(interval * 0.9e9)
                     percent, mhz = sample.cpu_percent, self.host_cpu_mhz
                     yield TaskStats(
                         task_id=task.id,
@@ -885,7 +892,6 @@ class TaskLifecycle:
                             max_usage=sample.peak_memory_kib * 1024,
                         ),
                     )
-                    await asyncio.sleep(interval)
         finally:
             self._sampler.unsubscribe(task.name, queue)
 
