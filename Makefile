@@ -81,5 +81,7 @@ bench: deps nomad testbed
 	$(PY) bench/startup.py
 	$(PY) bench/start_overhead.py
 
+scale: deps ; $(PY) bench/scale.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache .run guests/build
