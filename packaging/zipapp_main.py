@@ -1,17 +1,23 @@
 # __main__ of dist/nomad-driver-xen (a shiv zipapp). tools/dist.py puts this file in place of
-# shiv's two-line __main__.py; it only decides where shiv unpacks the bundled site-packages,
-# then hands over to shiv's own bootstrap.
+# shiv's two-line __main__.py (and fills in BUILD_ID).
 #
-# shiv unpacks once per build into SHIV_ROOT (default ~/.shiv) and reuses that on every later
-# start. Nomad starts plugins with whatever environment the agent has: HOME may be unset (then
-# ~ is the passwd entry's home, /root for root) and the home may be read-only (systemd's
-# ProtectHome=read-only, say). So: SHIV_ROOT when set; else ~/.shiv when this build is already
-# unpacked there or it is writable; else a private directory of this user under $TMPDIR or /tmp.
-import json
+# shiv unpacks the bundled site-packages once per build into SHIV_ROOT (default ~/.shiv) and
+# reuses them on every later start. Nomad starts plugins with whatever environment the agent
+# has: HOME may be unset (then ~ is the passwd entry's home, /root for root) and the home may be
+# read-only (systemd's ProtectHome=read-only, say). So the root is: SHIV_ROOT when set; else
+# ~/.shiv when this build is unpacked there already or it is writable; else a private directory
+# of this user under $TMPDIR or /tmp.
+#
+# Once this build is unpacked, start it directly, exactly as shiv's bootstrap would (its
+# site-packages before the interpreter's, then the entry point): that skips importing shiv's
+# runtime and reading the archive's directory, which a plugin start (three of them when the
+# agent starts) would pay every time. The first start goes through shiv's own bootstrap, which
+# unpacks under a lock.
 import os
-import stat
 import sys
-import zipfile
+
+BUILD_ID = "@BUILD_ID@"
+ENTRY_POINT = "xen_driver.cli:main"
 
 if sys.version_info[:2] != (3, 11):
     sys.stderr.write(
@@ -19,6 +25,16 @@ if sys.version_info[:2] != (3, 11):
         "it was started by Python %d.%d (%s)\n" % (sys.version_info[0], sys.version_info[1], sys.executable)
     )
     sys.exit(1)
+
+
+def _build_id():
+    if not BUILD_ID.startswith("@"):
+        return BUILD_ID
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(sys.argv[0]) as archive:
+        return json.loads(archive.read("environment.json"))["build_id"]
 
 
 def _usable(root, unpacked):
@@ -36,6 +52,8 @@ def _usable(root, unpacked):
 
 def _private_tmp_root():
     """$TMPDIR/nomad-driver-xen-<uid>: created 0700, and used only if it is ours alone."""
+    import stat
+
     base = os.path.join(os.environ.get("TMPDIR") or "/tmp", "nomad-driver-xen-%d" % os.getuid())
     try:
         os.mkdir(base, 0o700)
@@ -49,12 +67,9 @@ def _private_tmp_root():
     return os.path.join(base, "shiv")
 
 
-def _choose_root():
+def _choose_root(unpacked):
     if os.environ.get("SHIV_ROOT"):
-        return None
-    with zipfile.ZipFile(sys.argv[0]) as archive:
-        build_id = json.loads(archive.read("environment.json"))["build_id"]
-    unpacked = "%s_%s" % (os.path.basename(os.path.realpath(sys.argv[0])), build_id)
+        return os.path.expanduser(os.environ["SHIV_ROOT"])
     try:
         home_root = os.path.join(os.path.expanduser("~"), ".shiv")
     except (KeyError, RuntimeError):
@@ -64,10 +79,35 @@ def _choose_root():
     return _private_tmp_root()
 
 
-_root = _choose_root()
-if _root:
-    os.environ["SHIV_ROOT"] = _root
+def _run_unpacked(site_packages):
+    import site
+    from importlib import import_module
 
-import _bootstrap  # noqa: E402  (shiv's runtime, bundled in this file)
+    # shiv's bootstrap, the part after unpacking: our site-packages goes before the first
+    # site-packages/dist-packages directory of sys.path (Debian's python3-libvirt stays
+    # importable after it).
+    length = len(sys.path)
+    index = next(
+        (i for i, p in enumerate(sys.path) if os.path.basename(p) in ("site-packages", "dist-packages")), length
+    )
+    site.addsitedir(site_packages)
+    sys.path = sys.path[:index] + sys.path[length:] + sys.path[index:length]
+    module, _, func = ENTRY_POINT.partition(":")
+    sys.exit(getattr(import_module(module), func)())
 
-_bootstrap.bootstrap()
+
+def _main():
+    unpacked = "%s_%s" % (os.path.basename(os.path.realpath(sys.argv[0])), _build_id())
+    root = _choose_root(unpacked)
+    if root and not os.environ.get("SHIV_FORCE_EXTRACT"):
+        site_packages = os.path.join(root, unpacked, "site-packages")
+        if os.path.isdir(site_packages):
+            _run_unpacked(site_packages)
+    if root:
+        os.environ["SHIV_ROOT"] = root
+    import _bootstrap  # shiv's runtime, bundled in this file: unpacks, then runs the entry point
+
+    _bootstrap.bootstrap()
+
+
+_main()

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -158,10 +159,15 @@ def compile_site_packages(zipapp: Path, work: Path) -> dict[str, bytes]:
 
 
 def finish_zipapp(zipapp: Path, main_py: bytes, pycs: dict[str, bytes]) -> None:
-    """Swap shiv's __main__.py for ours and add the bytecode (same shebang, same entries otherwise)."""
+    """Swap shiv's __main__.py for ours (with the build id filled in) and add the bytecode (same
+    shebang, same entries otherwise)."""
     data = zipapp.read_bytes()
     shebang = data[: data.index(b"\n") + 1]
     out = zipapp.with_suffix(".new")
+    with zipfile.ZipFile(zipapp) as src:
+        build_id = json.loads(src.read("environment.json"))["build_id"]
+    assert main_py.count(b'BUILD_ID = "@BUILD_ID@"') == 1
+    main_py = main_py.replace(b'BUILD_ID = "@BUILD_ID@"', f'BUILD_ID = "{build_id}"'.encode())
     with zipfile.ZipFile(zipapp) as src, open(out, "wb") as fd:
         fd.write(shebang)
         with zipfile.ZipFile(fd, "w") as dst:
