@@ -1,14 +1,19 @@
-"""Startup cost of the plugin as Nomad sees it.
+"""Startup cost of the plugin as Nomad sees it, for both ways of installing it, in one run.
 
-For each of N runs: exec the launcher that `nomad-driver-xen install` writes (exactly what the
-agent executes), time until the go-plugin handshake line is on stdout, configure it and read the
-first fingerprint over gRPC, let it idle, read its resident memory, then stop it the way the
-agent does (GRPCController.Shutdown) and time the exit.
+Two plugins, each exactly what the agent executes: the single file of `make dist`
+(dist/nomad-driver-xen, a zipapp; built first unless --single-file names one) and the launcher
+that `nomad-driver-xen install` writes for a virtualenv. For each of N rounds, each plugin in turn
+(alternating, so both see the same machine): exec it, time until the go-plugin handshake line is
+on stdout, configure it and read the first fingerprint over gRPC, let it idle, read its resident
+memory, then stop it the way the agent does (GRPCController.Shutdown) and time the exit.
 
-    python bench/startup.py [--runs 20]
+The single file unpacks its dependencies once per build (into SHIV_ROOT); its first start,
+measured a few times on an empty SHIV_ROOT, is reported apart ("first start").
 
-Prints a summary and writes bench/results/startup.json. Goals: handshake <= 300 ms, idle RSS
-<= 60 MB (medians).
+    python bench/startup.py [--runs 20] [--single-file dist/nomad-driver-xen]
+
+Prints a summary and writes bench/results/startup.json. Goals (medians): handshake <= 300 ms and
+the single file's <= 1.2x the virtualenv's; idle RSS <= 60 MB.
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ from xen_driver.nomad.schemas import PLUGIN_SCHEMA  # noqa: E402
 from xen_driver.plugin.handshake import NOMAD_HANDSHAKE  # noqa: E402
 
 GOAL_HANDSHAKE_MS = 300.0
+GOAL_SINGLE_FILE_RATIO = 1.2
+FIRST_START_RUNS = 3
 GOAL_RSS_MB = 60.0
 IDLE_S = 1.0
 
@@ -52,7 +59,7 @@ def rss_mb(pid: int) -> float:
 
 def one_run(launcher: str, env: dict[str, str]) -> dict[str, float]:
     start = time.perf_counter()
-    proc = subprocess.Popen([launcher], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([launcher], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd="/")
     line = proc.stdout.readline().decode()
     handshake_ms = (time.perf_counter() - start) * 1000
     parts = line.strip().split("|")
@@ -98,43 +105,95 @@ def summary(values: list[float]) -> dict[str, float]:
     }
 
 
+def summarize(runs: list[dict[str, float]]) -> dict:
+    return {key: summary([r[key] for r in runs]) for key in ("handshake_ms", "first_fingerprint_ms", "idle_rss_mb", "shutdown_ms")}
+
+
+def build_single_file() -> Path:
+    subprocess.run([sys.executable, str(REPO / "tools" / "dist.py")], check=True, stdout=subprocess.DEVNULL)
+    return REPO / "dist" / "nomad-driver-xen"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--single-file", default=None, help="a built dist/nomad-driver-xen (default: build it now)")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "startup.json"))
     args = parser.parse_args()
 
+    single = Path(args.single_file).resolve() if args.single_file else build_single_file()
     with tempfile.TemporaryDirectory(prefix="ndx-bench-") as tmp:
-        launcher = str(install(os.path.join(tmp, "plugins"), "nomad-driver-xen"))
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("NOMAD_PLUGIN", "PLUGIN_"))}
+        venv_launcher = str(install(os.path.join(tmp, "plugins"), "nomad-driver-xen"))
+        # Where the operator puts it: a plugin_dir of its own (read-only here, as it may be).
+        single_dir = Path(tmp, "plugin-dir")
+        single_dir.mkdir()
+        single_file = single_dir / "nomad-driver-xen"
+        single_file.write_bytes(single.read_bytes())
+        single_file.chmod(0o755)
+        single_dir.chmod(0o555)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("NOMAD_PLUGIN", "PLUGIN_", "SHIV_"))}
         env.update(NOMAD_PLUGIN_MAGIC_COOKIE=NOMAD_HANDSHAKE.cookie_value, PLUGIN_PROTOCOL_VERSIONS="2")
-        one_run(launcher, env)  # warm the page cache; not counted
-        runs = [one_run(launcher, env) for _ in range(args.runs)]
+        single_env = dict(env, SHIV_ROOT=os.path.join(tmp, "shiv"))
 
+        try:
+            # First starts: an empty unpack directory each time (the file just copied to a new host).
+            first = [one_run(str(single_file), dict(env, SHIV_ROOT=os.path.join(tmp, f"shiv-first-{i}")))
+                     for i in range(FIRST_START_RUNS)]
+
+            one_run(venv_launcher, env)  # warm the page cache (and the single file's unpacked copy); not counted
+            one_run(str(single_file), single_env)
+            venv_runs, single_runs = [], []
+            for _ in range(args.runs):
+                venv_runs.append(one_run(venv_launcher, env))
+                single_runs.append(one_run(str(single_file), single_env))
+        finally:
+            single_dir.chmod(0o755)
+
+    venv_res, single_res = summarize(venv_runs), summarize(single_runs)
+    ratio = round(single_res["handshake_ms"]["median"] / venv_res["handshake_ms"]["median"], 2)
     result = {
-        "benchmark": "plugin startup (exec -> handshake line), idle RSS, shutdown",
+        "benchmark": "plugin startup (exec -> handshake line), idle RSS, shutdown: single file vs virtualenv, same run",
         "version": __version__,
         "runs": args.runs,
         "python": platform.python_version(),
+        "single_file_python": subprocess.run(
+            ["/usr/bin/python3", "-c", "import platform; print(platform.python_version())"], capture_output=True, text=True
+        ).stdout.strip(),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "loadavg_1m_after": round(os.getloadavg()[0], 2)},
-        "handshake_ms": summary([r["handshake_ms"] for r in runs]),
-        "first_fingerprint_ms": summary([r["first_fingerprint_ms"] for r in runs]),
-        "idle_rss_mb": summary([r["idle_rss_mb"] for r in runs]),
-        "shutdown_ms": summary([r["shutdown_ms"] for r in runs]),
-        "goals": {"handshake_ms_median": GOAL_HANDSHAKE_MS, "idle_rss_mb_median": GOAL_RSS_MB},
+        "virtualenv": venv_res,
+        "single_file": single_res,
+        "single_file_first_start": {
+            "runs": FIRST_START_RUNS,
+            "handshake_ms": summary([r["handshake_ms"] for r in first]),
+            "note": "empty SHIV_ROOT: unpacks the bundled site-packages, then compiles what it imports",
+        },
+        "single_file_size_kib": single.stat().st_size // 1024,
+        "handshake_median_ratio_single_file_to_virtualenv": ratio,
+        "goals": {
+            "handshake_ms_median": GOAL_HANDSHAKE_MS,
+            "single_file_to_virtualenv_handshake_ratio": GOAL_SINGLE_FILE_RATIO,
+            "idle_rss_mb_median": GOAL_RSS_MB,
+        },
     }
     result["goals_met"] = (
-        result["handshake_ms"]["median"] <= GOAL_HANDSHAKE_MS and result["idle_rss_mb"]["median"] <= GOAL_RSS_MB
+        all(r["handshake_ms"]["median"] <= GOAL_HANDSHAKE_MS and r["idle_rss_mb"]["median"] <= GOAL_RSS_MB
+            for r in (venv_res, single_res))
+        and ratio <= GOAL_SINGLE_FILE_RATIO
     )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    h, m, s, f = result["handshake_ms"], result["idle_rss_mb"], result["shutdown_ms"], result["first_fingerprint_ms"]
-    print(f"runs:                {args.runs}")
-    print(f"exec -> handshake:   median {h['median']} ms  (min {h['min']}, p90 {h['p90']}, max {h['max']}; goal <= {GOAL_HANDSHAKE_MS:g})")
-    print(f"exec -> fingerprint: median {f['median']} ms")
-    print(f"idle RSS:            median {m['median']} MB  (max {m['max']}; goal <= {GOAL_RSS_MB:g})")
-    print(f"Shutdown -> exit:    median {s['median']} ms  (max {s['max']}; go-plugin kills after 2000)")
+    print(f"runs:                {args.runs} per plugin, alternating")
+    for label, res in (("virtualenv", venv_res), ("single file", single_res)):
+        h, m, s, f = res["handshake_ms"], res["idle_rss_mb"], res["shutdown_ms"], res["first_fingerprint_ms"]
+        print(f"{label}:")
+        print(f"  exec -> handshake:   median {h['median']} ms  (min {h['min']}, p90 {h['p90']}, max {h['max']}; goal <= {GOAL_HANDSHAKE_MS:g})")
+        print(f"  exec -> fingerprint: median {f['median']} ms")
+        print(f"  idle RSS:            median {m['median']} MB  (max {m['max']}; goal <= {GOAL_RSS_MB:g})")
+        print(f"  Shutdown -> exit:    median {s['median']} ms  (max {s['max']}; go-plugin kills after 2000)")
+    fs = result["single_file_first_start"]["handshake_ms"]
+    print(f"single file, first start (unpack): median {fs['median']} ms (max {fs['max']}; go-plugin allows 60000)")
+    print(f"handshake ratio single/venv: {ratio} (goal <= {GOAL_SINGLE_FILE_RATIO})")
     print(f"goals met:           {result['goals_met']}")
     print(f"written:             {out}")
     return 0
