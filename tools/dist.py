@@ -33,7 +33,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -153,8 +152,10 @@ def compile_site_packages(zipapp: Path, work: Path) -> dict[str, bytes]:
     tree = work / "site-packages"
     with zipfile.ZipFile(zipapp) as z:
         z.extractall(tree.parent, [n for n in z.namelist() if n.startswith("site-packages/") and n.endswith(".py")])
+    # ddir: a fixed file name in the code objects (the import system puts in the real one), so the
+    # same sources give the same bytes
     run([python, "-c", "import compileall, py_compile, sys; sys.exit(not compileall.compile_dir(sys.argv[1], quiet=1, "
-         "invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH))", str(tree)])
+         "ddir='site-packages', invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH))", str(tree)])
     return {str(p.relative_to(tree.parent)): p.read_bytes() for p in sorted(tree.rglob("*.pyc"))}
 
 
@@ -184,7 +185,7 @@ def finish_zipapp(zipapp: Path, main_py: bytes, pycs: dict[str, bytes]) -> None:
     os.replace(out, zipapp)
 
 
-def deb(out: Path, zipapp: Path, ver: str, build_commit: str, work: Path) -> Path:
+def deb(out: Path, zipapp: Path, ver: str, build_commit: str, work: Path, env: dict[str, str]) -> Path:
     root = work / "deb"
     shutil.rmtree(root, ignore_errors=True)
     plugin = root / "opt" / "nomad" / "plugins" / NAME
@@ -198,14 +199,17 @@ def deb(out: Path, zipapp: Path, ver: str, build_commit: str, work: Path) -> Pat
     shutil.copy2(pkg / "copyright", doc / "copyright")
     for example in ("agent.hcl", "server.hcl", "xen-client.hcl"):
         shutil.copy2(REPO / "nomad-jobs" / example, doc / "examples" / example)
+    epoch = int(env.get("SOURCE_DATE_EPOCH") or 0) or None
     for path in [p for p in root.rglob("*")]:
         path.chmod(0o755 if path.is_dir() or path == plugin else 0o644)
+        if epoch:
+            os.utime(path, (epoch, epoch))
     size_kib = sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) // 1024
     control = (pkg / "control").read_text().format(version=ver, installed_size=size_kib, commit=build_commit)
     (root / "DEBIAN").mkdir()
     (root / "DEBIAN" / "control").write_text(control)
     target = out / f"{NAME}_{ver}_amd64.deb"
-    run(["dpkg-deb", "--root-owner-group", "-Zxz", "--build", str(root), str(target)], stdout=subprocess.DEVNULL)
+    run(["dpkg-deb", "--root-owner-group", "-Zxz", "--build", str(root), str(target)], stdout=subprocess.DEVNULL, env=env)
     return target
 
 
@@ -228,7 +232,10 @@ def main() -> int:
     lock = open(BUILD / ".dist.lock", "w")
     fcntl.flock(lock, fcntl.LOCK_EX)
     python = tools_python()
-    work = Path(tempfile.mkdtemp(prefix="dist-", dir=BUILD))
+    # A fixed place (we hold the lock): the wheel's path ends up in the bundle's direct_url.json.
+    work = BUILD / "dist-work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
     try:
         src = work / "src"
         stage(src, build_commit)
@@ -257,7 +264,7 @@ def main() -> int:
         finish_zipapp(zipapp, (REPO / "packaging" / "zipapp_main.py").read_bytes(), compile_site_packages(zipapp, work))
 
         say("Debian package")
-        deb(built, zipapp, ver, build_commit, work)
+        deb(built, zipapp, ver, build_commit, work, env)
 
         sums = []
         for path in sorted(built.iterdir()):
