@@ -348,7 +348,8 @@ class TaskLifecycle:
             maxmem_mb=maxmem,
             vcpus=cfg.vcpus,
             cpus=cfg.cpus,
-            vifs=self._vif_specs(cfg, network.vif_macs(spec.id, cfg.vif, self._macs_in_use())),
+            # (the MACs in use are only looked at, a pass over every task, when there are vifs)
+            vifs=self._vif_specs(cfg, network.vif_macs(spec.id, cfg.vif, self._macs_in_use() if cfg.vif else set())),
             on_crash="preserve" if cfg.on_crash == "destroy" else cfg.on_crash,
         )
         try:
