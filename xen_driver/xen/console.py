@@ -13,7 +13,7 @@ output.  Hence:
 * **One loop for all guests, woken by what changed.**  An inotify watch on each console log
   directory (one descriptor for all, through ctypes) tells the single pump task which files were
   written, created, moved or deleted; only those are read.  An idle guest therefore costs
-  nothing, however many there are.  A slow safety pass (every ``safety_s``, 5 s) reads every
+  nothing, however many there are.  A slow safety pass (every ``safety_s``, 30 s) reads every
   file anyway, in case a change slipped past (a queue overflow re-reads everything at once);
   streams whose directory cannot be watched (no inotify, directory missing) are polled every
   ``tick_s`` (150 ms), as are streams with undelivered bytes.  Reading a regular file from the
@@ -266,6 +266,8 @@ class ConsoleStream:
             st = os.stat(self.path)
         except FileNotFoundError:
             return 0
+        if self._fd is not None and st.st_ino == self.inode and st.st_size == self.read_offset:
+            return 0  # nothing new (the safety pass finds most files so)
         if self._fd is None:
             try:
                 self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
@@ -426,7 +428,7 @@ class ConsolePump:
         self,
         *,
         tick_s: float = 0.15,
-        safety_s: float = 5.0,
+        safety_s: float = 30.0,
         max_pending: int = 1 << 20,
         history_bytes: int = 1 << 16,
         use_inotify: bool = True,

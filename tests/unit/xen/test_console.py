@@ -364,3 +364,26 @@ def test_a_stalled_reader_of_one_task_never_delays_another(tmp_path: Path) -> No
             os.close(holder)
 
     asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_safety_pass_over_idle_consoles_reads_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pass that covers missed events looks at each file's size; it reads none that did not grow."""
+    from xen_driver.xen import console
+
+    async def main() -> None:
+        pump = ConsolePump(tick_s=3600, safety_s=3600)  # driven by hand
+        sinks = []
+        for i in range(50):
+            append(tmp_path / f"guest-g{i}.log", b"boot\n")
+            sinks.append(MemorySink())
+            pump.add(f"g{i}", tmp_path / f"guest-g{i}.log", sinks[-1])
+        await pump.pump_once()
+        assert all(bytes(s.data) == b"boot\n" for s in sinks)
+        reads = []
+        real = console.os.pread
+        monkeypatch.setattr(console.os, "pread", lambda *a: reads.append(a) or real(*a))
+        await pump.pump_once()
+        assert reads == []
+        await pump.stop()
+
+    asyncio.run(main())
