@@ -195,6 +195,10 @@ class DomainWatcher:
         self._changed = True
         self._kick.set()
 
+    def _following(self) -> bool:
+        """Whether any tracked domain is still running (stops at the first: no walk over all)."""
+        return any(not e.future.done() for e in self._tracked.values())
+
     @property
     def tracked(self) -> list[str]:
         return [n for n, e in self._tracked.items() if not e.future.done()]
@@ -219,7 +223,7 @@ class DomainWatcher:
             if self.coalesce_s:
                 await asyncio.sleep(self.coalesce_s)  # let a burst of events collapse into one scan
             self._kick.clear()
-            if not self.tracked:
+            if not self._following():
                 self._fresh.clear()
                 self._changed = False
                 continue
