@@ -193,7 +193,7 @@ class _Ops:
             if exc.errno_name != "E2BIG":
                 raise
             raw = await self._directory_in_parts(path)
-        return [p.decode("ascii", "replace") for p in raw.split(b"\x00") if p]
+        return [p for p in raw.decode("ascii", "replace").split("\x00") if p]
 
     async def _directory_in_parts(self, path: str, *, attempts: int = 8) -> bytes:
         """``DIRECTORY_PART <path> <offset>`` until the part that ends with an empty name; each
@@ -434,7 +434,7 @@ class XenStore(_Ops):
             children = await self.directory("/local/domain")
         except XenStoreError:
             return None
-        for domid in sorted((int(c) for c in children if c.isdigit()), reverse=True):
+        for domid in sorted(map(int, filter(str.isdigit, children)), reverse=True):
             value = await self.read_or_none(f"/local/domain/{domid}/name")
             if value is not None and value.decode(errors="replace") == name:
                 return domid
