@@ -222,7 +222,7 @@ class Rig:
 
     def close(self) -> None:
         """End everything this rig started, by pid."""
-        procs = [self.plugin.pid, *self.keeper_pids]
+        procs = [self.plugin.pid, *(self.keeper_pids or keeper_pids(self.state_dir))]
         for pid in procs:
             try:
                 os.kill(pid, signal.SIGKILL)
