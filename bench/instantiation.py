@@ -177,7 +177,10 @@ def run_path(nomad: NomadDom0, path: StartPath, job: dict, n: int, timeout: floa
                 for task in group["Tasks"]:
                     task["Config"].update(path.task_config)
             t0 = time.monotonic()
-            nomad.api("/v1/jobs", method="PUT", body={"Job": body})
+            try:
+                nomad.api("/v1/jobs", method="PUT", body={"Job": body})
+            except urllib.error.HTTPError as exc:
+                raise SystemExit(f"PUT /v1/jobs ({job_id}) answered {exc.code}: {' '.join(exc.read().decode().split())}")
             rtts.append(round((time.monotonic() - t0) * 1000, 1))  # the pusher's own view, host clock
             progress.show(f"{job_id} submitted")
             alloc = wait_started(nomad, job_id, timeout)
@@ -245,6 +248,10 @@ def main() -> int:
                     current = path.plugin_config
                 if job is None:
                     job = nomad.api("/v1/jobs/parse", method="POST", body={"JobHCL": JOB_FILE.read_text(), "Canonicalize": True})
+                    # Nomad 1.6.3's parse endpoint fills in a 10 MB ephemeral disk, which its own
+                    # register then refuses beside 100 MB of task logs; `nomad job run` gives 300 MB.
+                    for group in job["TaskGroups"]:
+                        group["EphemeralDisk"] = {"SizeMB": 300, "Migrate": False, "Sticky": False}
                 node = nomad.node()
                 out = run_path(nomad, path, job, args.n, args.timeout)
                 results[path.name] = {"path": path, "node": node, **out}
