@@ -87,7 +87,7 @@ from xen_driver.xen.console import ConsolePump, ConsoleStream, FifoSink
 from xen_driver.xen.fifokeeper import FifoKeeperClient
 from xen_driver.xen.probe import XenHostInfo, cpu_mhz, parse_xl_info
 from xen_driver.xen.spec import DomainSpec, SpecError, VifSpec
-from xen_driver.xen.stats import SamplerFailure, StatsSampler
+from xen_driver.xen.stats import DomainGone, SamplerFailure, StatsSampler
 from xen_driver.xen.watcher import DomainExit, DomainWatcher
 from xen_driver.xen.xenstore import XenStore, XenStoreError
 from xen_driver.xen.xl import XlBackend
@@ -866,33 +866,34 @@ class TaskLifecycle:
         await self._learn_host_cpu_mhz()
         queue = self._sampler.subscribe(task.name, interval)
         # Paced by the sampler, which hands every stream its sample in the same loop iteration
-        # (a timer per stream would wake each one separately); a stream that asked for a longer
-        # interval than others skips the samples it does not want.
+        # (a timer per stream, even a timeout, would cost each one a wake-up of its own); a stream
+        # that asked for a longer interval than others skips the samples it does not want.  The
+        # stream ends when a sample shows the task exited or the sampler no longer lists the domain.
         due = 0
         try:
             while task.running:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(interval * 3):
-                        sample = await queue.get()
-                    if isinstance(sample, SamplerFailure):
-                        raise HostUnavailable(f"no resource usage for {task.name}: {sample}")
-                    if sample.timestamp_ns < due:
-                        continue
-                    due = sample.timestamp_ns + int(interval * 0.9e9)
-                    percent, mhz = sample.cpu_percent, self.host_cpu_mhz
-                    yield TaskStats(
-                        task_id=task.id,
-                        timestamp=dt.datetime.fromtimestamp(sample.timestamp_ns / 1e9, dt.timezone.utc),
-                        cpu=CpuUsage(
-                            percent=percent,
-                            total_ticks=percent / 100.0 * mhz if percent is not None and mhz else None,
-                        ),
-                        memory=MemoryUsage(
-                            rss=sample.memory_kib * 1024,
-                            usage=sample.memory_kib * 1024,
-                            max_usage=sample.peak_memory_kib * 1024,
-                        ),
-                    )
+                sample = await queue.get()
+                if isinstance(sample, SamplerFailure):
+                    raise HostUnavailable(f"no resource usage for {task.name}: {sample}")
+                if isinstance(sample, DomainGone):
+                    return
+                if sample.timestamp_ns < due:
+                    continue
+                due = sample.timestamp_ns + int(interval * 0.9e9)
+                percent, mhz = sample.cpu_percent, self.host_cpu_mhz
+                yield TaskStats(
+                    task_id=task.id,
+                    timestamp=dt.datetime.fromtimestamp(sample.timestamp_ns / 1e9, dt.timezone.utc),
+                    cpu=CpuUsage(
+                        percent=percent,
+                        total_ticks=percent / 100.0 * mhz if percent is not None and mhz else None,
+                    ),
+                    memory=MemoryUsage(
+                        rss=sample.memory_kib * 1024,
+                        usage=sample.memory_kib * 1024,
+                        max_usage=sample.peak_memory_kib * 1024,
+                    ),
+                )
         finally:
             self._sampler.unsubscribe(task.name, queue)
 

@@ -68,6 +68,14 @@ class SamplerFailure:
         return f"the last {self.failures} listings of the host's domains failed: {self.error}"
 
 
+@dataclass(frozen=True)
+class DomainGone:
+    """Sent to a domain's subscribers when a listing no longer shows it: no sample will follow,
+    so a stream can end without a timer of its own to notice."""
+
+    name: str
+
+
 class StatsSampler:
     """Samples every domain while anyone is subscribed, as often as the most demanding
     subscriber asks (Nomad's ``collection_interval``; ``interval_s`` for those who do not say)."""
@@ -89,7 +97,7 @@ class StatsSampler:
         self._history: dict[str, deque[tuple[float, float, int | None]]] = {}
         self._peak: dict[str, tuple[int | None, int]] = {}
         self._latest: dict[str, DomainSample] = {}
-        self._subs: dict[str, set[asyncio.Queue[DomainSample | SamplerFailure]]] = {}
+        self._subs: dict[str, set[asyncio.Queue[DomainSample | SamplerFailure | DomainGone]]] = {}
         #: The interval each subscriber asked for (by queue id).
         self._wanted: dict[int, float] = {}
         self._task: asyncio.Task[None] | None = None
@@ -99,18 +107,18 @@ class StatsSampler:
         self.last_error: str | None = None
 
     # ------------------------------------------------------------ interface
-    def subscribe(self, name: str, interval_s: float | None = None) -> asyncio.Queue[DomainSample | SamplerFailure]:
+    def subscribe(self, name: str, interval_s: float | None = None) -> asyncio.Queue[DomainSample | SamplerFailure | DomainGone]:
         """A queue that always holds the newest sample of ``name`` (older ones are dropped), or a
         :class:`SamplerFailure` while listings keep failing.  ``interval_s``: how often the
         subscriber wants a sample; the sampler lists as often as the most demanding one asks."""
-        queue: asyncio.Queue[DomainSample | SamplerFailure] = asyncio.Queue(maxsize=1)
+        queue: asyncio.Queue[DomainSample | SamplerFailure | DomainGone] = asyncio.Queue(maxsize=1)
         self._subs.setdefault(name, set()).add(queue)
         self._wanted[id(queue)] = max(MIN_INTERVAL_S, interval_s) if interval_s else self.interval_s
         if name in self._latest:
             queue.put_nowait(self._latest[name])
         return queue
 
-    def unsubscribe(self, name: str, queue: asyncio.Queue[DomainSample | SamplerFailure]) -> None:
+    def unsubscribe(self, name: str, queue: asyncio.Queue[DomainSample | SamplerFailure | DomainGone]) -> None:
         self._wanted.pop(id(queue), None)
         subs = self._subs.get(name)
         if subs is not None:
@@ -128,7 +136,7 @@ class StatsSampler:
 
     # -------------------------------------------------------------- sampling
     @staticmethod
-    def _offer(queue: asyncio.Queue[DomainSample | SamplerFailure], item: DomainSample | SamplerFailure) -> None:
+    def _offer(queue: asyncio.Queue[DomainSample | SamplerFailure | DomainGone], item: DomainSample | SamplerFailure | DomainGone) -> None:
         if queue.full():
             queue.get_nowait()
         queue.put_nowait(item)
@@ -152,6 +160,9 @@ class StatsSampler:
             self._history.pop(gone, None)
             self._peak.pop(gone, None)
             self._latest.pop(gone, None)
+        for name in [n for n in self._subs if n not in seen]:
+            for queue in self._subs[name]:
+                self._offer(queue, DomainGone(name))
         return dict(self._latest)
 
     async def tick(self) -> None:

@@ -174,3 +174,34 @@ async def test_a_stream_sends_each_sample_when_the_sampler_hands_it_out(host, mo
         await stream.aclose()
     finally:
         await lc.close()
+
+
+async def test_waiting_streams_hold_no_timer_and_end_when_the_domain_is_gone(host):
+    """A thousand open streams must not mean a thousand timers: a stream waits for the sampler
+    only, and ends when the sampler no longer lists its domain."""
+    lc, spec, name = await _started(host)
+    fake = host[2]
+    try:
+        await lc._sampler.stop()  # the test lists the host itself
+        await lc._sampler.sample_once()
+        streams = [lc.task_stats(spec.id, 0.5) for _ in range(20)]
+        for stream in streams:
+            await asyncio.wait_for(anext(stream), 5)
+        loop = asyncio.get_running_loop()
+        before = len(loop._scheduled)
+        waiting = [asyncio.ensure_future(anext(stream)) for stream in streams]
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert len(loop._scheduled) - before < 5  # no timer per waiting stream
+        real = fake.list_domains
+
+        async def without_it():
+            return [d for d in await real() if d.name != name]
+
+        fake.list_domains = without_it
+        await lc._sampler.sample_once()
+        for fut in waiting:
+            with pytest.raises(StopAsyncIteration):
+                await asyncio.wait_for(fut, 5)
+    finally:
+        await lc.close()

@@ -220,3 +220,20 @@ def test_sampler_follows_the_interval_subscribers_ask_for() -> None:
             await s.stop()
 
     asyncio.run(main())
+
+
+def test_subscribers_of_a_domain_no_longer_listed_are_told_it_is_gone() -> None:
+    from xen_driver.xen.stats import DomainGone
+
+    async def main() -> None:
+        be = FakeBackend()
+        be.set("g", 3, DomainState.RUNNING, cpu_seconds=1.0, memory_kib=16384, vcpus=1)
+        s = StatsSampler(be)
+        queue = s.subscribe("g")
+        await s.sample_once()
+        assert isinstance(queue.get_nowait(), DomainSample)
+        del be.domains["g"]
+        await s.sample_once()
+        assert queue.get_nowait() == DomainGone("g")
+
+    asyncio.run(main())
