@@ -233,9 +233,12 @@ def parse_task(
     evaluation: dict | None,
     *,
     same_clock: bool,
+    origin: dict | None = None,
 ) -> TaskBreakdown:
     """The breakdown of one task's first start, from a full allocation (``/v1/allocation/<id>``)
-    and the evaluation that placed it (``None`` if Nomad no longer has it)."""
+    and the evaluation that placed it (``None`` if Nomad no longer has it).  When that is a blocked
+    evaluation (it waited for capacity), ``origin`` is the submission's evaluation it descends
+    from (:func:`origin_evaluation`): the server's phases then count from there."""
     state = (alloc.get("TaskStates") or {}).get(task) or {}
     events = _events(state)
     job = alloc.get("Job") or {}
@@ -256,6 +259,14 @@ def parse_task(
     ts = row.timestamps
 
     submit = job.get("SubmitTime") or None
+    if evaluation is not None and origin is not None and evaluation.get("TriggeredBy") == BLOCKED:
+        waited = (evaluation.get("CreateTime") or 0) - (origin.get("CreateTime") or 0)
+        row.notes.append(
+            f"placed by blocked evaluation {evaluation.get('ID', '')[:8]} (created {_ms(waited):.1f} ms after"
+            f" evaluation {origin.get('ID', '')[:8]}, it waited for capacity): scheduling counts from the submission's evaluation"
+        )
+        ts["placing_evaluation_created"] = evaluation.get("CreateTime")
+        evaluation = origin
     eval_create = (evaluation or {}).get("CreateTime") or None
     placed = alloc.get("CreateTime") or None
     ts.update(job_submitted=submit, evaluation_created=eval_create, allocation_placed=placed)
@@ -275,14 +286,14 @@ def parse_task(
     if (
         eval_create is not None
         and submit is not None
-        and row.eval_triggered_by == "job-register"
+        and evaluation.get("TriggeredBy") == "job-register"
         and eval_create >= submit
     ):
         ph["server"] = _ms(eval_create - submit)
         begin = submit
     elif eval_create is not None:
         row.notes.append(
-            f"placed by an evaluation triggered by {row.eval_triggered_by or 'something else'}, not by the job's submission:"
+            f"placed by an evaluation triggered by {evaluation.get('TriggeredBy') or 'something else'}, not by the job's submission:"
             " no server phase, total from the evaluation"
         )
 
@@ -351,10 +362,28 @@ def parse_allocation(
     *,
     driver: str = "xen",
     same_clock: bool,
+    origin: dict | None = None,
 ) -> list[TaskBreakdown]:
     """One breakdown per task of ``driver`` in the allocation (none if it has no such task)."""
     tasks = [name for name, drv in task_drivers(alloc).items() if drv == driver]
-    return [parse_task(alloc, t, evaluation, same_clock=same_clock) for t in sorted(tasks)]
+    return [parse_task(alloc, t, evaluation, same_clock=same_clock, origin=origin) for t in sorted(tasks)]
+
+
+#: TriggeredBy of a blocked evaluation: the scheduler made it when a placement found no capacity.
+BLOCKED = "queued-allocs"
+
+
+def origin_evaluation(evaluation: dict | None, lookup) -> dict | None:
+    """The job-register evaluation a blocked evaluation descends from (through ``PreviousEval``),
+    or None.  ``lookup(eval_id)`` returns an evaluation or None."""
+    current = evaluation
+    for _ in range(16):
+        if current is None or current.get("TriggeredBy") != BLOCKED or not current.get("PreviousEval"):
+            break
+        current = lookup(current["PreviousEval"])
+    if current is not evaluation and current is not None and current.get("TriggeredBy") == "job-register":
+        return current
+    return None
 
 
 def shares_one_clock(agent_self: dict | None, node_id: str) -> bool:
@@ -471,8 +500,9 @@ def collect(
         others = ", ".join(f'task "{t}" driver "{d}"' for t, d in sorted(drivers.items())) or "no tasks"
         raise BreakdownError(f"allocation {alloc['ID'][:8]} is not a {driver} allocation ({others})")
     evaluation = _evaluation(api, alloc.get("EvalID", ""), {})
+    origin = origin_evaluation(evaluation, lambda eid: _evaluation(api, eid, {}))
     same = synced_clocks or shares_one_clock(_agent_self(api), alloc.get("NodeID", ""))
-    rows = parse_allocation(alloc, evaluation, driver=driver, same_clock=same)
+    rows = parse_allocation(alloc, evaluation, driver=driver, same_clock=same, origin=origin)
     return Report(api.address, api.namespace, target, "allocation", alloc.get("JobID", ""), driver, rows, synced_clocks)
 
 
@@ -498,9 +528,9 @@ def _collect_job(api: NomadAPI, job: dict, target: str, driver: str, synced_cloc
             skipped.append(stub["ID"])
             continue
         same = synced_clocks or shares_one_clock(agent_self, alloc.get("NodeID", ""))
-        rows.extend(
-            parse_allocation(alloc, _evaluation(api, alloc.get("EvalID", ""), evaluations), driver=driver, same_clock=same)
-        )
+        evaluation = _evaluation(api, alloc.get("EvalID", ""), evaluations)
+        origin = origin_evaluation(evaluation, lambda eid: _evaluation(api, eid, evaluations))
+        rows.extend(parse_allocation(alloc, evaluation, driver=driver, same_clock=same, origin=origin))
     if not rows:
         seen = ", ".join(sorted(d for d in drivers_seen if d)) or "none"
         raise BreakdownError(f"job {job_id} has no allocation with a {driver} task (drivers: {seen})")

@@ -120,6 +120,30 @@ def test_a_rescheduled_allocation_starts_at_its_evaluation():
     assert any("delayed until 2026-11-28T00:20:49.05Z" in n for n in row.notes)
 
 
+def _blocked(created_after_ms: float) -> dict:
+    """A blocked evaluation (no capacity at first) made from the job's register evaluation E1."""
+    e1 = load(f"evaluation_{E1}")
+    return dict(
+        e1, ID="d4c3b2a1-0000-4000-8000-00000000b10c", TriggeredBy="queued-allocs", Status="complete",
+        PreviousEval=E1, CreateTime=e1["CreateTime"] + int(created_after_ms * 1e6),
+    )
+
+
+def test_a_blocked_evaluation_counts_from_the_submission():
+    blocked = _blocked(20.0)
+    origin = bd.origin_evaluation(blocked, {E1: load(f"evaluation_{E1}")}.get)
+    assert origin["ID"] == E1
+    [row] = bd.parse_allocation(load(f"allocation_{A1}"), blocked, same_clock=True, origin=origin)
+    assert (row.phases["server"], row.phases["scheduling"], row.phases["total"]) == (0.0, 35.2, 21467.1)
+    assert row.eval_triggered_by == "queued-allocs"
+    assert any("blocked evaluation d4c3b2a1 (created 20.0 ms after evaluation 7c1a9e40" in n for n in row.notes)
+    # Without the chain (the register evaluation is gone), it counts from the blocked one, and says so.
+    assert bd.origin_evaluation(blocked, {}.get) is None
+    [row] = bd.parse_allocation(load(f"allocation_{A1}"), blocked, same_clock=True)
+    assert "server" not in row.phases and row.phases["scheduling"] == 15.2 and row.phases["total"] == 21447.1
+    assert any("triggered by queued-allocs" in n for n in row.notes)
+
+
 def test_a_garbage_collected_evaluation_leaves_only_client_and_driver_phases():
     [row] = bd.parse_allocation(load(f"allocation_{A1}"), None, same_clock=True)
     assert {"server", "scheduling", "total"}.isdisjoint(row.phases)
@@ -173,7 +197,8 @@ def test_median_and_p90_over_started_tasks():
 class FakeNomad:
     """Serves the fixtures at Nomad's paths; records the requests (path, query, token)."""
 
-    def __init__(self, *, fail_self: int | None = None):
+    def __init__(self, *, fail_self: int | None = None, overrides: dict | None = None):
+        self.overrides = overrides or {}  # fixture name -> response body
         self.requests: list[tuple[str, dict, str | None]] = []
         fake = self
 
@@ -224,6 +249,8 @@ class FakeNomad:
             prefix = query.get("prefix", "")
             allocs = [json.loads(p.read_text()) for p in sorted(FIXTURES.glob("allocation_*.json"))]
             return 200, [{"ID": a["ID"], "JobID": a["JobID"]} for a in allocs if a["ID"].startswith(prefix)]
+        if name in self.overrides:
+            return 200, self.overrides[name]
         if name and (FIXTURES / f"{name}.json").is_file():
             return 200, (FIXTURES / f"{name}.json").read_bytes()
         what = "alloc" if "allocation" in path else "eval" if "evaluation" in path else "job"
@@ -332,6 +359,22 @@ def test_agent_self_refused_means_clocks_not_known_to_agree(capsys, monkeypatch)
         assert a1["same_clock"] is False and a1["phases_ms"]["dispatch"] is None and a1["phases_ms"]["total"] is None
         code, out, err = run_cli(capsys, "-address", fake.addr, "clickos", "--json", "--synced-clocks")
         assert code == 0 and json.loads(out)["allocations"][0]["phases_ms"]["total"] == 21467.1
+
+
+def test_a_blocked_evaluation_is_followed_to_the_submission_over_http(capsys, monkeypatch):
+    monkeypatch.delenv("NOMAD_ADDR", raising=False)
+    blocked = _blocked(20.0)
+    a1 = dict(load(f"allocation_{A1}"), EvalID=blocked["ID"])
+    overrides = {f"allocation_{A1}": a1, f"evaluation_{blocked['ID']}": blocked}
+    with FakeNomad(overrides=overrides) as fake:  # the job's evaluation list lacks it: fetched by id
+        code, out, err = run_cli(capsys, "-address", fake.addr, "clickos", "--json")
+        assert code == 0, err
+        row = json.loads(out)["allocations"][0]
+        assert row["alloc_id"] == A1 and row["eval_triggered_by"] == "queued-allocs"
+        assert (row["phases_ms"]["server"], row["phases_ms"]["scheduling"]) == (0.0, 35.2)
+        code, out, err = run_cli(capsys, "-address", fake.addr, A1, "--json")
+        assert code == 0 and json.loads(out)["allocations"][0]["phases_ms"]["scheduling"] == 35.2
+    assert ("/v1/evaluation/" + blocked["ID"]) in [p for p, _, _ in fake.requests]
 
 
 def _one_line_error(code: int, out: str, err: str) -> str:
