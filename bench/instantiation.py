@@ -228,11 +228,13 @@ def main() -> int:
     if not unikernel.is_file():
         raise SystemExit(f"{unikernel.relative_to(REPO)} is missing: run make guests")
     base_agent = (REPO / "nomad-jobs" / "agent.hcl").read_text()
-    date = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
-    wall = time.monotonic()
     results: dict[str, Any] = {}
     print(f"booting the testbed ({'kvm' if args.kvm else 'tcg'}); run directory {run_dir}", file=sys.stderr)
     with Testbed(image_dir=images, scratch_dir=run_dir, forwards=(4646,), kvm=args.kvm) as tb:
+        # The run's date and duration start once the testbed is ours (it may wait for another's).
+        date = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
+        wall = time.monotonic()
+        lock_wait = getattr(tb, "lock_wait_s", None)
         tb.write_file("/var/lib/ndx-bench/ndx-unikernel", unikernel.read_bytes())
         nomad = NomadDom0(tb, run_dir, "/var/lib/ndx-bench/ndx-unikernel")
         nomad.install()
@@ -271,7 +273,8 @@ def main() -> int:
             "submission": "PUT /v1/jobs one job at a time; each waits until its task has started, is measured, stopped and purged",
             "jobs_per_path": args.n,
             "testbed_boot_s": boot,
-            "wall_s": round(wall, 1),
+            "waited_for_another_testbed_s": lock_wait,
+            "wall_s_after_boot": round(wall, 1),
         },
         "unit": "ms",
         "clocks": bd.CLOCKS,
