@@ -27,6 +27,7 @@ Design decisions:
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import re
 import sys
@@ -351,6 +352,7 @@ class XlBackend:
 
 
 # ---------------------------------------------------------------- parsing
+@functools.lru_cache(maxsize=256)  # a handful of distinct strings, a thousand lines per listing
 def parse_state_flags(flags: str) -> tuple[DomainState, ExitReason | None]:
     """Decode xl's six state letters ``r b p s <reason> d``.
 
