@@ -75,7 +75,7 @@ recovery: deps nomad testbed
 .PHONY: instantiation
 instantiation: deps nomad testbed guests
 	$(PY) -c 'import matplotlib' 2>/dev/null || $(PY) -m pip install --quiet --disable-pip-version-check -e '.[plot]'
-	$(PY) bench/instantiation.py -n $(or $(N),5) --paths $(or $(PATHS),xl)
+	$(PY) bench/instantiation.py -n $(or $(N),5) $(if $(PATHS),--paths $(PATHS))
 
 bench: deps nomad testbed
 	$(PY) bench/startup.py

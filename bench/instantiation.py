@@ -11,7 +11,7 @@ Writes ``bench/results/instantiation.json`` (every row, median and p90 per phase
 date and conditions) and ``bench/results/instantiation.png`` (stacked bars, one per job and one of
 the medians per path), and prints the tables.
 
-    python bench/instantiation.py [-n 5] [--paths xl] [--kvm]      (or: make instantiation)
+    python bench/instantiation.py [-n 5] [--paths xl,pool] [--kvm]      (or: make instantiation)
 
 Needs the ``[plot]`` extra (matplotlib) for the figure.
 """
@@ -29,7 +29,7 @@ import urllib.error
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -55,8 +55,37 @@ class StartPath:
     description: str
     plugin_config: dict[str, Any] = field(default_factory=dict)  # overrides in plugin "nomad-driver-xen" { config {} }
     task_config: dict[str, Any] = field(default_factory=dict)  # overrides in the task's config {}
+    plugin_hcl: str = ""  # blocks added to the plugin's config {} (a pool profile, say)
     ready: bool = True  # False: a hook for a path that is not in the driver yet
     not_ready: str = ""
+    #: Before each submission, wait until this holds (e.g. the pool is full again), outside the timing.
+    settle: Callable[[NomadDom0], bool] | None = None
+    settle_what: str = ""
+    #: Domains of this prefix belong to the path itself (idle pool members), not to a finished job.
+    own_domains: str = ""
+
+
+def pool_full(name: str, size: int) -> Callable[[NomadDom0], bool]:
+    def check(nomad: NomadDom0) -> bool:
+        try:
+            attrs = nomad.node().get("Attributes") or {}
+        except (urllib.error.URLError, OSError, AssertionError, ValueError):
+            return False
+        return int(attrs.get(f"driver.xen.pool.{name}.ready") or 0) >= size
+
+    return check
+
+
+POOL_PROFILE = """pool "clickos" {
+      kernel  = "/var/lib/nomad-driver-xen/images/ndx-unikernel"
+      cmdline = "clickos tick=5"
+      memory  = 16
+      vcpus   = 1
+      vif {
+        bridge = "xenbr0"
+      }
+      size = 1
+    }"""
 
 
 START_PATHS: dict[str, StartPath] = {
@@ -66,10 +95,15 @@ START_PATHS: dict[str, StartPath] = {
     # the timing event by itself).
     "pool": StartPath(
         "pool",
-        "warm pool: the driver takes a pre-created, paused domain and hands it the task",
-        plugin_config={},  # e.g. {"pool_size": 4}
-        ready=False,
-        not_ready="the warm-pool start path is not in the driver yet",
+        "warm pool: the task claims a pre-built, paused member (pool = \"clickos\"); the pool is full before each job",
+        # The node shows driver.xen.pool.<name>.ready at each fingerprint: every 5 s here, so the
+        # wait for a refilled pool is short (the probe costs a little CPU between measurements).
+        plugin_config={"backend": "xl", "fingerprint_period": "5s"},
+        plugin_hcl=POOL_PROFILE,
+        task_config={"pool": "clickos"},
+        settle=pool_full("clickos", 1),
+        settle_what="the pool to be full",
+        own_domains="ndx-pool-clickos-",
     ),
     "libvirt": StartPath(
         "libvirt",
@@ -89,8 +123,9 @@ def hcl_value(value: Any) -> str:
     return json.dumps(value)
 
 
-def agent_config(base: str, overrides: dict[str, Any]) -> str:
-    """nomad-jobs/agent.hcl with the plugin block's ``config`` settings overridden."""
+def agent_config(base: str, overrides: dict[str, Any], blocks: str = "") -> str:
+    """nomad-jobs/agent.hcl with the plugin block's ``config`` settings overridden (and ``blocks``
+    added to it)."""
     head, sep, rest = base.partition('plugin "nomad-driver-xen" {')
     if not sep:
         raise SystemExit('agent.hcl has no plugin "nomad-driver-xen" block')
@@ -99,6 +134,8 @@ def agent_config(base: str, overrides: dict[str, Any]) -> str:
         rest, n = re.subn(rf"(?m)^(\s*){re.escape(key)}\s*=.*$", lambda m: m.group(1) + line, rest, count=1)
         if not n:
             rest = rest.replace("config {", "config {\n    " + line, 1)
+    if blocks:
+        rest = rest.replace("config {", "config {\n    " + blocks.strip() + "\n", 1)
     return head + sep + rest
 
 
@@ -156,11 +193,15 @@ def wait_started(nomad: NomadDom0, job_id: str, timeout: float) -> dict:
     return nomad.wait_until(check, timeout, f"job {job_id} to start", every=0.25)
 
 
-def stop_and_purge(nomad: NomadDom0, job_id: str) -> None:
+def stop_and_purge(nomad: NomadDom0, job_id: str, own_domains: str = "") -> None:
     nomad.api(f"/v1/job/{job_id}", method="DELETE")
     nomad.wait_alloc(job_id, {"complete", "failed", "lost"}, timeout=180)
     nomad.api(f"/v1/job/{job_id}?purge=true", method="DELETE")
-    nomad.wait_until(lambda: nomad.domains() == [], 60, f"the domain of {job_id} to be gone", every=0.5)
+
+    def gone() -> bool:
+        return [d for d in nomad.domains() if not (own_domains and d.startswith(own_domains))] == []
+
+    nomad.wait_until(gone, 60, f"the domain of {job_id} to be gone", every=0.5)
 
 
 def run_path(nomad: NomadDom0, path: StartPath, job: dict, n: int, timeout: float) -> dict[str, Any]:
@@ -171,6 +212,9 @@ def run_path(nomad: NomadDom0, path: StartPath, job: dict, n: int, timeout: floa
     try:
         for i in range(n):
             job_id = f"inst-{path.name}-{i + 1:03d}"
+            if path.settle is not None:
+                progress.show(f"waiting for {path.settle_what}")
+                nomad.wait_until(lambda: path.settle(nomad), 600, path.settle_what, every=0.5)
             body = json.loads(json.dumps(job))
             body["ID"] = body["Name"] = job_id
             for group in body["TaskGroups"]:
@@ -188,7 +232,7 @@ def run_path(nomad: NomadDom0, path: StartPath, job: dict, n: int, timeout: floa
             rows.extend(report.rows)
             row = report.rows[-1]
             total = row.phases.get("total")
-            stop_and_purge(nomad, job_id)
+            stop_and_purge(nomad, job_id, path.own_domains)
             progress.step(
                 f"{job_id}: {alloc['ClientStatus']}" + (f", {total / 1000:.1f} s submit→started" if total else "")
             )
@@ -203,7 +247,7 @@ def run_path(nomad: NomadDom0, path: StartPath, job: dict, n: int, timeout: floa
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-n", type=int, default=5, help="jobs per start path (default 5)")
-    parser.add_argument("--paths", default="xl", help=f"comma-separated start paths of {sorted(START_PATHS)} (default xl)")
+    parser.add_argument("--paths", default="xl,pool", help=f"comma-separated start paths of {sorted(START_PATHS)} (default xl,pool)")
     parser.add_argument("--kvm", action="store_true", help="boot the testbed with hardware KVM instead of TCG")
     parser.add_argument("--timeout", type=float, default=300, help="seconds a job may take to start")
     parser.add_argument("--out", default=str(RESULTS / "instantiation"), help="results path without suffix")
@@ -239,23 +283,32 @@ def main() -> int:
         nomad = NomadDom0(tb, run_dir, "/var/lib/ndx-bench/ndx-unikernel")
         nomad.install()
         job: dict | None = None
-        current: dict[str, Any] | None = None
+        current: str | None = None
         try:
             for path in paths:
-                if current != path.plugin_config:
-                    if nomad.pid is not None:
-                        nomad.stop()
-                    tb.write_file(f"{NOMAD_DIR}/agent.hcl", agent_config(base_agent, path.plugin_config))
-                    nomad.start()
-                    current = path.plugin_config
-                if job is None:
-                    job = nomad.api("/v1/jobs/parse", method="POST", body={"JobHCL": JOB_FILE.read_text(), "Canonicalize": True})
-                    # Nomad 1.6.3's parse endpoint fills in a 10 MB ephemeral disk, which its own
-                    # register then refuses beside 100 MB of task logs; `nomad job run` gives 300 MB.
-                    for group in job["TaskGroups"]:
-                        group["EphemeralDisk"] = {"SizeMB": 300, "Migrate": False, "Sticky": False}
-                node = nomad.node()
-                out = run_path(nomad, path, job, args.n, args.timeout)
+                wanted = agent_config(base_agent, path.plugin_config, path.plugin_hcl)
+                node: dict = {}
+                try:
+                    if current != wanted:
+                        current = None
+                        if nomad.pid is not None:
+                            nomad.stop()
+                        tb.write_file(f"{NOMAD_DIR}/agent.hcl", wanted)
+                        nomad.start()
+                        current = wanted
+                    if job is None:
+                        job = nomad.api("/v1/jobs/parse", method="POST", body={"JobHCL": JOB_FILE.read_text(), "Canonicalize": True})
+                        # Nomad 1.6.3's parse endpoint fills in a 10 MB ephemeral disk, which its own
+                        # register then refuses beside 100 MB of task logs; `nomad job run` gives 300 MB.
+                        for group in job["TaskGroups"]:
+                            group["EphemeralDisk"] = {"SizeMB": 300, "Migrate": False, "Sticky": False}
+                    node = nomad.node()
+                    out = run_path(nomad, path, job, args.n, args.timeout)
+                except (AssertionError, OSError, bd.BreakdownError, SystemExit) as exc:
+                    # One path failing must not cost the others' results.
+                    print(f"start path {path.name} failed: {exc}", file=sys.stderr)
+                    results[path.name] = {"path": path, "node": node, "rows": [], "submit_rtt_ms": [], "error": str(exc)}
+                    continue
                 results[path.name] = {"path": path, "node": node, **out}
         finally:
             nomad.stop()
@@ -285,7 +338,8 @@ def main() -> int:
     for name, r in results.items():
         rows = r["rows"]
         node = r["node"]
-        doc["conditions"].setdefault("xen", node["Attributes"].get("driver.xen.version"))
+        if node:
+            doc["conditions"].setdefault("xen", node["Attributes"].get("driver.xen.version"))
         summary = bd.summarize(rows, phases)
         doc["paths"][name] = {
             "description": r["path"].description,
@@ -294,6 +348,7 @@ def main() -> int:
             "started": sum(1 for x in rows if x.started),
             "of": len(rows),
             "submit_rtt_ms": r["submit_rtt_ms"],
+            **({"error": r["error"]} if r.get("error") else {}),
             "summary_ms": summary,
             "allocations": [x.to_json(phases) for x in rows],
         }
@@ -315,7 +370,7 @@ def main() -> int:
     )
     print(f"\nwritten: {out.with_suffix('.json')}, {out.with_suffix('.png')}  ({wall:.0f} s)")
     failed = [x for r in results.values() for x in r["rows"] if not x.started]
-    return 1 if failed else 0
+    return 1 if failed or any(r.get("error") for r in results.values()) else 0
 
 
 if __name__ == "__main__":

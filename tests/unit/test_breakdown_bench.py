@@ -20,11 +20,27 @@ def _bench():
     return module
 
 
-def test_cold_xl_is_ready_and_the_other_paths_are_hooks():
+def test_cold_xl_and_pool_are_ready_and_libvirt_is_a_hook():
     paths = _bench().START_PATHS
     assert paths["xl"].ready and paths["xl"].plugin_config == {"backend": "xl"}
-    assert not paths["pool"].ready and not paths["libvirt"].ready
-    assert paths["libvirt"].plugin_config == {"backend": "libvirt"}
+    assert paths["pool"].ready and paths["pool"].task_config == {"pool": "clickos"}
+    assert not paths["libvirt"].ready and paths["libvirt"].plugin_config == {"backend": "libvirt"}
+
+
+def test_the_pool_path_configures_a_profile_the_driver_accepts():
+    from xen_driver.driver.config import PluginConfig
+
+    bench = _bench()
+    text = bench.agent_config((REPO / "nomad-jobs" / "agent.hcl").read_text(), bench.START_PATHS["pool"].plugin_config,
+                              bench.START_PATHS["pool"].plugin_hcl)
+    plugin = text[text.index('plugin "nomad-driver-xen" {'):]
+    assert 'pool "clickos" {' in plugin and 'fingerprint_period = "5s"' in plugin
+    config = PluginConfig.from_dict({
+        "image_dirs": ["/var/lib/nomad-driver-xen/images"],
+        "pool": {"clickos": {"kernel": "/var/lib/nomad-driver-xen/images/ndx-unikernel", "cmdline": "clickos tick=5",
+                             "memory": 16, "vcpus": 1, "vif": [{"bridge": "xenbr0"}], "size": 1}},
+    })
+    assert [p.name for p in config.pools] == ["clickos"]
 
 
 def test_agent_config_overrides_and_adds_plugin_settings():
@@ -38,7 +54,7 @@ def test_agent_config_overrides_and_adds_plugin_settings():
 
 
 def test_a_hook_path_is_refused_before_any_testbed_starts():
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--paths", "pool"], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "start path 'pool': the warm-pool start path is not in the driver yet" in proc.stderr
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--paths", "libvirt"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "start path 'libvirt': the libvirt start path is not measured yet" in proc.stderr
     proc = subprocess.run([sys.executable, str(SCRIPT), "--paths", "kvm"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "unknown start path 'kvm'" in proc.stderr
