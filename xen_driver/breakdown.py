@@ -309,6 +309,9 @@ def parse_task(
         row.notes.append("the client no longer lists the Received event (it keeps the last 10 events)")
     if row.restarts:
         row.notes.append(f"restarted {row.restarts} time(s): the first start is shown")
+    path = next((e for e in events if e.get("Type") == "Driver" and (e.get("Details") or {}).get("start_path")), None)
+    if path is not None and (after is None or path.get("Time", 0) <= after):
+        row.notes.append(path.get("DisplayMessage") or f"start path: {path['Details']['start_path']}")
 
     # ---- driver's monotonic timer
     if timing is not None:

@@ -103,6 +103,17 @@ def test_a_restarted_allocation_shows_its_first_start():
     assert any("restarted 1 time" in n for n in row.notes)
 
 
+def test_a_pool_miss_is_noted():
+    alloc = load(f"allocation_{A1}")
+    events = alloc["TaskStates"]["firewall"]["Events"]
+    miss = dict(events[1], Type="Driver", Time=events[1]["Time"] + 1000, Details={"start_path": "cold", "pool": "clickos"},
+                DisplayMessage='Pool miss, starting cold: pool "clickos" has no ready member (1 being built, size 1)')
+    events.insert(2, miss)
+    [row] = bd.parse_allocation(alloc, load(f"evaluation_{E1}"), same_clock=True)
+    assert row.phases["boot"] == 58.7  # the miss event is not the timing event
+    assert any(n.startswith("Pool miss, starting cold") for n in row.notes)
+
+
 def test_a_failed_allocation_has_no_driver_phases_and_says_why():
     [row] = bd.parse_allocation(load(f"allocation_{A3}"), load(f"evaluation_{E1}"), same_clock=True)
     assert not row.started and row.client_status == "failed"
