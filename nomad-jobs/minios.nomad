@@ -8,7 +8,8 @@ job "minios" {
   group "batch" {
     count = 1
 
-    # Nomad reserves 300 MB of disk per allocation unless told; a unikernel needs almost none (10 is Nomad's minimum).
+    # Nomad reserves 300 MB of disk per allocation unless told; a unikernel needs almost none
+    # (10 MB is Nomad's minimum). The task's logs must fit in it, hence the logs block below.
     ephemeral_disk {
       size = 10
     }
@@ -25,6 +26,13 @@ job "minios" {
 
     task "compute" {
       driver = "xen"
+
+      # The console log kept by Nomad: 2 files of 2 MB (the default, 10 x 10 MB, needs 100 MB
+      # of ephemeral disk).
+      logs {
+        max_files     = 2
+        max_file_size = 2
+      }
 
       config {
         kernel      = "/var/lib/nomad-driver-xen/images/ndx-unikernel"
