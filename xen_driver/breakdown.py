@@ -172,6 +172,7 @@ class TaskBreakdown:
     restarts: int
     started: bool
     same_clock: bool
+    start_path: str | None = None  # the timing event's start_path annotation (e.g. "pool"), if any
     phases: dict[str, float | None] = field(default_factory=dict)
     annotations: dict[str, str] = field(default_factory=dict)
     timestamps: dict[str, int | None] = field(default_factory=dict)
@@ -189,6 +190,7 @@ class TaskBreakdown:
             "eval_triggered_by": self.eval_triggered_by,
             "restarts": self.restarts,
             "started": self.started,
+            "start_path": self.start_path,
             "same_clock": self.same_clock,
             "phases_ms": {p.name: self.phases.get(p.name) for p in phases},
             "driver_annotations": dict(self.annotations),
@@ -309,7 +311,11 @@ def parse_task(
         row.notes.append("the client no longer lists the Received event (it keeps the last 10 events)")
     if row.restarts:
         row.notes.append(f"restarted {row.restarts} time(s): the first start is shown")
-    path = next((e for e in events if e.get("Type") == "Driver" and (e.get("Details") or {}).get("start_path")), None)
+    # A start path's own event before the timing event (a pool miss that started cold, say).
+    path = next(
+        (e for e in events if e.get("Type") == "Driver" and not is_timing_event(e) and (e.get("Details") or {}).get("start_path")),
+        None,
+    )
     if path is not None and (after is None or path.get("Time", 0) <= after):
         row.notes.append(path.get("DisplayMessage") or f"start path: {path['Details']['start_path']}")
 
@@ -317,6 +323,7 @@ def parse_task(
     if timing is not None:
         details = timing.get("Details") or {}
         row.annotations = {k: str(v) for k, v in details.items()}
+        row.start_path = str(details.get("start_path") or "") or None
         values: dict[str, float] = {}
         for key, value in details.items():
             if key.endswith("_ms"):

@@ -111,7 +111,18 @@ def test_a_pool_miss_is_noted():
     events.insert(2, miss)
     [row] = bd.parse_allocation(alloc, load(f"evaluation_{E1}"), same_clock=True)
     assert row.phases["boot"] == 58.7  # the miss event is not the timing event
-    assert any(n.startswith("Pool miss, starting cold") for n in row.notes)
+    assert any(n.startswith("Pool miss, starting cold") for n in row.notes) and row.start_path is None
+
+
+def test_a_pool_hit_has_its_claim_phase_and_start_path():
+    alloc = load(f"allocation_{A1}")
+    timing = [e for e in alloc["TaskStates"]["firewall"]["Events"] if e["Type"] == "Driver"][0]
+    timing["Details"] = {"validate_ms": "8.7", "pool_claim_ms": "9.6", "clickos_push_ms": "74.5", "unpause_ms": "133.2",
+                         "boot_ms": "30.4", "total_ms": "284.1", "start_path": "pool", "pool": "clickos"}
+    [row] = bd.parse_allocation(alloc, load(f"evaluation_{E1}"), same_clock=True)
+    assert row.start_path == "pool" and row.notes == []
+    assert (row.phases["pool_claim"], row.phases["driver_other"]) == (9.6, 27.7)
+    assert "domain_build" not in row.phases and "render" not in row.phases
 
 
 def test_a_failed_allocation_has_no_driver_phases_and_says_why():
