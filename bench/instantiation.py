@@ -298,8 +298,9 @@ def main() -> int:
                         current = wanted
                     if job is None:
                         job = nomad.api("/v1/jobs/parse", method="POST", body={"JobHCL": JOB_FILE.read_text(), "Canonicalize": True})
-                        # Nomad 1.6.3's parse endpoint fills in a 10 MB ephemeral disk, which its own
-                        # register then refuses beside 100 MB of task logs; `nomad job run` gives 300 MB.
+                        # Nomad 1.6.3's parse endpoint gives a group without ephemeral_disk 10 MB, which
+                        # its register refuses beside the default 100 MB of task logs; give every job
+                        # file the 300 MB Nomad documents as the default, so the disk never decides.
                         for group in job["TaskGroups"]:
                             group["EphemeralDisk"] = {"SizeMB": 300, "Migrate": False, "Sticky": False}
                     node = nomad.node()
