@@ -6,7 +6,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from xen_fakes import FakeXenstored
+from tests.unit.xen.xen_fakes import FakeXenstored
 
 from xen_driver.xen.clickos import (
     ClickLayout,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from xen_fakes import FakeBackend
+from tests.unit.xen.xen_fakes import FakeBackend
 
 from xen_driver.xen.backend import DomainState, XenBackendError
 from xen_driver.xen.stats import DomainSample, SamplerFailure, StatsSampler

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from xen_fakes import FakeBackend, FakeXenstored
+from tests.unit.xen.xen_fakes import FakeBackend, FakeXenstored
 
 from xen_driver.xen.backend import DomainState, ExitReason
 from xen_driver.xen.watcher import DomainWatcher
