@@ -9,6 +9,9 @@ plugin_dir = "/opt/nomad/plugins"
 bind_addr  = "0.0.0.0"
 log_level  = "INFO"
 
+# No call home: the agent does not look for newer Nomad releases (the checkpoint service).
+disable_update_check = true
+
 server {
   enabled          = true
   bootstrap_expect = 1

@@ -8,6 +8,9 @@ data_dir  = "/opt/nomad/data"
 bind_addr = "0.0.0.0"
 log_level = "INFO"
 
+# No call home: the agent does not look for newer Nomad releases (the checkpoint service).
+disable_update_check = true
+
 server {
   enabled          = true
   bootstrap_expect = 3
