@@ -54,6 +54,7 @@ class NomadDom0:
 
     # ---------------------------------------------------------------- set-up
     def install(self) -> None:
+        self.reset()
         shutil.copy2(host_nomad_binary(), self.run_dir / "nomad")
         # The operator's install step: the single file of `make dist` into plugin_dir, nothing else
         # (its dependencies are inside it). Built now when dist/ is missing or older than its
@@ -75,6 +76,27 @@ class NomadDom0:
         )
         # Agent config: the example, with nothing changed but where the agent logs go.
         self.tb.write_file(f"{NOMAD_DIR}/agent.hcl", (REPO / "nomad-jobs" / "agent.hcl").read_text())
+
+    def reset(self) -> None:
+        """A clean slate for this module's agent, as on a freshly installed host.
+
+        One testbed serves every module of a test session, and an agent's data directory keeps
+        jobs, allocations and client state: what an earlier module left there (jobs it did not
+        purge, allocations that keep retrying) would be restored by this module's agent and
+        compete with its own jobs for disk and memory.  So no agent or plugin of an earlier
+        module runs on, its guests are destroyed, and its data and the driver's state are removed.
+        """
+        self.tb.run(
+            # ([n]omad…: a pattern that does not match this shell's own command line)
+            "pkill -x nomad || true; pkill -f '[n]omad-driver-xen' || true; pkill -f '[f]ifokeeper' || true;"
+            " for i in $(seq 1 100); do pgrep -x nomad >/dev/null || pgrep -f '[n]omad-driver-xen' >/dev/null || break;"
+            " sleep 0.1; done; pkill -9 -x nomad || true; pkill -9 -f '[n]omad-driver-xen' || true;"
+            " for d in $(xl list | awk 'NR > 1 && $1 != \"Domain-0\" {print $1}'); do xl destroy $d || true; done;"
+            f" rm -rf {DATA_DIR} {STATE_DIR}/tasks {STATE_DIR}/domains {STATE_DIR}/pool;"
+            f" rm -f {CONSOLE_DIR}/guest-*",
+            timeout=300,
+            check=False,
+        )
 
     def start(self, timeout: float = 240) -> None:
         self.pid = self.tb.spawn(
