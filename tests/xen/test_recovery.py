@@ -57,6 +57,12 @@ job "recovery" {{
   group "guests" {{
     count = {GUESTS}
 
+    # A unikernel needs almost no disk; Nomad's default of 300 MB per allocation does not fit
+    # five times into the testbed's dom0 (the scheduler reports the disk dimension exhausted).
+    ephemeral_disk {{
+      size = 10
+    }}
+
     restart {{
       attempts = 3
       interval = "10m"
@@ -71,6 +77,11 @@ job "recovery" {{
 
     task "{TASK}" {{
       driver = "xen"
+
+      logs {{
+        max_files     = 2
+        max_file_size = 2
+      }}
 
       config {{
         kernel       = "{KERNEL}"
@@ -100,6 +111,10 @@ job "{name}" {{
   type        = "{job_type}"
 
   group "g" {{
+    ephemeral_disk {{
+      size = 10
+    }}
+
     restart {{
       attempts = 0
       mode     = "fail"
@@ -112,6 +127,11 @@ job "{name}" {{
 
     task "{task}" {{
       driver = "xen"
+
+      logs {{
+        max_files     = 2
+        max_file_size = 2
+      }}
 
       config {{
 {config}
