@@ -12,7 +12,6 @@ present, ``None`` for absent values, numbers as ``int``/``float``/``Decimal``.
 from __future__ import annotations
 
 import ipaddress
-import os
 import posixpath
 import re
 from dataclasses import dataclass

@@ -442,33 +442,75 @@ class TaskLifecycle:
         """The task is over: Nomad's logmon may see end-of-file once our own descriptor closes."""
         self._keeper.release(name)
 
+    # ------------------------------------------------------------------ start steps (cold and pool)
+    async def _click_config_to_push(self, spec: TaskSpec) -> str | None:
+        """The task's Click configuration (checked against the plugin's limits), with xenstored
+        reachable to take it; None for a task without one."""
+        click_text = self._click_config(spec)
+        if click_text is not None and self._xenstore is None:
+            await self._reconnect_xenstore()
+        if click_text is not None and self._xenstore is None:
+            raise RecoverableError(
+                f"cannot push the Click configuration: xenstored is not reachable at {self.config.xenstored_socket}"
+            )
+        return click_text
+
+    async def _push_click(self, spec: TaskSpec, domid: int, click_text: str) -> None:
+        assert self._xenstore is not None
+        await clickos.push_config(
+            self._xenstore,
+            domid,
+            click_text,
+            layout=clickos.ClickLayout(self.config.clickos_layout),
+            router_id=spec.config.click_router_id,
+            config_name=os.path.basename(spec.config.click_config_file or "config.click"),
+        )
+
+    def start_error(self, exc: BaseException, what: str) -> BaseException:
+        """What StartTask raises for a start that failed half-way (after its undo): ``exc`` itself,
+        or the driver error Nomad can act on."""
+        if (err := fdlimit.exhaustion(exc)) is not None:  # say what ran out, not what it broke
+            return RecoverableError(fdlimit.describe(err))
+        if isinstance(exc, DriverError):
+            return exc
+        if isinstance(exc, DomainRefused):  # the same config would fail again: no restart loop
+            return RecoverableError(f"the toolstack refused the domain: {exc}", recoverable=False)
+        if isinstance(exc, (XenBackendError, clickos.ClickOSError, XenStoreError, OSError)):
+            return RecoverableError(f"starting {what} failed: {exc}")
+        return exc
+
+    def register_started(
+        self, spec: TaskSpec, state: DriverState, timer: PhaseTimer, exit_future: asyncio.Future[DomainExit]
+    ) -> XenTask:
+        """A guest that booted becomes a task the driver runs."""
+        task = XenTask(spec=spec, state=state, started_at=_now(), timings=timer.as_dict())
+        self._tasks[spec.id] = task
+        self._by_domain[state.domain_name] = task
+        if exit_future.done():  # it booted and died already: report it through WaitTask
+            self._on_domain_exit(exit_future.result())
+        return task
+
     # ------------------------------------------------------------------ StartTask
     async def start_task(self, spec: TaskSpec) -> TaskHandle:
         if spec.id in self._tasks:
             raise TaskAlreadyExists(spec.id)
         await self._ensure_started()
+        try:
+            fdlimit.check_spare()  # refuse while the guests already followed would starve of descriptors
+        except fdlimit.OutOfFileDescriptors as exc:
+            raise RecoverableError(str(exc)) from None
         if spec.config.pool is not None:  # a pre-built domain, or a cold start that says why
             return await self.pool.start_task(spec)
         assert self._watcher is not None
         timer = PhaseTimer()
         name = domain_name_for(spec)
         log = self._log.bind(task_id=spec.id, domain=name)
-        try:
-            fdlimit.check_spare()  # refuse while the guests already followed would starve of descriptors
-        except fdlimit.OutOfFileDescriptors as exc:
-            raise RecoverableError(str(exc)) from None
 
         with timer.phase("validate"):
             await self._learn_host_cpus()
             dspec = self.domain_spec(spec, name)
             net = network.plan(spec.config.vif, spec.config.advertise_vif, spec.ports)
-            click_text = self._click_config(spec)
-            if click_text is not None and self._xenstore is None:
-                await self._reconnect_xenstore()
-            if click_text is not None and self._xenstore is None:
-                raise RecoverableError(
-                    f"cannot push the Click configuration: xenstored is not reachable at {self.config.xenstored_socket}"
-                )
+            click_text = await self._click_config_to_push(spec)
 
         task_dir = self._task_dir(name)
         console_path = ConsolePump.log_path(self.config.console_log_dir, name)
@@ -499,16 +541,8 @@ class TaskLifecycle:
             exit_future = self._watcher.subscribe(name, domid)
             stream = self._attach_console(spec, name, console_path, task_dir, 0)
             if paused:
-                assert self._xenstore is not None
                 with timer.phase("clickos_push"):
-                    await clickos.push_config(
-                        self._xenstore,
-                        domid,
-                        click_text or "",
-                        layout=clickos.ClickLayout(self.config.clickos_layout),
-                        router_id=spec.config.click_router_id,
-                        config_name=os.path.basename(spec.config.click_config_file or "config.click"),
-                    )
+                    await self._push_click(spec, domid, click_text or "")
                 with timer.phase("unpause"):
                     await self.backend.unpause(name)
             with timer.phase("boot"):
@@ -533,21 +567,12 @@ class TaskLifecycle:
             if isinstance(exc, asyncio.CancelledError):
                 raise
             log.error("task start failed", error=str(exc), timings=timer.as_dict())
-            if (err := fdlimit.exhaustion(exc)) is not None:  # say what ran out, not what it broke
-                raise RecoverableError(fdlimit.describe(err)) from exc
-            if isinstance(exc, DriverError):
+            err = self.start_error(exc, "the Xen domain")
+            if err is exc:
                 raise
-            if isinstance(exc, DomainRefused):  # the same config would fail again: no restart loop
-                raise RecoverableError(f"the toolstack refused the domain: {exc}", recoverable=False) from exc
-            if isinstance(exc, (XenBackendError, clickos.ClickOSError, XenStoreError, OSError)):
-                raise RecoverableError(f"starting the Xen domain failed: {exc}") from exc
-            raise
+            raise err from exc
 
-        task = XenTask(spec=spec, state=state, started_at=_now(), timings=timer.as_dict())
-        self._tasks[spec.id] = task
-        self._by_domain[name] = task
-        if exit_future.done():  # it booted and died already: report it through WaitTask
-            self._on_domain_exit(exit_future.result())
+        task = self.register_started(spec, state, timer, exit_future)
         log.info("task started", domid=state.domid, timings=task.timings, summary=timer.summary(),
                  network=network.describe(net))
         self._event(task, f"Guest {name} (domid {state.domid}) booted: {timer.summary()}", timer.annotations())

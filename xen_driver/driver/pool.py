@@ -51,14 +51,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from xen_driver.driver.config import TASK, VifConfig
-from xen_driver.driver.errors import ConfigError, DriverError, RecoverableError
-from xen_driver.driver.models import TaskEvent, TaskHandle, TaskSpec
+from xen_driver.driver.errors import ConfigError
+from xen_driver.driver.models import TaskHandle, TaskSpec
 from xen_driver.driver.poolconfig import PoolProfile
 from xen_driver.driver.state import DriverState
 from xen_driver.driver.timing import PhaseTimer
 from xen_driver.logging import get_logger
-from xen_driver.xen import clickos, fdlimit
-from xen_driver.xen.backend import DomainNotFound, DomainRefused, DomainState, XenBackendError
+from xen_driver.xen.backend import DomainState, XenBackendError
 from xen_driver.xen.console import ConsolePump, ConsoleStream
 from xen_driver.xen.spec import DomainSpec, VifSpec
 from xen_driver.xen.xenstore import XenStoreError
@@ -551,20 +550,10 @@ class WarmPool:
         if prof is None:
             why = f'pool "{name}" is not configured on this node'
             return await self._cold(spec, None, why)
-        try:
-            fdlimit.check_spare()
-        except fdlimit.OutOfFileDescriptors as exc:
-            raise RecoverableError(str(exc)) from None
-        async with self.starting():
+        async with self.starting():  # (the lifecycle checked the descriptor budget)
             with timer.phase("validate"):
                 self.check_task(spec, prof.profile)
-                click_text = lc._click_config(spec)
-                if click_text is not None and lc._xenstore is None:
-                    await lc._reconnect_xenstore()
-                if click_text is not None and lc._xenstore is None:
-                    raise RecoverableError(
-                        f"cannot push the Click configuration: xenstored is not reachable at {self.config.xenstored_socket}"
-                    )
+                click_text = await lc._click_config_to_push(spec)
                 await self.start()
             member = await self._take(prof)
             if member is None:
@@ -624,8 +613,6 @@ class WarmPool:
     async def _claim(
         self, spec: TaskSpec, profile: PoolProfile, member: Member, click_text: str | None, timer: PhaseTimer
     ) -> TaskHandle:
-        from xen_driver.driver.lifecycle import XenTask, _now
-
         lc = self.lc
         assert lc._watcher is not None
         name, domid = member.name, member.domid
@@ -642,16 +629,8 @@ class WarmPool:
                 exit_future = lc._watcher.subscribe(name, domid)
                 stream = lc._attach_console(spec, name, console_path, task_dir, 0)
             if click_text is not None:
-                assert lc._xenstore is not None
                 with timer.phase("clickos_push"):
-                    await clickos.push_config(
-                        lc._xenstore,
-                        domid,
-                        click_text,
-                        layout=clickos.ClickLayout(self.config.clickos_layout),
-                        router_id=spec.config.click_router_id,
-                        config_name=os.path.basename(spec.config.click_config_file or "config.click"),
-                    )
+                    await lc._push_click(spec, domid, click_text)
             with timer.phase("unpause"):
                 how = await self._unpause(member)
             with timer.phase("boot"):
@@ -676,20 +655,11 @@ class WarmPool:
             if isinstance(exc, asyncio.CancelledError):
                 raise
             log.error("pool claim failed", error=str(exc), timings=timer.as_dict())
-            if (err := fdlimit.exhaustion(exc)) is not None:
-                raise RecoverableError(fdlimit.describe(err)) from exc
-            if isinstance(exc, DriverError):
+            err = lc.start_error(exc, "the pooled Xen domain")
+            if err is exc:
                 raise
-            if isinstance(exc, DomainRefused):
-                raise RecoverableError(f"the toolstack refused the domain: {exc}", recoverable=False) from exc
-            if isinstance(exc, (XenBackendError, clickos.ClickOSError, XenStoreError, OSError)):
-                raise RecoverableError(f"starting the pooled Xen domain failed: {exc}") from exc
-            raise
-        task = XenTask(spec=spec, state=state, started_at=_now(), timings=timer.as_dict())
-        lc._tasks[spec.id] = task
-        lc._by_domain[name] = task
-        if exit_future.done():
-            lc._on_domain_exit(exit_future.result())
+            raise err from exc
+        task = lc.register_started(spec, state, timer, exit_future)
         log.info("task started from the pool", domid=domid, unpause=how, timings=task.timings, summary=timer.summary())
         annotations = {**timer.annotations(), "start_path": "pool", "pool": profile.name}
         lc._event(task, f"Guest {name} (domid {domid}) booted from pool {profile.name}: {timer.summary()}", annotations)
