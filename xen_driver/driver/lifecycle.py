@@ -85,7 +85,7 @@ from xen_driver.xen.backend import (
 )
 from xen_driver.xen.console import ConsolePump, ConsoleStream, FifoSink
 from xen_driver.xen.fifokeeper import FifoKeeperClient
-from xen_driver.xen.probe import XenHostInfo, cpu_mhz, parse_xl_info
+from xen_driver.xen.probe import XenHostInfo
 from xen_driver.xen.spec import DomainSpec, SpecError, VifSpec
 from xen_driver.xen.stats import DomainGone, SamplerFailure, StatsSampler
 from xen_driver.xen.watcher import DomainExit, DomainWatcher
@@ -195,7 +195,7 @@ class TaskLifecycle:
         #: MHz of one host CPU (xl info cpu_mhz / libvirt node info), for TaskStats' total_ticks;
         #: None until learnt (asked again at most once a minute while unknown).
         self.host_cpu_mhz: float | None = None
-        self._cpu_mhz_asked = -1e9
+        self._host_facts_asked = -1e9
         self._started = False
         self._start_lock = asyncio.Lock()
         self._exit_tasks: set[asyncio.Task[None]] = set()
@@ -388,19 +388,29 @@ class TaskLifecycle:
         if info.cpu_mhz > 0 and self.host_cpu_mhz is None:
             self.host_cpu_mhz = info.cpu_mhz
 
-    async def _learn_host_cpus(self) -> None:
-        """Learn the host's CPUs and memory once (one ``xl info``), to bound what a job may ask for."""
-        if self.host_cpus is not None or not isinstance(self.backend, XlBackend):
+    async def _learn_host_facts(self) -> None:
+        """What the fingerprint's probe did not tell yet (CPUs, memory, CPU MHz), asked of the
+        backend once, and again at most once a minute while something is still unknown."""
+        if None not in (self.host_cpus, self.host_memory_mib, self.host_cpu_mhz):
             return
+        ask = getattr(self.backend, "host_facts", None)  # a backend that cannot tell has none
+        if ask is None or time.monotonic() - self._host_facts_asked < 60:
+            return
+        self._host_facts_asked = time.monotonic()
         try:
-            info = parse_xl_info((await self.backend.run("info")).stdout)
-            self.host_cpus = int(info["nr_cpus"])
-            self.host_memory_mib = int(info["total_memory"])
-        except (XenBackendError, KeyError, ValueError) as exc:
+            facts = await ask()
+        except Exception as exc:  # noqa: BLE001 - starts and stats go on, with what is known
             self._log.warn(
-                "cannot learn the host's CPUs and memory; vcpus, cpus and memory checked for syntax only",
+                "cannot learn the host's CPUs, memory and MHz; vcpus, cpus and memory checked for syntax only,"
+                " CPU reported as percent only",
                 error=str(exc),
             )
+            return
+        self.host_cpus = self.host_cpus or facts.nr_cpus
+        self.host_memory_mib = self.host_memory_mib or facts.total_memory_mib
+        self.host_cpu_mhz = self.host_cpu_mhz or facts.cpu_mhz
+        if self.host_cpu_mhz is None:
+            self._log.warn("the host does not say its CPU MHz; CPU is reported as percent only")
 
     def _handle(self, task: XenTask) -> TaskHandle:
         return TaskHandle(
@@ -507,7 +517,7 @@ class TaskLifecycle:
         log = self._log.bind(task_id=spec.id, domain=name)
 
         with timer.phase("validate"):
-            await self._learn_host_cpus()
+            await self._learn_host_facts()
             dspec = self.domain_spec(spec, name)
             net = network.plan(spec.config.vif, spec.config.advertise_vif, spec.ports)
             click_text = await self._click_config_to_push(spec)
@@ -864,22 +874,7 @@ class TaskLifecycle:
     # ------------------------------------------------------------------ TaskStats
     async def _learn_host_cpu_mhz(self) -> float | None:
         """MHz of one host CPU: what Nomad counts CPU in (total_ticks = percent/100 × MHz)."""
-        if self.host_cpu_mhz is not None or time.monotonic() - self._cpu_mhz_asked < 60:
-            return self.host_cpu_mhz
-        self._cpu_mhz_asked = time.monotonic()
-        try:
-            if isinstance(self.backend, XlBackend):
-                self.host_cpu_mhz = cpu_mhz(parse_xl_info((await self.backend.run("info", timeout_s=30)).stdout))
-            elif self.backend.kind == "libvirt":
-                # virConnect.getInfo(): [model, memory MiB, cpus, MHz, nodes, sockets, cores, threads]
-                be = self.backend
-                info = await be._call(lambda: be._connection().getInfo())  # type: ignore[attr-defined]
-                self.host_cpu_mhz = float(info[3]) if float(info[3]) > 0 else None
-        except Exception as exc:  # noqa: BLE001 - stats go on, without MHz
-            self._log.warn("cannot learn the host's CPU MHz; CPU is reported as percent only", error=str(exc))
-            return None
-        if self.host_cpu_mhz is None:
-            self._log.warn("the host does not say its CPU MHz; CPU is reported as percent only")
+        await self._learn_host_facts()
         return self.host_cpu_mhz
 
     async def task_stats(self, task_id: str, interval: float) -> AsyncIterator[TaskStats]:

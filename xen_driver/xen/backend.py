@@ -92,6 +92,15 @@ class DomainInfo:
     flags: str = ""  # backend-native state text (xl's "r-----"), for logs
 
 
+@dataclass(frozen=True)
+class HostFacts:
+    """What the host has, as a toolstack tells it (``None``: it did not say)."""
+
+    nr_cpus: int | None = None
+    total_memory_mib: int | None = None
+    cpu_mhz: float | None = None
+
+
 class XenBackendError(Exception):
     """Base class of every error a backend raises."""
 

@@ -36,6 +36,7 @@ from xen_driver.xen.backend import (
     DomainNotFound,
     DomainState,
     ExitReason,
+    HostFacts,
     XenBackendError,
 )
 from xen_driver.xen.spec import DomainSpec
@@ -249,6 +250,15 @@ class LibvirtBackend:
         except lv.libvirtError as exc:
             if exc.get_error_code() != _ERR_NO_DOMAIN:
                 raise LibvirtError(f"undefine of {name!r}", exc) from None
+
+    async def host_facts(self) -> HostFacts:
+        """virConnect.getInfo(): [model, memory MiB, cpus, MHz, nodes, sockets, cores, threads]."""
+        try:
+            info = await self._call(lambda: self._connection().getInfo())
+        except self._libvirt.libvirtError as exc:
+            raise LibvirtError("node info", exc) from None
+        mhz = float(info[3])
+        return HostFacts(nr_cpus=int(info[2]), total_memory_mib=int(info[1]), cpu_mhz=mhz if mhz > 0 else None)
 
     async def list_domains(self) -> list[DomainInfo]:
         return await self._call(self._list_sync)

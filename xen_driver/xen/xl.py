@@ -49,6 +49,7 @@ from xen_driver.xen.backend import (
     DomainNotFound,
     DomainState,
     ExitReason,
+    HostFacts,
     XenBackendError,
 )
 from xen_driver.xen.fdlimit import EXHAUSTED_ERRNOS, OutOfFileDescriptors
@@ -344,6 +345,20 @@ class XlBackend:
     async def domid(self, name: str) -> int:
         call = await self._run_on_domain(name, "domid")
         return int(call.stdout.strip())
+
+    async def host_facts(self) -> HostFacts:
+        """CPUs, memory and CPU clock of the host, from one ``xl info``."""
+        from xen_driver.xen.probe import cpu_mhz, parse_xl_info
+
+        raw = parse_xl_info((await self.run("info", timeout_s=30)).stdout)
+
+        def number(key: str) -> int | None:
+            try:
+                return int(raw[key].split()[0])
+            except (KeyError, ValueError, IndexError):
+                return None
+
+        return HostFacts(nr_cpus=number("nr_cpus"), total_memory_mib=number("total_memory"), cpu_mhz=cpu_mhz(raw))
 
     async def version(self) -> str:
         """Hypervisor version as ``xl info`` reports it (e.g. ``4.17.5``)."""

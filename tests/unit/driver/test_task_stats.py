@@ -67,7 +67,7 @@ async def test_cpu_is_reported_in_mhz_and_memory_as_the_allocation(host):
 async def test_without_host_mhz_cpu_is_percent_only(host):
     lc, spec, name = await _started(host, mhz=None)
     try:
-        lc._cpu_mhz_asked = time.monotonic()  # the fake backend has no MHz to tell
+        lc._host_facts_asked = time.monotonic()  # the fake backend has no MHz to tell
         _burning(host[2], name, 0.5)
         stream = lc.task_stats(spec.id, 0.5)
         samples = [await asyncio.wait_for(anext(stream), 5) for _ in range(3)]
