@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from testbed.nomad import NomadDom0
 from testbed.vm import Testbed, TestbedError, locate_images
 
 REPO = Path(__file__).resolve().parents[2]
@@ -124,6 +125,17 @@ def _booted_testbed(images: Path, testbed_run_dir: Path, testbed_report: list[st
             except Exception as exc:  # the machine may be what failed
                 testbed_report.append(f"dom0 logs not saved: {exc}")
         tb.stop()
+
+
+@pytest.fixture(scope="module")
+def nomad(testbed, testbed_run_dir, unikernel):
+    """A Nomad agent in dom0 with the example agent config (nomad-jobs/agent.hcl), fresh for each
+    module that asks for one; a module that needs another agent config defines its own."""
+    agent = NomadDom0(testbed, testbed_run_dir, unikernel)
+    agent.install()
+    agent.start()
+    yield agent
+    agent.stop()
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from testbed.nomad import NomadDom0
 
 pytestmark = [pytest.mark.xen, pytest.mark.nomad]
 
@@ -23,15 +22,6 @@ CLICKOS = "/src/nomad-jobs/clickos.nomad"
 DRIVER_PHASES = ("validate", "render", "domain_build", "clickos_push", "unpause", "boot")
 #: The driver's annotations are rounded to 0.1 ms each; everything else is in nanoseconds.
 SUM_TOLERANCE_MS = 1.0
-
-
-@pytest.fixture(scope="module")
-def nomad(testbed, testbed_run_dir, unikernel):
-    agent = NomadDom0(testbed, testbed_run_dir, unikernel)
-    agent.install()
-    agent.start()
-    yield agent
-    agent.stop()
 
 
 def breakdown(*args: str) -> subprocess.CompletedProcess:

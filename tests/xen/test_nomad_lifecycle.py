@@ -21,15 +21,6 @@ CLICKOS = "/src/nomad-jobs/clickos.nomad"
 MINIOS = (REPO / "nomad-jobs" / "minios.nomad").read_text()
 
 
-@pytest.fixture(scope="module")
-def nomad(testbed, testbed_run_dir, unikernel):
-    agent = NomadDom0(testbed, testbed_run_dir, unikernel)
-    agent.install()
-    agent.start()
-    yield agent
-    agent.stop()
-
-
 def _events(nomad: NomadDom0, alloc: dict, task: str) -> str:
     return "\n".join(
         f"{e['Type']}: {e.get('DisplayMessage') or ''} {e.get('Details') or ''}" for e in nomad.task_events(alloc, task)

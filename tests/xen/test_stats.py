@@ -52,15 +52,6 @@ job "burner" {{
 """
 
 
-@pytest.fixture(scope="module")
-def nomad(testbed, testbed_run_dir, unikernel):
-    agent = NomadDom0(testbed, testbed_run_dir, unikernel)
-    agent.install()
-    agent.start()
-    yield agent
-    agent.stop()
-
-
 def _usage(nomad: NomadDom0, alloc_id: str) -> dict | None:
     """Tasks.<task> of the allocation's stats (ResourceUsage, Timestamp), or None while absent."""
     try:
