@@ -28,11 +28,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.common import spread_ms  # noqa: E402
 from testbed.vm import Testbed, locate_images  # noqa: E402
 
 DOM0_SCRIPT = r"""
 import asyncio, json, os, subprocess, sys, threading, time
 sys.path.insert(0, "/src")
+from bench.common import MarkerPoller
 from xen_driver.driver.config import PluginConfig, TaskConfig
 from xen_driver.driver.lifecycle import TaskLifecycle, domain_name_for
 from xen_driver.driver.models import TaskSpec
@@ -44,34 +46,6 @@ KERNEL = f"{IMAGES}/ndx-unikernel"
 MARKER = b"NDX-GUEST READY"
 CONSOLE = "/var/log/xen/console"
 TASK = {"kernel": KERNEL, "cmdline": "tick=5", "boot_marker": "NDX-GUEST READY"}
-
-
-class MarkerPoller:
-    # The one way both sides wait: poll the guest's console log for the marker every 2 ms.
-    def __init__(self, name):
-        self.path = f"{CONSOLE}/guest-{name}.log"
-        self.seen = None
-        self.stop = False
-        self.thread = threading.Thread(target=self.run, daemon=True)
-        self.thread.start()
-
-    def run(self):
-        while not self.stop and self.seen is None:
-            try:
-                with open(self.path, "rb") as fh:
-                    if MARKER in fh.read():
-                        self.seen = time.monotonic()
-                        return
-            except FileNotFoundError:
-                pass
-            time.sleep(0.002)
-
-    def wait(self, timeout=180):
-        self.thread.join(timeout)
-        self.stop = True
-        if self.seen is None:
-            raise SystemExit(f"{self.path}: no boot marker")
-        return self.seen
 
 
 def spec_for(i):
@@ -137,19 +111,6 @@ async def main():
 
 asyncio.run(main())
 """
-
-
-def spread_ms(samples: list[float]) -> dict:
-    ms = sorted(x * 1000 for x in samples)
-    q = statistics.quantiles(ms, n=4) if len(ms) >= 2 else [ms[0]] * 3
-    return {
-        "median": round(statistics.median(ms), 1),
-        "min": round(ms[0], 1),
-        "p25": round(q[0], 1),
-        "p75": round(q[2], 1),
-        "max": round(ms[-1], 1),
-        "samples": [round(x, 1) for x in ms],
-    }
 
 
 def main() -> int:
