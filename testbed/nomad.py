@@ -42,6 +42,15 @@ def host_nomad_binary() -> Path:
     return Path(out.strip().splitlines()[-1])
 
 
+def plugin_pids(tb) -> list[int]:
+    """The long-lived plugin: the single file in plugin_dir run without arguments
+    (``/usr/bin/python3 -sE /opt/nomad/plugins/nomad-driver-xen``), or ``python3 -m xen_driver``
+    that a launcher of ``nomad-driver-xen install`` execs."""
+    r = tb.run(["pgrep", "-f", "--", r"(-m xen_driver|/plugins/nomad-driver-xen)$"], check=False)
+    assert r.rc in (0, 1), r.stderr
+    return sorted(int(p) for p in r.stdout.split())
+
+
 class NomadDom0:
     """Install, start, stop and query one Nomad agent in dom0."""
 

@@ -18,7 +18,7 @@ import urllib.error
 
 import pytest
 
-from testbed.nomad import REPO, NomadDom0
+from testbed.nomad import REPO, NomadDom0, plugin_pids
 from xen_driver.driver import network
 
 pytestmark = [pytest.mark.xen, pytest.mark.nomad]
@@ -61,14 +61,6 @@ else:
     print(json.dumps({"state": r.task.state, "has_network": r.HasField("network_override"), "addr": n.addr,
                       "port_map": dict(n.port_map), "auto_advertise": n.auto_advertise}))
 """
-
-
-def plugin_pids(tb) -> list[int]:
-    """The long-lived plugin: the single file in plugin_dir run without arguments, or
-    ``python3 -m xen_driver`` that a launcher of ``nomad-driver-xen install`` execs."""
-    r = tb.run(["pgrep", "-f", "--", r"(-m xen_driver|/plugins/nomad-driver-xen)$"], check=False)
-    assert r.rc in (0, 1), r.stderr
-    return sorted(int(p) for p in r.stdout.split())
 
 
 def inspect(tb, task_id: str) -> dict:

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import pytest
 
-from testbed.nomad import CONSOLE_DIR, IMAGE_DIR, NOMAD_DIR, REPO, NomadDom0
+from testbed.nomad import CONSOLE_DIR, IMAGE_DIR, REPO, NomadDom0, plugin_pids
 
 pytestmark = [pytest.mark.xen, pytest.mark.nomad, pytest.mark.slow]
 
@@ -242,15 +242,6 @@ def xl_domains(tb) -> dict[str, int]:
         if len(parts) >= 2 and parts[0] != "Domain-0":
             doms[parts[0]] = int(parts[1])
     return doms
-
-
-def plugin_pids(tb) -> list[int]:
-    """The long-lived plugin: the single file in plugin_dir run without arguments
-    (``/usr/bin/python3 -sE /opt/nomad/plugins/nomad-driver-xen``), or ``python3 -m xen_driver``
-    that a launcher of ``nomad-driver-xen install`` execs."""
-    r = tb.run(["pgrep", "-f", "--", r"(-m xen_driver|/plugins/nomad-driver-xen)$"], check=False)
-    assert r.rc in (0, 1), r.stderr
-    return sorted(int(p) for p in r.stdout.split())
 
 
 def dom0_now_ns(tb) -> int:
