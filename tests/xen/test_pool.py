@@ -15,7 +15,7 @@ import zlib
 import pytest
 
 from xen_driver import breakdown as bd
-from testbed.nomad import CONSOLE_DIR, DATA_DIR, IMAGE_DIR, NOMAD_DIR, REPO, STATE_DIR, NomadDom0
+from testbed.nomad import CONSOLE_DIR, DATA_DIR, IMAGE_DIR, NOMAD_DIR, REPO, STATE_DIR, NomadDom0, plugin_pids
 
 pytestmark = [pytest.mark.xen, pytest.mark.nomad]
 
@@ -67,11 +67,6 @@ def xl_domains(tb) -> dict[str, tuple[int, str]]:
         if len(parts) >= 6 and parts[0] != "Domain-0":
             doms[parts[0]] = (int(parts[1]), parts[4])
     return doms
-
-
-def plugin_pids(tb) -> list[int]:
-    r = tb.run(["pgrep", "-f", "--", r"(-m xen_driver|/plugins/nomad-driver-xen)$"], check=False)
-    return sorted(int(p) for p in r.stdout.split())
 
 
 def pool_attrs(nomad: NomadDom0) -> tuple[int, int] | None:
