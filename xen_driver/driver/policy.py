@@ -69,7 +69,7 @@ def resolve_image(value: str, *, field: str, task_dir: str | None, image_dirs: S
         path = _real(field, value, os.path.join(task_dir, value))
     allowed = [os.path.realpath(d) for d in image_dirs]
     if task_dir:
-        allowed.append(os.path.realpath(task_dir))
+        allowed.append(_real(field, value, task_dir))
     if not any(is_inside(path, d) for d in allowed):
         where = ", ".join(image_dirs) or "(none configured)"
         raise ConfigError(

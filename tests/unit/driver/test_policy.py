@@ -378,3 +378,10 @@ def test_field_table_covers_every_task_config_field():
     fields = {f.name for f in TaskConfig.__dataclass_fields__.values()}
     covered = {_config_key(f) for f, _, _ in FIELD_TABLE}
     assert fields - covered == set(), f"job fields without a policy row: {sorted(fields - covered)}"
+
+
+def test_a_task_directory_that_is_no_valid_path_is_a_config_error(tree):
+    """Nomad builds the task directory from the task's name, which may hold any character."""
+    _, images, task = tree
+    with pytest.raises(ConfigError, match='task config "kernel".*cannot be resolved to a host path'):
+        policy.resolve_image(str(images / "k"), field="kernel", task_dir=str(task) + "\x00", image_dirs=[str(images)])
