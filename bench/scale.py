@@ -10,7 +10,9 @@ playing the guests' side, one real stdout FIFO per task drained like Nomad's log
    runs) per StartTask, as the mean of each decile;
 2. every task gets a WaitTask and a TaskStats stream (1 s interval), as the agent opens them;
    after a warm-up the plugin's CPU over ``--idle-s`` seconds is its idle cost; RSS, open
-   descriptors, threads and child processes are read from /proc;
+   descriptors, threads and child processes are read from /proc; the fifo keeper (its own
+   session, so found by its command line) has its CPU measured over the same windows and
+   reported apart (``keeper_*``), since it copies the consoles into the FIFOs;
 3. a guest whose WaitTask returns before it was stopped was wrongly reported dead; a task
    whose console never reached its FIFO is counted too;
 4. StopTask + DestroyTask for all (``--stop-concurrency`` at a time), then the plugin is shut
@@ -240,6 +242,29 @@ class Rig:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+def keeper_cpu_s(state_dir: Path) -> float:
+    """CPU time of the fifo keeper(s) of this rig (0 while none runs): since the keeper copies
+    the consoles into the FIFOs, part of the cost of N guests is there, not in the plugin."""
+    total = 0.0
+    for pid in keeper_pids(state_dir):
+        try:
+            total += cpu_s(pid)
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
+
+
+def keeper_snapshot(state_dir: Path) -> dict:
+    pids = keeper_pids(state_dir)
+    out = {"keepers": len(pids)}
+    try:
+        if pids:
+            out.update(rss_mb=round(status(pids[0], "VmRSS") / 1024, 1), fds=len(os.listdir(f"/proc/{pids[0]}/fd")))
+    except OSError:
+        pass
+    return out
+
+
 def keeper_pids(state_dir: Path) -> list[int]:
     """The fifo keeper runs in its own session, so it is not the plugin's descendant: find it
     by its state directory on its command line."""
@@ -288,10 +313,11 @@ async def run(n: int, *, concurrency: int, stop_concurrency: int, idle_s: float,
         size = max(1, n // 10)
         for d in range(0, n, size):
             chunk = tasks[d : d + size]
-            c0, w0 = cpu_s(rig.pid), time.monotonic()
+            c0, k0, w0 = cpu_s(rig.pid), keeper_cpu_s(rig.state_dir), time.monotonic()
             await asyncio.gather(*(start(t) for t in chunk))
-            c1, w1 = cpu_s(rig.pid), time.monotonic()
+            c1, k1, w1 = cpu_s(rig.pid), keeper_cpu_s(rig.state_dir), time.monotonic()
             deciles.append({"starts": len(chunk), "cpu_ms_per_start": round((c1 - c0) * 1000 / len(chunk), 2),
+                            "keeper_cpu_ms_per_start": round((k1 - k0) * 1000 / len(chunk), 2),
                             "wall_ms_per_start": round((w1 - w0) * 1000 / len(chunk), 1)})
         per = [d["cpu_ms_per_start"] for d in deciles]
         result["start"] = {
@@ -303,6 +329,10 @@ async def run(n: int, *, concurrency: int, stop_concurrency: int, idle_s: float,
             "cpu_ms_per_start_mean": round(statistics.mean(per), 2),
             "last_over_first_decile": round(per[-1] / per[0], 2) if per[0] else None,
             "wall_ms_per_start_by_decile": [d["wall_ms_per_start"] for d in deciles],
+            # the keeper's CPU over the same deciles (a keeper that started during a decile counts
+            # from its start; one that was not running yet counts 0)
+            "keeper_cpu_ms_per_start_by_decile": [d["keeper_cpu_ms_per_start"] for d in deciles],
+            "keeper_cpu_ms_per_start_mean": round(statistics.mean(d["keeper_cpu_ms_per_start"] for d in deciles), 2),
         }
         result["after_start"] = snapshot(rig.pid)
 
@@ -322,12 +352,14 @@ async def run(n: int, *, concurrency: int, stop_concurrency: int, idle_s: float,
 
         consumers = [asyncio.ensure_future(consume(tid)) for tid in started]
         await asyncio.sleep(warmup_s)
-        m0, c0, w0 = stats_msgs["n"], cpu_s(rig.pid), time.monotonic()
+        m0, c0, k0, w0 = stats_msgs["n"], cpu_s(rig.pid), keeper_cpu_s(rig.state_dir), time.monotonic()
         await asyncio.sleep(idle_s)
-        m1, c1, w1 = stats_msgs["n"], cpu_s(rig.pid), time.monotonic()
+        m1, c1, k1, w1 = stats_msgs["n"], cpu_s(rig.pid), keeper_cpu_s(rig.state_dir), time.monotonic()
         result["idle"] = {
             "window_s": round(w1 - w0, 1),
             "cpu_percent_of_one_core": round((c1 - c0) / (w1 - w0) * 100, 1),
+            "keeper_cpu_percent_of_one_core": round((k1 - k0) / (w1 - w0) * 100, 1),
+            "keeper": keeper_snapshot(rig.state_dir),
             "stats_messages_per_s": round((m1 - m0) / (w1 - w0), 1),
             **snapshot(rig.pid),
         }
@@ -353,11 +385,12 @@ async def run(n: int, *, concurrency: int, stop_concurrency: int, idle_s: float,
                 except (grpc.aio.AioRpcError, asyncio.TimeoutError) as exc:
                     stop_errors.append(f"{tid}: {exc!r}"[:200])
 
-        c0, t0 = cpu_s(rig.pid), time.monotonic()
+        c0, k0, t0 = cpu_s(rig.pid), keeper_cpu_s(rig.state_dir), time.monotonic()
         await asyncio.gather(*(stop(tid) for tid in started))
         result["stop"] = {
             "wall_s": round(time.monotonic() - t0, 1),
             "cpu_ms_per_stop": round((cpu_s(rig.pid) - c0) * 1000 / max(1, len(started)), 2),
+            "keeper_cpu_ms_per_stop": round((keeper_cpu_s(rig.state_dir) - k0) * 1000 / max(1, len(started)), 2),
             "errors": len(stop_errors),
             "error_samples": stop_errors[:5],
             "exit_codes": {str(k): v for k, v in exit_codes.items()},
@@ -402,13 +435,14 @@ def verdict(run_: dict) -> dict:
 
 
 def table(runs: list[dict]) -> str:
-    head = f"{'N':>5} {'nofile':>7} {'start ms/decile (first..last)':>32} {'med':>6} {'idle %':>7} {'RSS MB':>7} {'fds':>5} {'thr':>4} {'proc':>4} {'dead':>4} {'left':>4}"
+    head = f"{'N':>5} {'nofile':>7} {'start ms/decile (first..last)':>32} {'med':>6} {'keeper':>6} {'idle %':>7} {'keeper':>6} {'RSS MB':>7} {'fds':>5} {'thr':>4} {'proc':>4} {'dead':>4} {'left':>4}"
     lines = [head]
     for r in runs:
         per = r["start"]["cpu_ms_per_start_by_decile"]
         lines.append(
             f"{r['n']:>5} {str(r['nofile_soft_limit'] or '-'):>7} {per[0]:>15.2f} .. {per[-1]:<13.2f} "
-            f"{r['start']['cpu_ms_per_start_median_decile']:>6.2f} {r['idle']['cpu_percent_of_one_core']:>7.1f} "
+            f"{r['start']['cpu_ms_per_start_median_decile']:>6.2f} {r['start'].get('keeper_cpu_ms_per_start_mean', 0):>6.2f} "
+            f"{r['idle']['cpu_percent_of_one_core']:>7.1f} {r['idle'].get('keeper_cpu_percent_of_one_core', 0):>6.1f} "
             f"{r['idle']['rss_mb']:>7.1f} {r['idle']['fds']:>5} {r['idle']['threads']:>4} {r['idle']['processes']:>4} "
             f"{r['wrongly_reported_dead']:>4} {r['leftovers']['total']:>4}"
         )
@@ -441,7 +475,7 @@ def main() -> None:
     print(table(runs))
 
     doc = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    doc.setdefault("what", "bench/scale.py: the real plugin process and the fake toolstack of tests/fakes; plugin CPU only")
+    doc.setdefault("what", "bench/scale.py: the real plugin process and the fake toolstack of tests/fakes; plugin CPU, and (runs with keeper_* fields) the fifo keeper's CPU separately")
     doc["goals_at_1000"] = GOALS
     doc.setdefault("runs", {})[args.label] = {
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
