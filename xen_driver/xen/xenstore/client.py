@@ -1,241 +1,36 @@
-"""An asyncio XenStore client that speaks xenstored's socket protocol directly.
+"""The connection to xenstored: :class:`XenStore`.
 
-Why not the ``xenstore-*`` tools or libxenstore through ctypes: a process per read would cost
-milliseconds per ClickOS push and per watch, and libxenstore's watch API wants a thread.  The
-wire protocol is small and stable (``xen/include/public/io/xs_wire.h``, ``docs/misc/xenstore.txt``):
-
-* every message is a 16-byte header of four little-endian u32 -- ``type``, ``req_id``,
-  ``tx_id``, ``len`` -- followed by ``len`` (at most 4096) bytes of payload;
-* replies carry the request's ``req_id``; failures come back as type ERROR with an errno
-  *name* ("ENOENT") as payload;
-* watch events arrive unsolicited as WATCH_EVENT (``req_id`` 0) with ``path NUL token NUL``.
-
-One :class:`XenStore` object holds one connection and multiplexes any number of concurrent
-requests by ``req_id`` (a reader task resolves one future per request), delivers watch events to
-per-watch queues, and reconnects after xenstored restarts: pending requests fail with
-:class:`XenStoreClosed`, watches are re-registered and get one synthetic event so their
-consumers re-check state they may have missed.
+One object holds one unix-socket connection and multiplexes concurrent requests over it by
+``req_id`` (a reader task resolves one future per request), hands watch events to their
+:class:`~.watch.Watch`, runs transactions with retries on conflict, and reconnects when xenstored
+restarts.  The message format is :mod:`.wire`; the read/write operations are :mod:`.operations`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import itertools
-import os
-import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import TypeVar
 
 import structlog
 
+from xen_driver.xen.xenstore.operations import Transaction, _Ops
+from xen_driver.xen.xenstore.watch import Watch, WatchEvent
+from xen_driver.xen.xenstore.wire import (
+    HEADER,
+    PAYLOAD_MAX,
+    Op,
+    XenStoreClosed,
+    XenStoreError,
+    _check_path,
+    default_socket_path,
+)
+
 log = structlog.get_logger(__name__)
 
-#: Where cxenstored/oxenstored listen in dom0; ``XENSTORED_PATH`` overrides, as for libxenstore.
-DEFAULT_SOCKET = "/run/xenstored/socket"
-PAYLOAD_MAX = 4096
-HEADER = struct.Struct("<IIII")
-
 T = TypeVar("T")
-
-
-class Op(enum.IntEnum):
-    """Message types, numbered as in ``xs_wire.h``."""
-
-    DEBUG = 0
-    DIRECTORY = 1
-    READ = 2
-    GET_PERMS = 3
-    WATCH = 4
-    UNWATCH = 5
-    TRANSACTION_START = 6
-    TRANSACTION_END = 7
-    INTRODUCE = 8
-    RELEASE = 9
-    GET_DOMAIN_PATH = 10
-    WRITE = 11
-    MKDIR = 12
-    RM = 13
-    SET_PERMS = 14
-    WATCH_EVENT = 15
-    ERROR = 16
-    IS_DOMAIN_INTRODUCED = 17
-    RESUME = 18
-    SET_TARGET = 19
-    RESTRICT = 20
-    RESET_WATCHES = 21
-    DIRECTORY_PART = 22
-
-
-class XenStoreError(Exception):
-    """xenstored refused a request; ``errno_name`` is its answer ("ENOENT", "EAGAIN", ...)."""
-
-    def __init__(self, op: Op | str, path: str | None, errno_name: str):
-        self.op = op
-        self.path = path
-        self.errno_name = errno_name
-        where = f" {path}" if path else ""
-        opname = op.name if isinstance(op, Op) else op
-        super().__init__(f"xenstore {opname}{where}: {errno_name}")
-
-
-class XenStoreClosed(XenStoreError):
-    """The connection to xenstored is gone (or was never made)."""
-
-    def __init__(self, reason: str):
-        super().__init__("CONNECT", None, reason)
-
-
-@dataclass(frozen=True)
-class WatchEvent:
-    path: str
-    token: str
-
-
-def default_socket_path() -> str:
-    return os.environ.get("XENSTORED_PATH", DEFAULT_SOCKET)
-
-
-def _check_path(path: str) -> bytes:
-    """Paths are ASCII; refuse NULs (they would split the payload) and relative paths."""
-    if not path or "\x00" in path:
-        raise ValueError(f"invalid xenstore path {path!r}")
-    if not (path.startswith("/") or path.startswith("@")):
-        raise ValueError(f"xenstore path must be absolute (dom0 sockets have no base), got {path!r}")
-    return path.encode("ascii")
-
-
-class Watch:
-    """A registered watch: ``async for event in watch`` or ``await watch.get()``.
-
-    The queue is bounded; when a consumer falls behind, the oldest events are dropped
-    (``dropped`` counts them).  Watch events are hints that something changed, so a consumer
-    re-reads state on each one anyway; losing a duplicate hint loses nothing.
-    """
-
-    def __init__(self, client: "XenStore", path: str, token: str, maxsize: int):
-        self.client = client
-        self.path = path
-        self.token = token
-        self.dropped = 0
-        self._queue: asyncio.Queue[WatchEvent] = asyncio.Queue(maxsize)
-        self.closed = False
-
-    def _deliver(self, event: WatchEvent) -> None:
-        if self._queue.full():
-            self._queue.get_nowait()
-            self.dropped += 1
-        self._queue.put_nowait(event)
-
-    async def get(self) -> WatchEvent:
-        return await self._queue.get()
-
-    def pending(self) -> int:
-        return self._queue.qsize()
-
-    def __aiter__(self) -> AsyncIterator[WatchEvent]:
-        return self._iter()
-
-    async def _iter(self) -> AsyncIterator[WatchEvent]:
-        while not self.closed:
-            yield await self._queue.get()
-
-    async def close(self) -> None:
-        await self.client.unwatch(self)
-
-
-class _Ops:
-    """Read/write operations, shared by the client (tx 0) and transactions."""
-
-    async def _request(self, op: Op, payload: bytes, *, path: str | None = None) -> bytes:
-        raise NotImplementedError
-
-    async def read(self, path: str) -> bytes:
-        return await self._request(Op.READ, _check_path(path) + b"\x00", path=path)
-
-    async def read_str(self, path: str) -> str:
-        return (await self.read(path)).decode("utf-8", "replace")
-
-    async def read_or_none(self, path: str) -> bytes | None:
-        try:
-            return await self.read(path)
-        except XenStoreError as exc:
-            if exc.errno_name == "ENOENT":
-                return None
-            raise
-
-    async def exists(self, path: str) -> bool:
-        return await self.read_or_none(path) is not None
-
-    async def write(self, path: str, value: bytes | str) -> None:
-        data = value.encode("utf-8") if isinstance(value, str) else bytes(value)
-        await self._request(Op.WRITE, _check_path(path) + b"\x00" + data, path=path)
-
-    async def mkdir(self, path: str) -> None:
-        await self._request(Op.MKDIR, _check_path(path) + b"\x00", path=path)
-
-    async def rm(self, path: str, *, missing_ok: bool = True) -> None:
-        try:
-            await self._request(Op.RM, _check_path(path) + b"\x00", path=path)
-        except XenStoreError as exc:
-            if not (missing_ok and exc.errno_name == "ENOENT"):
-                raise
-
-    async def directory(self, path: str) -> list[str]:
-        """The children of ``path``.  A list longer than one message (``/local/domain`` of about
-        a thousand guests once domids have five digits) makes xenstored answer E2BIG; it is
-        then read in parts, as libxenstore does."""
-        try:
-            raw = await self._request(Op.DIRECTORY, _check_path(path) + b"\x00", path=path)
-        except XenStoreError as exc:
-            if exc.errno_name != "E2BIG":
-                raise
-            raw = await self._directory_in_parts(path)
-        return [p for p in raw.decode("ascii", "replace").split("\x00") if p]
-
-    async def _directory_in_parts(self, path: str, *, attempts: int = 8) -> bytes:
-        """``DIRECTORY_PART <path> <offset>`` until the part that ends with an empty name; each
-        answer starts with the node's generation, and a change between parts starts over."""
-        for _ in range(attempts):
-            names, generation = bytearray(), None
-            while True:
-                raw = await self._request(
-                    Op.DIRECTORY_PART, _check_path(path) + b"\x00" + str(len(names)).encode() + b"\x00", path=path
-                )
-                gen, _, part = raw.partition(b"\x00")
-                if generation is None:
-                    generation = gen
-                elif gen != generation:
-                    break  # the node changed under us: read it again from the start
-                if part in (b"", b"\x00") or part.endswith(b"\x00\x00"):
-                    return bytes(names + part[:-1])
-                names += part
-        raise XenStoreError(Op.DIRECTORY_PART, path, "EAGAIN")
-
-    async def get_perms(self, path: str) -> list[str]:
-        raw = await self._request(Op.GET_PERMS, _check_path(path) + b"\x00", path=path)
-        return [p.decode("ascii") for p in raw.split(b"\x00") if p]
-
-    async def set_perms(self, path: str, perms: list[str]) -> None:
-        """``perms[0]`` is the owner and the default for everyone else (``n0``, ``r5``, ``b5``)."""
-        for p in perms:
-            if len(p) < 2 or p[0] not in "rwbn" or not p[1:].isdigit():
-                raise ValueError(f"invalid xenstore permission {p!r}")
-        payload = _check_path(path) + b"\x00" + b"".join(p.encode("ascii") + b"\x00" for p in perms)
-        await self._request(Op.SET_PERMS, payload, path=path)
-
-
-class Transaction(_Ops):
-    """Operations inside one XenStore transaction (see :meth:`XenStore.transaction`)."""
-
-    def __init__(self, client: "XenStore", tx_id: int):
-        self.client = client
-        self.tx_id = tx_id
-
-    async def _request(self, op: Op, payload: bytes, *, path: str | None = None) -> bytes:
-        return await self.client._call(op, payload, tx_id=self.tx_id, path=path)
 
 
 class XenStore(_Ops):
