@@ -1,0 +1,151 @@
+"""Where a guest's console bytes go: Nomad's stdout FIFO (:class:`FifoSink`), memory, nowhere.
+
+A sink's ``write`` delivers all of its bytes or raises; :class:`SinkUnavailable` means "not now,
+keep the bytes and retry" (no FIFO reader yet, the reader went away, the reader is not
+draining).  The console streams (:mod:`xen_driver.xen.console_stream`) commit an offset only
+after ``write`` returned, which is what makes resuming exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import stat
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+PIPE_BUF = 4096
+
+
+class SinkUnavailable(Exception):
+    """The sink cannot take data right now (no FIFO reader, EPIPE, ...); retry later."""
+
+
+class ConsoleSink(Protocol):
+    """Where console bytes go.  ``write`` delivers all of ``data`` or raises."""
+
+    async def write(self, data: bytes) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class FifoSink:
+    """Write to a FIFO (Nomad's ``.stdout.fifo``), a file or ``/dev/null`` without blocking.
+
+    The FIFO is opened ``O_WRONLY|O_NONBLOCK``: with no reader that fails with ENXIO instead of
+    blocking the event loop, and we report :class:`SinkUnavailable`.  On EPIPE (the reader went
+    away, e.g. logmon restarted) the descriptor is closed and reopened on the next write.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        write_timeout_s: float = 5.0,
+        on_fifo_open: Callable[[], None] | None = None,
+    ):
+        self.path = os.fspath(path)
+        self.write_timeout_s = write_timeout_s
+        self.on_fifo_open = on_fifo_open  # called each time the FIFO is opened (it has a reader then)
+        self._fd: int | None = None
+
+    @staticmethod
+    def open_fd(path: str) -> int:
+        """Open ``path`` the way the sink does (raises ``OSError``); see :meth:`adopt`."""
+        # O_NOFOLLOW: the log directory is inside the allocation, whose files a job can
+        # write; a symlink there must not turn console output into a write elsewhere.
+        return os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW)
+
+    @property
+    def is_open(self) -> bool:
+        return self._fd is not None
+
+    @property
+    def fd(self) -> int | None:
+        return self._fd
+
+    def adopt(self, fd: int) -> None:
+        """Use ``fd`` (from :meth:`open_fd`) as the open descriptor, so whoever opened the FIFO
+        to check it never has to close it first (a FIFO whose last writer closes reads end-of-file)."""
+        self._reset()
+        self._take(fd)
+
+    def _open(self) -> int:
+        if self._fd is None:
+            try:
+                fd = self.open_fd(self.path)
+            except OSError as exc:
+                if exc.errno in (errno.ENXIO, errno.ENOENT):
+                    raise SinkUnavailable(f"{self.path}: {exc.strerror}") from None
+                if exc.errno == errno.ELOOP:
+                    raise SinkUnavailable(f"{self.path}: is a symbolic link; console output is not written through it") from None
+                raise
+            self._take(fd)
+        assert self._fd is not None
+        return self._fd
+
+    def _take(self, fd: int) -> None:
+        is_fifo = stat.S_ISFIFO(os.fstat(fd).st_mode)
+        if not is_fifo:
+            os.set_blocking(fd, True)  # regular files and /dev/null never block for long
+        self._fd = fd
+        if is_fifo and self.on_fifo_open is not None:
+            self.on_fifo_open()
+
+    async def write(self, data: bytes) -> None:
+        fd = self._open()
+        deadline = time.monotonic() + self.write_timeout_s
+        view = memoryview(data)
+        while view:
+            try:
+                n = os.write(fd, view)
+                view = view[n:]
+            except BlockingIOError:
+                if len(view) == len(data):
+                    # Nothing written: the reader is behind.  Say so at once, so one task's
+                    # stalled reader never holds up the pass that serves every other task; the
+                    # caller keeps the bytes and retries this stream on its own back-off.  (The
+                    # pump writes at most PIPE_BUF at a time, which a FIFO takes whole or not.)
+                    raise SinkUnavailable(f"{self.path}: reader is not draining") from None
+                if time.monotonic() > deadline:  # a partial write must finish, or bytes repeat
+                    raise SinkUnavailable(f"{self.path}: reader is not draining") from None
+                await asyncio.sleep(0.01)
+            except BrokenPipeError:
+                self._reset()
+                raise SinkUnavailable(f"{self.path}: reader closed the FIFO") from None
+
+    def _reset(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+
+    async def close(self) -> None:
+        self._reset()
+
+
+class MemorySink:
+    """Collects bytes in memory; for tests and for callers that post-process output."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    async def write(self, data: bytes) -> None:
+        self.data += data
+
+    async def close(self) -> None:
+        pass
+
+
+class NullSink:
+    """Takes every byte and keeps none: a stream read only for its boot marker."""
+
+    async def write(self, data: bytes) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
