@@ -7,7 +7,7 @@ import contextlib
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import structlog
@@ -57,6 +57,9 @@ class ConsoleStream:
         self._waiters: list[_Waiter] = []
         self._retry_at = 0.0
         self._backoff = 0.1
+        #: Awaited with the new offset after a piece was written and before it is committed: a
+        #: test hook that holds a copier in exactly the window a crash would duplicate.
+        self.before_commit: Callable[[int], Awaitable[None]] | None = None
 
     # ---------------------------------------------------------------- waiting
     async def wait_for(self, pattern: bytes | str | re.Pattern[bytes], timeout_s: float, *, since: int | None = None) -> int:
@@ -199,6 +202,8 @@ class ConsoleStream:
             sent += len(piece)
             self._backoff = 0.1
             if buf is self._pending:
+                if self.before_commit is not None:
+                    await self.before_commit(self.offset + len(piece))
                 self.offset += len(piece)
                 if self.on_commit is not None:
                     self.on_commit(self.offset)

@@ -1,30 +1,55 @@
-"""Keep every task's log FIFO open for writing while the plugin restarts.
+"""Keep every task's log FIFO open, and copy each guest's console into it, across plugin crashes.
 
 Why this exists: Nomad's logmon copies a task's ``.stdout.fifo`` into the log files until it
 reads end-of-file, and a FIFO reads end-of-file as soon as no process holds it open for
 writing.  When the plugin is the only writer, a plugin crash therefore ends log collection
-for every task it runs: Nomad relaunches the plugin and RecoverTask re-adopts the guests, but
-logmon's reader is only restarted when a task starts or the agent restarts, so nothing the
-guests print after the crash would ever reach ``nomad alloc logs``.  (The same end-of-file
-would also drop what sat in the pipe when the last writer closed.)
+for every task it runs (logmon's reader is only restarted when a task starts or the agent
+restarts).  And when the plugin copies the console log into the FIFO itself, a plugin crash
+between a write into the FIFO and the commit of the copied offset makes its successor copy
+those bytes again: duplicated lines in ``nomad alloc logs``.
 
-The keeper is a small separate process that holds one extra write descriptor on each task's
-FIFO and never writes to it.  While a task lives its FIFO always has a writer, logmon never
-sees end-of-file, and a restarted plugin simply opens the FIFO again and carries on from its
-committed console offset.  One keeper serves every task of the host (one descriptor per task,
-no thread or process per task); it lives in its own session, so it survives the plugin, and
-exits by itself once it holds nothing and no plugin is connected.
+So the copy lives here, in a small separate process that outlives the plugin: one keeper per
+host, in its own session, serving every task with one :class:`~xen_driver.xen.console.ConsolePump`
+(inotify-driven: an idle guest costs nothing; one stalled FIFO never delays another task).  Its
+:class:`~xen_driver.xen.sinks.FifoSink` holds the FIFO open for writing while the task lives,
+and it commits the copied offset to the task's ``console.offset`` file after every write.
+
+Guarantees (console bytes in the log, as seen by the FIFO's reader):
+
+* **Plugin crash or restart (SIGKILL at any point): exactly once.**  The plugin never writes
+  into a FIFO the keeper copies to.  Its successor re-sends ``copy`` for each recovered task,
+  which for a key the keeper holds is a no-op that keeps the keeper's own progress.
+* **Keeper crash (SIGKILL): at least once.**  A piece is at most ``PIPE_BUF`` bytes, which a FIFO
+  takes whole or not at all, and the offset is committed after each piece; a keeper killed
+  between a write and its commit leaves the offset one piece behind, so its successor (started by
+  the plugin, which re-sends its copies) repeats at most that one piece (<= 4096 bytes) per task
+  that was being written at that instant.  Nothing is lost, provided the FIFO still has a reader:
+  the plugin keeps a second (idle) write descriptor on each FIFO so logmon does not see
+  end-of-file while the keeper is down.  (Bytes of a file that was rotated away and not yet
+  delivered when the keeper died are lost: the offset file knows only the current file.)
+* **Both dead at once: as before, logmon sees end-of-file** and log collection stops for the
+  task until Nomad restarts it; the console log file itself keeps every byte.
 
 Protocol: a unix stream socket (``<state_dir>/fifo-keeper.sock``), one JSON object per line in
-each direction:
+each direction, answered in order on each connection:
 
-* ``{"op": "hold", "key": K, "path": P}``: open ``P`` for writing (non-blocking: it fails with
-  ENXIO when the FIFO has no reader) and keep it under ``K`` (the domain name);
-* ``{"op": "release", "key": K}``: close it (the task exited or was destroyed);
-* ``{"op": "keys"}``: the keys held, for diagnostics and tests.
+* ``{"op": "hold", "key": K, "path": P}``: hold ``P`` open for writing under ``K`` (the domain
+  name), nothing more (non-blocking: fails with ENXIO when the FIFO has no reader);
+* ``{"op": "hold", "key": K, "path": P, "log": L, "offset": O, "offset_file": F}``: copy the
+  console log ``L`` into ``P`` (which may be a FIFO, a plain file or ``/dev/null``), starting at the
+  offset recorded in ``F`` or, when ``F`` holds none, at ``O``; commit progress into ``F``.  A FIFO
+  that does not exist is refused (ENOENT); one without a reader yet is retried until it has one.
+  For a key already copied with the same ``P`` and ``L`` this is a no-op keeping the progress.
+  Answer: ``{"ok": true, "offset": <where the copy stands>, "resumed": <False for the no-op>,
+  "fifo_open": bool}``;
+* ``{"op": "drain", "key": K, "timeout": T}``: answer once everything in the log was delivered
+  (``{"ok": true, "caught_up": true, "offset": n}``) or ``T`` seconds passed (``caught_up`` false);
+* ``{"op": "release", "key": K}``: stop copying and close the FIFO (the task exited or was destroyed);
+* ``{"op": "keys"}``: the keys held or copied, for diagnostics, tests and the plugin's supervision.
 
 Answers are ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``.  A FIFO whose file was
 removed (Nomad garbage-collected the allocation while no plugin ran) is released on its own.
+The plugin's side is :mod:`xen_driver.xen.keeperclient`.
 """
 
 from __future__ import annotations
@@ -38,21 +63,9 @@ import json
 import os
 import resource
 import stat
-import subprocess
 import sys
 import time
-from pathlib import Path
-
-log = None  # the plugin's structlog logger, bound on first use (the keeper process never logs)
-
-
-def _log():
-    global log
-    if log is None:
-        import structlog
-
-        log = structlog.get_logger(__name__)
-    return log
+from dataclasses import dataclass
 
 SOCKET_NAME = "fifo-keeper.sock"
 #: The keeper exits after holding nothing, with no plugin connected, for this long.
@@ -63,20 +76,93 @@ SWEEP_S = 10.0
 #: to start a Python process), and how long before a keeper that did not appear is started again.
 CONNECT_TIMEOUT_S = 120.0
 RESPAWN_AFTER_S = 30.0
+#: Test hook (environment of the keeper): while the file it names exists, every commit waits
+#: after its write, and ``<file>.reached`` says one is waiting — the window a crash duplicates.
+COMMIT_GATE_ENV = "XEN_DRIVER_TEST_COMMIT_GATE"
+
+
+def __getattr__(name: str):  # the client lives in its own module; old imports keep working
+    if name == "FifoKeeperClient":
+        from xen_driver.xen.keeperclient import FifoKeeperClient
+
+        return FifoKeeperClient
+    raise AttributeError(name)
+
+
+# ---------------------------------------------------------------------------- offsets
+
+
+def read_offset(path: str | None) -> int | None:
+    """The offset recorded in ``path`` (``console.offset``), or None if there is none."""
+    if not path:
+        return None
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+        return int(text) if text else None
+    except (OSError, ValueError):
+        return None
+
+
+def write_offset(path: str, pos: int) -> bool:
+    """Record ``pos`` atomically (write a temporary file, rename it over); False if it failed."""
+    tmp = path + ".tmp" if not path.endswith(".offset") else path[: -len(".offset")] + ".tmp"
+    try:
+        with open(tmp, "w") as f:
+            f.write(str(pos))
+        os.replace(tmp, path)
+        return True
+    except OSError:  # the task's state directory is gone: keep copying, lose only resumability
+        return False
+
+
+def commit_gate(gate: str):  # type: ignore[no-untyped-def]
+    """A ``before_commit`` hook for tests: see :data:`COMMIT_GATE_ENV`."""
+
+    async def wait(_pos: int) -> None:
+        if os.path.exists(gate):
+            os.close(os.open(gate + ".reached", os.O_WRONLY | os.O_CREAT, 0o600))
+            while os.path.exists(gate):
+                await asyncio.sleep(0.01)
+
+    return wait
 
 
 # ---------------------------------------------------------------------------- the keeper process
 
 
+@dataclass
+class Copy:
+    fifo: str
+    log: str
+    offset_file: str | None
+    stream: object  # ConsoleStream
+
+
 class Keeper:
-    def __init__(self, socket_path: str, *, idle_exit_s: float = IDLE_EXIT_S, sweep_s: float = SWEEP_S):
+    def __init__(
+        self,
+        socket_path: str,
+        *,
+        idle_exit_s: float = IDLE_EXIT_S,
+        sweep_s: float = SWEEP_S,
+        pump=None,  # type: ignore[no-untyped-def]
+        gate: str | None = None,
+    ):
+        from xen_driver.xen.console import ConsolePump
+
         self.socket_path = socket_path
         self.idle_exit_s = idle_exit_s
         self.sweep_s = sweep_s
-        self.fds: dict[str, tuple[str, int]] = {}
+        self.fds: dict[str, tuple[str, int]] = {}  # hold only
+        self.copies: dict[str, Copy] = {}  # hold and copy
+        self.pump = pump if pump is not None else ConsolePump()
+        self.gate = gate
+        self.commit_errors = 0
         self.clients = 0
         self._idle_since = time.monotonic()
 
+    # ------------------------------------------------------------ hold only
     def hold(self, key: str, path: str) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         st = os.fstat(fd)
@@ -95,35 +181,105 @@ class Keeper:
             os.close(old[1])  # the FIFO was made anew: hold the new one
         self.fds[key] = (path, fd)
 
-    def release(self, key: str) -> None:
+    def _release_hold(self, key: str) -> None:
         entry = self.fds.pop(key, None)
         if entry is not None:
             os.close(entry[1])
 
-    def sweep(self) -> None:
+    # ------------------------------------------------------------ copy
+    async def copy(self, key: str, fifo: str, log_path: str, offset: int, offset_file: str | None) -> dict:
+        from xen_driver.xen.sinks import FifoSink
+
+        cur = self.copies.get(key)
+        if cur is not None and cur.fifo == fifo and cur.log == log_path:
+            # A restarted plugin re-adopting its task: our own progress stands.
+            return {"ok": True, "offset": cur.stream.offset, "resumed": False,  # type: ignore[attr-defined]
+                    "fifo_open": cur.stream.sink.is_open}  # type: ignore[attr-defined]
+        if offset < 0:
+            raise ValueError("offset must be >= 0")
+        try:
+            fd: int | None = FifoSink.open_fd(fifo)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:
+                raise  # missing FIFO, a symlink, ...: the plugin reports it
+            fd = None  # no reader yet: the sink retries until logmon opens it
+        if cur is not None:  # the same key with another FIFO or log: a new task under an old name
+            await self._drop_copy(key)
+        self._release_hold(key)  # our descriptor replaces a hold-only one
+        recorded = read_offset(offset_file)
+        start = recorded if recorded is not None else offset
+        sink = FifoSink(fifo)
+        if fd is not None:
+            sink.adopt(fd)
+
+        def commit(pos: int) -> None:
+            if offset_file and not write_offset(offset_file, pos):
+                self.commit_errors += 1
+
+        stream = self.pump.add(key, log_path, sink, offset=start, on_commit=commit)
+        if self.gate:
+            stream.before_commit = commit_gate(self.gate)
+        self.copies[key] = Copy(fifo, log_path, offset_file, stream)
+        return {"ok": True, "offset": start, "resumed": True, "fifo_open": fd is not None}
+
+    async def drain(self, key: str, timeout_s: float) -> dict:
+        cur = self.copies.get(key)
+        if cur is None:
+            return {"ok": False, "error": f"no console copy under {key!r}"}
+        caught_up = await self.pump.drain(key, timeout_s)
+        return {"ok": True, "caught_up": caught_up, "offset": cur.stream.offset}  # type: ignore[attr-defined]
+
+    async def _drop_copy(self, key: str) -> None:
+        if self.copies.pop(key, None) is not None:
+            await self.pump.remove(key)  # closes the sink: our write end of the FIFO
+
+    async def release(self, key: str) -> None:
+        self._release_hold(key)
+        await self._drop_copy(key)
+
+    async def sweep(self) -> None:
         for key, (_path, fd) in list(self.fds.items()):
             try:
                 gone = os.fstat(fd).st_nlink == 0
             except OSError:
                 gone = True
             if gone:
-                self.release(key)
+                self._release_hold(key)
+        for key, cur in list(self.copies.items()):
+            fd = cur.stream.sink.fd  # type: ignore[attr-defined]
+            try:
+                gone = os.fstat(fd).st_nlink == 0 if fd is not None else not os.path.lexists(cur.fifo)
+            except OSError:
+                gone = True
+            if gone:
+                await self._drop_copy(key)
 
-    def answer(self, req: dict) -> dict:
+    def keys(self) -> list[str]:
+        return sorted(set(self.fds) | set(self.copies))
+
+    # ------------------------------------------------------------ protocol
+    async def answer(self, req: dict) -> dict:
         op = req.get("op")
         try:
             if op == "hold":
+                if req.get("log") is not None:
+                    return await self.copy(
+                        str(req["key"]), str(req["path"]), str(req["log"]), int(req.get("offset") or 0),
+                        str(req["offset_file"]) if req.get("offset_file") else None,
+                    )
                 self.hold(str(req["key"]), str(req["path"]))
                 return {"ok": True}
+            if op == "drain":
+                return await self.drain(str(req["key"]), float(req.get("timeout", 5.0)))
             if op == "release":
-                self.release(str(req["key"]))
+                await self.release(str(req["key"]))
                 return {"ok": True}
             if op == "keys":
-                return {"ok": True, "keys": sorted(self.fds)}
+                return {"ok": True, "keys": self.keys()}
             return {"ok": False, "error": f"unknown op {op!r}"}
         except OSError as exc:
-            return {"ok": False, "error": f"{errno.errorcode.get(exc.errno, exc.errno)}: {exc.strerror}"}
-        except (KeyError, TypeError) as exc:
+            return {"ok": False, "error": f"{errno.errorcode.get(exc.errno or 0, exc.errno)}: {exc.strerror}"}
+        except (KeyError, TypeError, ValueError) as exc:
             return {"ok": False, "error": f"bad request: {exc}"}
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -132,9 +288,10 @@ class Keeper:
             while line := await reader.readline():
                 try:
                     req = json.loads(line)
-                    resp = self.answer(req if isinstance(req, dict) else {})
                 except ValueError:
                     resp = {"ok": False, "error": "not JSON"}
+                else:
+                    resp = await self.answer(req if isinstance(req, dict) else {})
                 writer.write(json.dumps(resp).encode() + b"\n")
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -145,29 +302,33 @@ class Keeper:
             writer.close()
 
     async def serve(self) -> int:
+        self.pump.start()
         server = await asyncio.start_unix_server(self._client, path=self.socket_path)
         os.chmod(self.socket_path, 0o600)
-        async with server:
-            while True:
-                await asyncio.sleep(min(self.sweep_s, self.idle_exit_s))
-                self.sweep()
-                if self.fds or self.clients:
-                    self._idle_since = time.monotonic()
-                elif time.monotonic() - self._idle_since >= self.idle_exit_s:
-                    break
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.socket_path)
+        try:
+            async with server:
+                while True:
+                    await asyncio.sleep(min(self.sweep_s, self.idle_exit_s))
+                    await self.sweep()
+                    if self.fds or self.copies or self.clients:
+                        self._idle_since = time.monotonic()
+                    elif time.monotonic() - self._idle_since >= self.idle_exit_s:
+                        break
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.socket_path)
+            await self.pump.stop()
         return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="hold Nomad log FIFOs open across plugin restarts")
+    parser = argparse.ArgumentParser(description="copy guest consoles into Nomad's log FIFOs across plugin restarts")
     parser.add_argument("--socket", required=True)
     parser.add_argument("--idle-exit", type=float, default=IDLE_EXIT_S)
     args = parser.parse_args(argv)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     with contextlib.suppress(ValueError, OSError):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # a FIFO and a log file per task
     # One keeper per socket: the lock is held for the keeper's whole life.
     lock = os.open(args.socket + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
@@ -176,138 +337,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0  # another keeper is alive and serves this socket
     with contextlib.suppress(FileNotFoundError):
         os.unlink(args.socket)  # stale, from a keeper that died
-    return asyncio.run(Keeper(args.socket, idle_exit_s=args.idle_exit).serve())
-
-
-# ---------------------------------------------------------------------------- the plugin's client
-
-
-class FifoKeeperClient:
-    """The plugin's side: ask the keeper to hold or release a task's FIFO.
-
-    Best effort by design: when the keeper cannot be reached the task still runs and its console
-    still streams; only the protection against a plugin crash is missing, which is logged.
-    Requests are serialised on one connection; the keeper is started on first need.
-    """
-
-    def __init__(
-        self,
-        state_dir: str | os.PathLike[str],
-        *,
-        python: str = sys.executable,
-        connect_timeout_s: float = CONNECT_TIMEOUT_S,
-        idle_exit_s: float = IDLE_EXIT_S,
-    ):
-        self.socket_path = str(Path(state_dir) / SOCKET_NAME)
-        self.python = python
-        self.idle_exit_s = idle_exit_s
-        self.connect_timeout_s = connect_timeout_s
-        self._conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
-        self._spawned_at: float | None = None
-        self._lock = asyncio.Lock()
-        self._jobs: set[asyncio.Task[None]] = set()
-
-    def start(self) -> None:
-        """Start a keeper now unless one answers, without waiting for it (at plugin start-up, so
-        it is ready by the time the first task's FIFO is opened)."""
-        if not os.path.exists(self.socket_path):
-            self._spawn()
-
-    def _spawn(self) -> None:
-        now = time.monotonic()
-        if self._spawned_at is not None and now - self._spawned_at < RESPAWN_AFTER_S:
-            return  # one is starting already
-        self._spawned_at = now
-        Path(self.socket_path).parent.mkdir(parents=True, exist_ok=True)
-        # Run this very package, wherever it was imported from.
-        package_parent = str(Path(__file__).resolve().parents[2])
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
-        subprocess.Popen(
-            [self.python, "-m", "xen_driver.xen.fifokeeper", "--socket", self.socket_path,
-             "--idle-exit", str(self.idle_exit_s)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,  # outlive the plugin, whatever signal it gets
-            close_fds=True,
-            cwd="/",
-            env=env,
-        )
-
-    async def _connect(self, spawn: bool) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        if self._conn is not None and not self._conn[1].is_closing():
-            return self._conn
-        deadline = time.monotonic() + self.connect_timeout_s
-        while True:
-            try:
-                self._conn = await asyncio.open_unix_connection(self.socket_path)
-                return self._conn
-            except (FileNotFoundError, ConnectionRefusedError):
-                if not spawn:
-                    raise
-                self._spawn()
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.1)
-
-    async def request(self, req: dict, *, spawn: bool = True) -> dict:
-        """Send one request; without ``spawn`` a keeper that is not running is not started."""
-        async with self._lock:
-            for attempt in (1, 2):
-                try:
-                    reader, writer = await self._connect(spawn)
-                    writer.write(json.dumps(req).encode() + b"\n")
-                    await writer.drain()
-                    line = await reader.readline()
-                    if not line:
-                        raise ConnectionResetError("the keeper closed the connection")
-                    return json.loads(line)
-                except (OSError, ValueError):
-                    self._drop()
-                    if attempt == 2:
-                        raise
-        raise AssertionError("unreachable")
-
-    def _drop(self) -> None:
-        if self._conn is not None:
-            self._conn[1].close()
-            self._conn = None
-
-    async def _safe(self, req: dict, spawn: bool = True) -> None:
-        try:
-            resp = await self.request(req, spawn=spawn)
-        except (FileNotFoundError, ConnectionRefusedError):
-            if not spawn:
-                return  # no keeper running: it holds nothing to release
-            _log().warning("fifo keeper unreachable; logs may stop after a plugin crash", **req)
-            return
-        except (OSError, ValueError) as exc:
-            _log().warning("fifo keeper unreachable; logs may stop after a plugin crash", error=str(exc), **req)
-            return
-        if not resp.get("ok"):
-            _log().warning("fifo keeper refused", error=resp.get("error"), **req)
-
-    def hold(self, key: str, path: str) -> None:
-        """Ask (in the background) for ``path`` to be held open under ``key``."""
-        self._background(self._safe({"op": "hold", "key": key, "path": path}))
-
-    def release(self, key: str) -> None:
-        self._background(self._safe({"op": "release", "key": key}, spawn=False))
-
-    def _background(self, coro) -> None:  # type: ignore[no-untyped-def]
-        job = asyncio.get_running_loop().create_task(coro)
-        self._jobs.add(job)
-        job.add_done_callback(self._jobs.discard)
-
-    async def flush(self) -> None:
-        """Wait for the requests sent so far (tests, and before the plugin exits)."""
-        while self._jobs:
-            await asyncio.gather(*list(self._jobs), return_exceptions=True)
-
-    async def close(self) -> None:
-        await self.flush()
-        self._drop()
+    keeper = Keeper(args.socket, idle_exit_s=args.idle_exit, gate=os.environ.get(COMMIT_GATE_ENV) or None)
+    return asyncio.run(keeper.serve())
 
 
 if __name__ == "__main__":

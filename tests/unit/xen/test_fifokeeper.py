@@ -1,14 +1,19 @@
-"""The FIFO keeper: Nomad's log reader must not see end-of-file when the plugin dies."""
+"""The FIFO keeper: Nomad's log reader must not see end-of-file when the plugin dies, and the
+keeper's copy of each console into its FIFO survives the plugin: hold with an offset, re-hold,
+drain, release, sweep."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
-from xen_driver.xen.fifokeeper import SOCKET_NAME, FifoKeeperClient, Keeper
+from xen_driver.xen.console import ConsolePump
+from xen_driver.xen.fifokeeper import SOCKET_NAME, FifoKeeperClient, Keeper, read_offset
 
 
 def _reader(path) -> int:
@@ -24,56 +29,287 @@ def _eof(fd: int) -> bool:
         return False
 
 
+def _read_all(fd: int) -> bytes:
+    out = bytearray()
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            return bytes(out)
+        if not chunk:
+            return bytes(out)
+        out += chunk
+
+
+async def until(cond, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
+def run(coro) -> None:  # type: ignore[no-untyped-def]
+    asyncio.run(asyncio.wait_for(coro, 30))
+
+
+def _keeper(tmp_path: Path) -> Keeper:
+    return Keeper(str(tmp_path / "k.sock"), pump=ConsolePump(tick_s=0.02))
+
+
+# ---------------------------------------------------------------------------- hold only
+
+
 def test_keeper_holds_the_write_end_until_released(tmp_path):
-    fifo = tmp_path / "t.stdout.fifo"
-    os.mkfifo(fifo)
-    rfd = _reader(fifo)
-    keeper = Keeper(str(tmp_path / "k.sock"))
-    try:
-        plugin_fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-        assert keeper.answer({"op": "hold", "key": "dom-a", "path": str(fifo)}) == {"ok": True}
-        os.write(plugin_fd, b"tick 1\n")
-        os.close(plugin_fd)  # the plugin dies
-        assert os.read(rfd, 100) == b"tick 1\n"
-        assert not _eof(rfd)  # logmon would keep reading
-        assert keeper.answer({"op": "keys"}) == {"ok": True, "keys": ["dom-a"]}
-        assert keeper.answer({"op": "release", "key": "dom-a"}) == {"ok": True}
-        assert _eof(rfd)
-    finally:
-        os.close(rfd)
+    async def main() -> None:
+        fifo = tmp_path / "t.stdout.fifo"
+        os.mkfifo(fifo)
+        rfd = _reader(fifo)
+        keeper = _keeper(tmp_path)
+        try:
+            plugin_fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            assert await keeper.answer({"op": "hold", "key": "dom-a", "path": str(fifo)}) == {"ok": True}
+            os.write(plugin_fd, b"tick 1\n")
+            os.close(plugin_fd)  # the plugin dies
+            assert os.read(rfd, 100) == b"tick 1\n"
+            assert not _eof(rfd)  # logmon would keep reading
+            assert await keeper.answer({"op": "keys"}) == {"ok": True, "keys": ["dom-a"]}
+            assert await keeper.answer({"op": "release", "key": "dom-a"}) == {"ok": True}
+            assert _eof(rfd)
+        finally:
+            os.close(rfd)
+
+    run(main())
 
 
 def test_keeper_refuses_a_fifo_without_reader_and_ignores_plain_files(tmp_path):
-    fifo = tmp_path / "nobody.fifo"
-    os.mkfifo(fifo)
-    keeper = Keeper(str(tmp_path / "k.sock"))
-    resp = keeper.answer({"op": "hold", "key": "x", "path": str(fifo)})
-    assert resp["ok"] is False and "ENXIO" in resp["error"]
-    plain = tmp_path / "stdout.log"
-    plain.write_bytes(b"")
-    assert keeper.answer({"op": "hold", "key": "y", "path": str(plain)}) == {"ok": True}
-    assert keeper.answer({"op": "keys"})["keys"] == []
-    assert keeper.answer({"op": "bogus"})["ok"] is False
+    async def main() -> None:
+        fifo = tmp_path / "nobody.fifo"
+        os.mkfifo(fifo)
+        keeper = _keeper(tmp_path)
+        resp = await keeper.answer({"op": "hold", "key": "x", "path": str(fifo)})
+        assert resp["ok"] is False and "ENXIO" in resp["error"]
+        plain = tmp_path / "stdout.log"
+        plain.write_bytes(b"")
+        assert await keeper.answer({"op": "hold", "key": "y", "path": str(plain)}) == {"ok": True}
+        assert (await keeper.answer({"op": "keys"}))["keys"] == []
+        assert (await keeper.answer({"op": "bogus"}))["ok"] is False
+
+    run(main())
 
 
 def test_keeper_lets_go_of_fifos_whose_file_was_removed(tmp_path):
-    fifo = tmp_path / "gc.fifo"
-    os.mkfifo(fifo)
-    rfd = _reader(fifo)
-    try:
-        keeper = Keeper(str(tmp_path / "k.sock"))
-        keeper.answer({"op": "hold", "key": "gone", "path": str(fifo)})
-        keeper.sweep()
-        assert keeper.answer({"op": "keys"})["keys"] == ["gone"]
-        os.unlink(fifo)  # Nomad garbage-collected the allocation
-        keeper.sweep()
-        assert keeper.answer({"op": "keys"})["keys"] == []
-    finally:
-        os.close(rfd)
+    async def main() -> None:
+        fifo, copied = tmp_path / "gc.fifo", tmp_path / "gc2.fifo"
+        os.mkfifo(fifo)
+        os.mkfifo(copied)
+        rfds = [_reader(fifo), _reader(copied)]
+        keeper = _keeper(tmp_path)
+        keeper.pump.start()
+        try:
+            await keeper.answer({"op": "hold", "key": "gone", "path": str(fifo)})
+            await keeper.answer({"op": "hold", "key": "gone2", "path": str(copied), "log": str(tmp_path / "guest-gone2.log")})
+            await keeper.sweep()
+            assert (await keeper.answer({"op": "keys"}))["keys"] == ["gone", "gone2"]
+            os.unlink(fifo)  # Nomad garbage-collected the allocation
+            os.unlink(copied)
+            await keeper.sweep()
+            assert (await keeper.answer({"op": "keys"}))["keys"] == []
+        finally:
+            await keeper.pump.stop()
+            for fd in rfds:
+                os.close(fd)
+
+    run(main())
+
+
+# ---------------------------------------------------------------------------- copy
+
+
+def _copy_req(key: str, fifo: Path, log: Path, offset: int = 0, offset_file: Path | None = None) -> dict:
+    return {"op": "hold", "key": key, "path": str(fifo), "log": str(log), "offset": offset,
+            "offset_file": str(offset_file) if offset_file else None}
+
+
+def test_hold_with_a_log_copies_from_the_offset_and_commits_progress(tmp_path):
+    async def main() -> None:
+        fifo, log, off = tmp_path / "t.fifo", tmp_path / "guest-a.log", tmp_path / "console.offset"
+        os.mkfifo(fifo)
+        log.write_bytes(b"seen already\nnew 1\n")
+        rfd = _reader(fifo)
+        keeper = _keeper(tmp_path)
+        keeper.pump.start()
+        try:
+            resp = await keeper.answer(_copy_req("a", fifo, log, offset=13, offset_file=off))
+            assert resp == {"ok": True, "offset": 13, "resumed": True, "fifo_open": True}
+            await until(lambda: read_offset(str(off)) == log.stat().st_size)
+            assert _read_all(rfd) == b"new 1\n"
+            with open(log, "ab") as f:
+                f.write(b"new 2\n")
+            await until(lambda: read_offset(str(off)) == log.stat().st_size)
+            assert _read_all(rfd) == b"new 2\n"
+        finally:
+            await keeper.pump.stop()
+            os.close(rfd)
+
+    run(main())
+
+
+def test_re_hold_of_a_copied_key_is_a_no_op_keeping_the_keepers_progress(tmp_path):
+    """A restarted plugin re-sends ``hold`` with whatever offset it read: the keeper's own stands."""
+
+    async def main() -> None:
+        fifo, log, off = tmp_path / "t.fifo", tmp_path / "guest-a.log", tmp_path / "console.offset"
+        os.mkfifo(fifo)
+        log.write_bytes(b"line 1\nline 2\n")
+        rfd = _reader(fifo)
+        keeper = _keeper(tmp_path)
+        keeper.pump.start()
+        try:
+            await keeper.answer(_copy_req("a", fifo, log, offset_file=off))
+            await until(lambda: read_offset(str(off)) == 14)
+            again = await keeper.answer(_copy_req("a", fifo, log, offset=0, offset_file=off))
+            assert again == {"ok": True, "offset": 14, "resumed": False, "fifo_open": True}
+            with open(log, "ab") as f:
+                f.write(b"line 3\n")
+            await until(lambda: read_offset(str(off)) == 21)
+            assert _read_all(rfd) == b"line 1\nline 2\nline 3\n"
+            assert keeper.keys() == ["a"]
+        finally:
+            await keeper.pump.stop()
+            os.close(rfd)
+
+    run(main())
+
+
+def test_a_new_keeper_resumes_from_the_recorded_offset(tmp_path):
+    """The offset file, not the plugin's offset, says where a keeper (re)starts."""
+
+    async def main() -> None:
+        fifo, log, off = tmp_path / "t.fifo", tmp_path / "guest-a.log", tmp_path / "console.offset"
+        os.mkfifo(fifo)
+        log.write_bytes(b"old\nnew\n")
+        off.write_text("4")
+        rfd = _reader(fifo)
+        keeper = _keeper(tmp_path)
+        keeper.pump.start()
+        try:
+            resp = await keeper.answer(_copy_req("a", fifo, log, offset=0, offset_file=off))
+            assert resp["offset"] == 4
+            await until(lambda: read_offset(str(off)) == 8)
+            assert _read_all(rfd) == b"new\n"
+        finally:
+            await keeper.pump.stop()
+            os.close(rfd)
+
+    run(main())
+
+
+def test_copy_refuses_a_missing_fifo_and_waits_for_a_reader(tmp_path):
+    async def main() -> None:
+        log = tmp_path / "guest-a.log"
+        log.write_bytes(b"hello\n")
+        keeper = _keeper(tmp_path)
+        keeper.pump.start()
+        try:
+            resp = await keeper.answer(_copy_req("a", tmp_path / "missing.fifo", log))
+            assert resp["ok"] is False and "ENOENT" in resp["error"]
+            assert keeper.keys() == []
+            fifo = tmp_path / "later.fifo"
+            os.mkfifo(fifo)
+            resp = await keeper.answer(_copy_req("b", fifo, log))
+            assert resp == {"ok": True, "offset": 0, "resumed": True, "fifo_open": False}  # no reader yet
+            rfd = _reader(fifo)  # logmon starts
+            try:
+                got = bytearray()
+                await until(lambda: got.extend(_read_all(rfd)) or bytes(got) == b"hello\n")
+            finally:
+                os.close(rfd)
+        finally:
+            await keeper.pump.stop()
+
+    run(main())
+
+
+def test_drain_answers_when_caught_up_or_at_its_timeout(tmp_path):
+    async def main() -> None:
+        fifo, log = tmp_path / "t.fifo", tmp_path / "guest-a.log"
+        os.mkfifo(fifo)
+        log.write_bytes(b"last words\n")
+        keeper = Keeper(str(tmp_path / "k.sock"), pump=ConsolePump(tick_s=3600, safety_s=3600))  # drain does the work
+        keeper.pump.start()
+        try:
+            await keeper.answer(_copy_req("a", fifo, log))  # no reader: nothing can be delivered
+            resp = await keeper.answer({"op": "drain", "key": "a", "timeout": 0.2})
+            assert resp == {"ok": True, "caught_up": False, "offset": 0}
+            rfd = _reader(fifo)
+            try:
+                resp = await keeper.answer({"op": "drain", "key": "a", "timeout": 5})
+                assert resp == {"ok": True, "caught_up": True, "offset": 11}
+                assert _read_all(rfd) == b"last words\n"
+            finally:
+                os.close(rfd)
+            assert (await keeper.answer({"op": "drain", "key": "nope"}))["ok"] is False
+        finally:
+            await keeper.pump.stop()
+
+    run(main())
+
+
+def test_release_stops_the_copy_and_closes_the_fifo(tmp_path):
+    async def main() -> None:
+        fifo, log = tmp_path / "t.fifo", tmp_path / "guest-a.log"
+        os.mkfifo(fifo)
+        log.write_bytes(b"x\n")
+        rfd = _reader(fifo)
+        keeper = _keeper(tmp_path)
+        keeper.pump.start()
+        try:
+            await keeper.answer(_copy_req("a", fifo, log))
+            got = bytearray()
+            await until(lambda: got.extend(_read_all(rfd)) or bytes(got) == b"x\n")
+            assert not _eof(rfd)
+            assert await keeper.answer({"op": "release", "key": "a"}) == {"ok": True}
+            assert _eof(rfd)  # no writer left: logmon finishes
+            assert keeper.keys() == []
+            with open(log, "ab") as f:
+                f.write(b"after release\n")
+            await keeper.pump.pump_once()
+            assert _read_all(rfd) == b""
+        finally:
+            await keeper.pump.stop()
+            os.close(rfd)
+
+    run(main())
+
+
+# ---------------------------------------------------------------------------- the real process
+
+
+def keeper_pids(socket_path: str) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    argv = f.read().split(b"\0")
+            except OSError:
+                continue
+            if b"xen_driver.xen.fifokeeper" in argv and socket_path.encode() in argv:
+                pids.append(int(entry))
+    return pids
+
+
+def kill_keepers(socket_path: str) -> None:
+    for pid in keeper_pids(socket_path):
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
 
 
 def test_client_starts_a_detached_keeper_that_outlives_it(tmp_path):
-    asyncio.run(asyncio.wait_for(_client_starts_a_detached_keeper(tmp_path), 30))
+    run(_client_starts_a_detached_keeper(tmp_path))
 
 
 async def _client_starts_a_detached_keeper(tmp_path):
@@ -94,10 +330,61 @@ async def _client_starts_a_detached_keeper(tmp_path):
         assert _eof(rfd)
         await again.close()
         # Holding nothing and with nobody connected, the keeper goes away by itself.
-        for _ in range(100):
-            if not (tmp_path / SOCKET_NAME).exists():
-                break
-            await asyncio.sleep(0.1)
-        assert not (tmp_path / SOCKET_NAME).exists()
+        await until(lambda: not (tmp_path / SOCKET_NAME).exists(), timeout=10)
     finally:
         os.close(rfd)
+        kill_keepers(str(tmp_path / SOCKET_NAME))
+
+
+def test_a_killed_keeper_is_restarted_by_the_plugin_and_resumes_from_its_offset(tmp_path):
+    """Keeper SIGKILL at a quiet moment: the plugin's supervision starts a new keeper, which
+    resumes from console.offset; meanwhile the plugin's own descriptor kept logmon reading."""
+    run(_keeper_restart(tmp_path))
+
+
+async def _keeper_restart(tmp_path):
+    fifo, log, off = tmp_path / "t.fifo", tmp_path / "guest-a.log", tmp_path / "console.offset"
+    os.mkfifo(fifo)
+    log.write_bytes(b"before\n")
+    rfd = _reader(fifo)
+    sock = str(tmp_path / SOCKET_NAME)
+    client = FifoKeeperClient(tmp_path, idle_exit_s=1.0, supervise_s=3600)  # check() by hand
+    got = bytearray()
+    try:
+        resp = await client.copy("a", str(fifo), str(log), offset=0, offset_file=str(off))
+        assert resp["ok"] is True
+        await until(lambda: read_offset(str(off)) == 7)
+        (pid,) = keeper_pids(sock)
+        os.kill(pid, 9)
+        await until(lambda: not keeper_pids(sock))
+        got += _read_all(rfd)
+        assert not _eof(rfd)  # the plugin's own descriptor: logmon does not see end-of-file
+        with open(log, "ab") as f:
+            f.write(b"while no keeper ran\n")
+        client._spawned_at = None  # the first keeper started a moment ago; a real one died later
+        assert await client.check() == ["a"]
+        await until(lambda: read_offset(str(off)) == log.stat().st_size, timeout=20)
+        await until(lambda: got.extend(_read_all(rfd)) or len(got) >= log.stat().st_size)
+        assert bytes(got) == b"before\nwhile no keeper ran\n"
+        assert await client.drain("a", 5) is True
+        client.release("a")
+        await client.flush()
+        assert _eof(rfd)
+    finally:
+        await client.close()
+        os.close(rfd)
+        kill_keepers(sock)
+
+
+def test_copy_without_a_keeper_raises_for_the_caller_to_copy_itself(tmp_path):
+    async def main() -> None:
+        client = FifoKeeperClient(tmp_path, python="/nonexistent/python", connect_timeout_s=0.3)
+        fifo = tmp_path / "t.fifo"
+        os.mkfifo(fifo)
+        with pytest.raises(OSError):
+            await client.copy("a", str(fifo), str(tmp_path / "guest-a.log"))
+        assert client.copies == {}
+        assert await client.drain("a", 0.1) is False
+        await client.close()
+
+    run(main())
