@@ -172,6 +172,9 @@ class ConsolePump:
     def get(self, name: str) -> ConsoleStream:
         return self._streams[name]
 
+    def __contains__(self, name: object) -> bool:
+        return name in self._streams
+
     async def remove(self, name: str, *, drain_timeout_s: float = 0.0) -> ConsoleStream | None:
         """Stop a stream, first delivering what is left for up to ``drain_timeout_s``."""
         stream = self._streams.get(name)

@@ -22,6 +22,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 
 import structlog
@@ -141,6 +142,9 @@ class FifoKeeperClient:
                     self._drop()
                     if attempt == 2:
                         raise
+                except BaseException:  # cancelled mid-exchange: its answer must not meet the next request
+                    self._drop()
+                    raise
         raise AssertionError("unreachable")
 
     def _drop(self) -> None:
@@ -232,11 +236,24 @@ class FifoKeeperClient:
             log.warning("fifo keeper refused", error=resp.get("error"), op="drain", key=key)
         return bool(resp.get("caught_up"))
 
-    def release(self, key: str) -> None:
-        """The task is over: stop its copy, close the FIFO (Nomad's logmon then sees end-of-file)."""
-        self.copies.pop(key, None)
-        self._let_go(key)
-        self._background(self._safe({"op": "release", "key": key}, spawn=False))
+    def release(self, key: str, *, after: Awaitable[object] | None = None) -> None:
+        """The task is over: stop its copy, close the FIFO (Nomad's logmon then sees end-of-file).
+
+        ``after``: a copy request for ``key`` still on its way (the caller's task), which the
+        release must follow, or the keeper would copy again what was just released."""
+
+        async def release() -> None:
+            if after is not None:
+                with contextlib.suppress(BaseException):
+                    await after
+            self.copies.pop(key, None)
+            self._let_go(key)
+            await self._safe({"op": "release", "key": key}, spawn=False)
+
+        if after is None:  # at once, so no check() in between can send the copy again
+            self.copies.pop(key, None)
+            self._let_go(key)
+        self._background(release())
 
     # ------------------------------------------------------------ supervision
     def _ensure_supervisor(self) -> None:

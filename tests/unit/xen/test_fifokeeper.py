@@ -388,3 +388,47 @@ def test_copy_without_a_keeper_raises_for_the_caller_to_copy_itself(tmp_path):
         await client.close()
 
     run(main())
+
+
+def test_a_release_after_a_copy_still_on_its_way_comes_second(tmp_path):
+    """A task that ends while its copy request travels: the keeper must not be left copying."""
+
+    async def main() -> None:
+        fifo, log = tmp_path / "t.fifo", tmp_path / "guest-a.log"
+        os.mkfifo(fifo)
+        rfd = _reader(fifo)
+        sock = str(tmp_path / SOCKET_NAME)
+        client = FifoKeeperClient(tmp_path, idle_exit_s=1.0, supervise_s=3600)
+        try:
+            copy = asyncio.ensure_future(client.copy("a", str(fifo), str(log)))
+            client.release("a", after=copy)
+            await client.flush()
+            assert copy.done() and copy.result()["ok"] is True
+            assert client.copies == {}
+            assert (await client.request({"op": "keys"}))["keys"] == []
+            assert _eof(rfd)
+        finally:
+            await client.close()
+            os.close(rfd)
+            kill_keepers(sock)
+
+    run(main())
+
+
+def test_a_request_cancelled_mid_exchange_does_not_confuse_the_next(tmp_path):
+    async def main() -> None:
+        sock = str(tmp_path / SOCKET_NAME)
+        client = FifoKeeperClient(tmp_path, idle_exit_s=1.0)
+        try:
+            assert (await client.request({"op": "keys"}))["keys"] == []
+            slow = asyncio.ensure_future(client.request({"op": "hold", "key": "x", "path": os.devnull}))
+            await asyncio.sleep(0)  # sent, answer not read yet
+            slow.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await slow
+            assert await client.request({"op": "keys"}) == {"ok": True, "keys": []}
+        finally:
+            await client.close()
+            kill_keepers(sock)
+
+    run(main())
