@@ -35,10 +35,9 @@ from xen_driver.driver.config import (
     PLUGIN,
     TASK,
     VifConfig,
-    _integer,
-    _vif,
-    _xl_string,
 )
+from xen_driver.driver.config.task import _vif
+from xen_driver.driver.config.values import _integer, _xl_string
 from xen_driver.driver.errors import ConfigError
 
 #: Profile names become part of domain names (``ndx-pool-<name>-<hash>-<n>``).
@@ -46,7 +45,7 @@ POOL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_]{0,23}")
 POOL_NAME_HINT = "must be a pool name of 1-24 letters, digits or '_' (the label of a plugin pool block)"
 #: Most members one profile may keep built (each holds its memory while idle).
 MAX_POOL_SIZE = 64
-#: Smallest guest the driver builds (lifecycle.MIN_MEMORY_MIB).
+#: Smallest guest the driver builds (planning.MIN_MEMORY_MIB).
 MIN_POOL_MEMORY_MIB = 8
 
 POOL_DEFAULTS: dict[str, Any] = {"memory": 16, "vcpus": 1, "size": 1}
