@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from xen_driver.xen.backend import DomainInfo, DomainNotFound, DomainState
+from xen_driver.xen.backend import CreatedDomain, DomainInfo, DomainNotFound, DomainState, HostFacts, PhaseRecorder
+from xen_driver.xen.spec import DomainSpec
 
 
 class FakeBackend:
     """A Backend whose domain table the test edits directly."""
 
     kind = "fake"
+    can_dump_core = False
 
     def __init__(self) -> None:
         self.domains: dict[str, DomainInfo] = {}
@@ -31,14 +33,31 @@ class FakeBackend:
         self.destroyed.append(name)
         self.domains.pop(name, None)
 
-    async def validate(self, spec):  # type: ignore[no-untyped-def]
+    async def validate(self, spec: DomainSpec) -> None:
         return None
 
-    async def create_domain(self, spec, *, paused=True):  # type: ignore[no-untyped-def]
-        raise NotImplementedError
+    async def create_domain(
+        self, spec: DomainSpec, *, paused: bool = True, background: bool = False, phases: PhaseRecorder | None = None
+    ) -> CreatedDomain:
+        raise NotImplementedError("this fake only follows domains a test puts in its table")
 
-    async def unpause(self, name: str) -> None:
+    async def unpause(self, name: str, *, domid: int | None = None) -> None:
         return None
 
     async def shutdown(self, name: str, *, wait: bool = False) -> None:
+        return None
+
+    async def forget(self, name: str) -> None:
+        return None
+
+    def config_file(self, name: str) -> str:
+        return ""
+
+    async def dump_core(self, name: str, path: str) -> None:
+        raise NotImplementedError("this fake cannot dump cores (can_dump_core is False)")
+
+    async def host_facts(self) -> HostFacts:
+        return HostFacts()
+
+    async def close(self) -> None:
         return None

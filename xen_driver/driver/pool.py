@@ -61,7 +61,6 @@ from xen_driver.xen.backend import DomainState, XenBackendError
 from xen_driver.xen.console import ConsolePump, ConsoleStream
 from xen_driver.xen.spec import DomainSpec, VifSpec
 from xen_driver.xen.xenstore import XenStoreError
-from xen_driver.xen.xl import XlBackend, XlError
 
 if TYPE_CHECKING:  # pragma: no cover
     from xen_driver.driver.lifecycle import TaskLifecycle
@@ -76,8 +75,6 @@ _NO_MEMORY_RE = re.compile(
 )
 #: The claim record in a claimed member's task directory.
 CLAIM_FILE = "pool.claim"
-#: CPU priority of a refill's ``xl create`` (a start's own toolstack calls run at normal priority).
-REFILL_NICE = 10
 #: How long a refill waits after a failed build before trying that profile again (doubles, capped).
 BACKOFF_S = (2.0, 120.0)
 #: Deadline of one member build.
@@ -136,8 +133,6 @@ class WarmPool:
         self._starting: asyncio.Task[None] | None = None
         self._started = False
         self._closing = False
-        self._xc: Any = None
-        self._xc_tried = False
         self._bg: set[asyncio.Task[Any]] = set()
 
     # ------------------------------------------------------------------ status
@@ -201,10 +196,6 @@ class WarmPool:
             if job is not None:
                 with contextlib.suppress(BaseException):
                     await job
-        if self._xc is not None:
-            with contextlib.suppress(Exception):
-                self._xc.close()
-            self._xc = None
 
     # ------------------------------------------------------------------ records
     def _record_path(self, name: str) -> Path:
@@ -275,8 +266,8 @@ class WarmPool:
             self._log.warn("could not destroy pool member", domain=name, error=str(exc))
             return
         self._drop_record(name)
-        if isinstance(self.lc.backend, XlBackend):
-            self.lc.backend.remove_config(name)
+        with contextlib.suppress(OSError, XenBackendError):
+            await self.lc.backend.forget(name)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(ConsolePump.log_path(self.config.console_log_dir, name))
         if task_dir:
@@ -354,13 +345,9 @@ class WarmPool:
         try:
             dspec = self._member_spec(profile, name)
             attempted = True
-            if isinstance(self.lc.backend, XlBackend):
-                cfg = self.lc.backend.write_config(dspec)
-                await self._xl_create_low_priority(str(cfg), name)
-                domid = await self.lc._domid(name)
-            else:
-                info = await self.lc.backend.create_domain(dspec, paused=True)
-                domid = info.domid if info.domid is not None else await self.lc._domid(name)
+            async with asyncio.timeout(BUILD_TIMEOUT_S):
+                created = await self.lc.backend.create_domain(dspec, paused=True, background=True)
+            domid = created.domid if created.domid is not None else await self.lc._domid(name)
             member = Member(name, profile.name, domid, profile.memory, dspec.uuid or "")
             if self._closing or self._profiles.get(profile.name) is not prof:
                 raise asyncio.CancelledError()
@@ -392,28 +379,6 @@ class WarmPool:
         prof.ready.append(member)
         log.info("pool member ready", domid=domid, ready=len(prof.ready), size=profile.size,
                  build_ms=round((time.monotonic() - began) * 1000, 1))
-
-    async def _xl_create_low_priority(self, cfg: str, name: str) -> None:
-        """``xl create -e -p`` at a lower CPU priority than the starts it must not slow down."""
-        backend = self.lc.backend
-        assert isinstance(backend, XlBackend)
-        argv = [backend.executable(), "create", "-e", "-p", os.path.abspath(cfg)]
-        nice = shutil.which("nice")
-        if nice:
-            argv = [nice, "-n", str(REFILL_NICE), *argv]
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-        )
-        try:
-            async with asyncio.timeout(BUILD_TIMEOUT_S):
-                _out, err = await proc.communicate()
-        except BaseException:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-            raise
-        if proc.returncode != 0:
-            raise XlError(argv, proc.returncode, err.decode("utf-8", "replace"))
 
     # ------------------------------------------------------------------ the start gate
     @contextlib.asynccontextmanager
@@ -456,14 +421,10 @@ class WarmPool:
         return sum(len(p.ready) for p in self._profiles.values())
 
     async def _free_memory_mib(self) -> int | None:
-        """Xen's free memory (``xl info``), or None where the backend cannot say."""
-        if not isinstance(self.lc.backend, XlBackend):
-            return None
-        from xen_driver.xen.probe import parse_xl_info
-
+        """Xen's free memory, or None where the backend cannot say."""
         try:
-            return int(parse_xl_info((await self.lc.backend.run("info", timeout_s=30)).stdout)["free_memory"])
-        except (XenBackendError, KeyError, ValueError):
+            return (await self.lc.backend.host_facts()).free_memory_mib
+        except XenBackendError:
             return None
 
     async def evict(self, memory_mib: int) -> int:
@@ -591,25 +552,6 @@ class WarmPool:
         self._bg.add(job)
         job.add_done_callback(self._bg.discard)
 
-    async def _unpause(self, member: Member) -> str:
-        """Unpause through libxenctrl when this host allows it, else through the toolstack."""
-        if isinstance(self.lc.backend, XlBackend):
-            if not self._xc_tried:
-                from xen_driver.xen.xenctrl import open_xenctrl
-
-                self._xc_tried = True
-                self._xc = open_xenctrl()
-                self._log.info("pool unpause path", direct=self._xc is not None,
-                               library=getattr(self._xc, "path", None))
-            if self._xc is not None:
-                try:
-                    self._xc.unpause(member.domid)
-                    return "xenctrl"
-                except OSError as exc:
-                    self._log.warn("direct unpause failed; using the toolstack", domain=member.name, error=str(exc))
-        await self.lc.backend.unpause(member.name)
-        return "toolstack"
-
     async def _claim(
         self, spec: TaskSpec, profile: PoolProfile, member: Member, click_text: str | None, timer: PhaseTimer
     ) -> TaskHandle:
@@ -632,7 +574,7 @@ class WarmPool:
                 with timer.phase("clickos_push"):
                     await lc._push_click(spec, domid, click_text)
             with timer.phase("unpause"):
-                how = await self._unpause(member)
+                await lc.backend.unpause(name, domid=domid)
             with timer.phase("boot"):
                 await lc._wait_boot(spec, stream, exit_future)
             state = DriverState(
@@ -642,7 +584,7 @@ class WarmPool:
                 uuid=member.uuid,
                 started_at_ns=time.time_ns(),
                 backend=lc.backend.kind,
-                config_path=str(lc.backend.config_path(name)) if isinstance(lc.backend, XlBackend) else "",
+                config_path=lc.backend.config_file(name),
                 task_state_dir=str(task_dir),
                 console_path=console_path,
                 console_offset=0,
@@ -660,7 +602,7 @@ class WarmPool:
                 raise
             raise err from exc
         task = lc.register_started(spec, state, timer, exit_future)
-        log.info("task started from the pool", domid=domid, unpause=how, timings=task.timings, summary=timer.summary())
+        log.info("task started from the pool", domid=domid, timings=task.timings, summary=timer.summary())
         annotations = {**timer.annotations(), "start_path": "pool", "pool": profile.name}
         lc._event(task, f"Guest {name} (domid {domid}) booted from pool {profile.name}: {timer.summary()}", annotations)
         return lc._handle(task)

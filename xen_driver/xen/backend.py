@@ -11,8 +11,12 @@ live handle, because the domain may change or vanish the moment after it was rea
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import os
 from dataclasses import dataclass
+from pathlib import Path
+from contextlib import AbstractContextManager
 from typing import Protocol, runtime_checkable
 
 from xen_driver.xen.spec import DomainSpec
@@ -99,6 +103,23 @@ class HostFacts:
     nr_cpus: int | None = None
     total_memory_mib: int | None = None
     cpu_mhz: float | None = None
+    #: Memory Xen has not given to any domain yet (what a new domain can still get).
+    free_memory_mib: int | None = None
+
+
+@dataclass(frozen=True)
+class CreatedDomain:
+    """What creating a domain tells the driver.
+
+    ``domid`` is ``None`` when the backend did not learn it in the same call (``xl create``
+    prints nothing useful); the driver then reads it from XenStore, which is faster than a
+    second toolstack call.  ``config_file`` is a file the backend rendered for the domain
+    (``""`` when it keeps none); :meth:`Backend.forget` removes it.
+    """
+
+    name: str
+    domid: int | None
+    config_file: str = ""
 
 
 class XenBackendError(Exception):
@@ -130,25 +151,51 @@ class BackendUnavailable(XenBackendError):
     """The toolstack itself is missing (no ``xl`` binary, libvirt not installed/reachable)."""
 
 
+class PhaseRecorder(Protocol):
+    """Times named steps (the driver's :class:`~xen_driver.driver.timing.PhaseTimer` is one)."""
+
+    def phase(self, name: str) -> AbstractContextManager[None]: ...
+
+
+class _Untimed:
+    def phase(self, name: str) -> AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+
+#: The recorder of a caller that does not time a create.
+UNTIMED: PhaseRecorder = _Untimed()
+
+
 @runtime_checkable
 class Backend(Protocol):
-    """What the driver core needs from a toolstack.
+    """What the driver core needs from a toolstack, and all it may ask of one.
 
-    All methods are coroutines and never block the event loop.  Names are Xen domain names
-    (the driver derives them from the Nomad task id); a backend never invents names itself.
+    All methods but :meth:`config_file` are coroutines and never block the event loop.  Names
+    are Xen domain names (the driver derives them from the Nomad task id); a backend never
+    invents names itself.
     """
 
     #: Short identifier stored in the task's driver_state ("xl", "libvirt").
     kind: str
+    #: Whether :meth:`dump_core` works: a job's ``on_crash = "coredump-destroy"`` is refused at
+    #: validation on a backend without it.
+    can_dump_core: bool
 
     async def validate(self, spec: DomainSpec) -> None:
         """Check that the toolstack accepts ``spec`` without creating anything."""
 
-    async def create_domain(self, spec: DomainSpec, *, paused: bool = True) -> DomainInfo:
-        """Create the domain (paused by default, so XenStore can be filled before it runs)."""
+    async def create_domain(
+        self, spec: DomainSpec, *, paused: bool = True, background: bool = False, phases: PhaseRecorder | None = None
+    ) -> CreatedDomain:
+        """Create the domain (paused by default, so XenStore can be filled before it runs).
 
-    async def unpause(self, name: str) -> None:
-        """Let a paused domain run."""
+        ``background``: the build is not on any task's critical path (a warm-pool refill), so
+        it runs at a lower CPU priority than the starts it must not slow down.  ``phases``
+        times the backend's own steps: ``render`` (the toolstack's description of the domain)
+        and ``domain_build`` (the toolstack building it)."""
+
+    async def unpause(self, name: str, *, domid: int | None = None) -> None:
+        """Let a paused domain run (``domid``, when known, allows a direct hypervisor call)."""
 
     async def shutdown(self, name: str, *, wait: bool = False) -> None:
         """Ask the guest to shut down cooperatively (PV ``control/shutdown``)."""
@@ -156,11 +203,44 @@ class Backend(Protocol):
     async def destroy(self, name: str) -> None:
         """Kill the domain now and free its resources; a missing domain is not an error."""
 
+    async def forget(self, name: str) -> None:
+        """Remove what the backend keeps about a domain that is gone (a rendered config)."""
+
+    def config_file(self, name: str) -> str:
+        """The file the backend rendered for ``name``, or ``""`` when it keeps none."""
+
+    async def dump_core(self, name: str, path: str) -> None:
+        """Write the domain's memory image to ``path`` (only where :attr:`can_dump_core`)."""
+
     async def list_domains(self) -> list[DomainInfo]:
         """All domains the toolstack knows, in one call (the watcher and stats rely on this)."""
 
     async def domain(self, name: str) -> DomainInfo:
         """One domain, or :class:`DomainNotFound`."""
+
+    async def host_facts(self) -> HostFacts:
+        """The host's CPUs, memory (total and free) and CPU clock, as far as the toolstack says."""
+
+    async def close(self) -> None:
+        """Release connections and helpers; domains are left as they are."""
+
+
+def open_backend(kind: str, *, state_dir: str | os.PathLike[str], xl_path: str, libvirt_uri: str) -> Backend:
+    """The backend the plugin configuration names (``backend = "xl" | "libvirt"``).
+
+    A backend whose binding is missing on this host (libvirt-python not installed) comes back as
+    an :class:`UnavailableBackend`, so the plugin still takes its configuration and the
+    fingerprint says what is missing, instead of the configuration call failing."""
+    if kind == "libvirt":
+        try:
+            from xen_driver.xen.libvirt_backend import LibvirtBackend
+
+            return LibvirtBackend(libvirt_uri)
+        except BackendUnavailable as exc:
+            return UnavailableBackend("libvirt", exc)
+    from xen_driver.xen.xl import XlBackend
+
+    return XlBackend(Path(state_dir) / "domains", xl=xl_path)
 
 
 class UnavailableBackend:
@@ -170,6 +250,8 @@ class UnavailableBackend:
     unhealthy with the reason, and every operation raises the same :class:`BackendUnavailable`,
     so Nomad and the operator see the cause instead of an internal error.
     """
+
+    can_dump_core = False
 
     def __init__(self, kind: str, error: BackendUnavailable):
         self.kind = kind
@@ -181,10 +263,12 @@ class UnavailableBackend:
     async def validate(self, spec: DomainSpec) -> None:
         raise self._fail()
 
-    async def create_domain(self, spec: DomainSpec, *, paused: bool = True) -> DomainInfo:
+    async def create_domain(
+        self, spec: DomainSpec, *, paused: bool = True, background: bool = False, phases: PhaseRecorder | None = None
+    ) -> CreatedDomain:
         raise self._fail()
 
-    async def unpause(self, name: str) -> None:
+    async def unpause(self, name: str, *, domid: int | None = None) -> None:
         raise self._fail()
 
     async def shutdown(self, name: str, *, wait: bool = False) -> None:
@@ -193,12 +277,23 @@ class UnavailableBackend:
     async def destroy(self, name: str) -> None:
         raise self._fail()
 
+    async def forget(self, name: str) -> None:
+        return None
+
+    def config_file(self, name: str) -> str:
+        return ""
+
+    async def dump_core(self, name: str, path: str) -> None:
+        raise self._fail()
+
     async def list_domains(self) -> list[DomainInfo]:
         raise self._fail()
 
     async def domain(self, name: str) -> DomainInfo:
         raise self._fail()
 
+    async def host_facts(self) -> HostFacts:
+        raise self._fail()
+
     async def close(self) -> None:
         return None
-

@@ -18,7 +18,15 @@ from xen_driver.driver.errors import ConfigError, NotSupported, RecoverableError
 from xen_driver.driver.lifecycle import TaskLifecycle, domain_name_for
 from xen_driver.driver.models import RecoveredTask, TaskSpec, TaskState
 from xen_driver.driver.state import DriverState
-from xen_driver.xen.backend import DomainInfo, DomainNotFound, DomainState, ExitReason
+from xen_driver.xen.backend import (
+    CreatedDomain,
+    DomainInfo,
+    DomainNotFound,
+    DomainState,
+    ExitReason,
+    HostFacts,
+    PhaseRecorder,
+)
 from xen_driver.xen.fifokeeper import FifoKeeperClient
 from xen_driver.xen.spec import DomainSpec
 
@@ -29,6 +37,7 @@ class FakeXen:
     """Domains in a dict; 'guests' print to console files like xenconsoled would."""
 
     kind = "fake"
+    can_dump_core = True
 
     def __init__(self, console_dir: Path, *, boot_line: bytes = b"NDX-GUEST READY\n"):
         self.console_dir = console_dir
@@ -49,7 +58,9 @@ class FakeXen:
     async def validate(self, spec: DomainSpec) -> None:
         spec.validate()
 
-    async def create_domain(self, spec: DomainSpec, *, paused: bool = True) -> DomainInfo:
+    async def create_domain(
+        self, spec: DomainSpec, *, paused: bool = True, background: bool = False, phases: PhaseRecorder | None = None
+    ) -> CreatedDomain:
         self.calls.append(("create", spec.name))
         self.specs[spec.name] = spec
         info = DomainInfo(spec.name, self.next_domid, spec.uuid, DomainState.PAUSED, memory_kib=spec.memory_mb * 1024)
@@ -58,7 +69,7 @@ class FakeXen:
         self._console(spec.name).write_bytes(b"")
         if not paused:
             self._run(spec.name)
-        return self.domains[spec.name]
+        return CreatedDomain(spec.name, info.domid)
 
     def _run(self, name: str) -> None:
         self._set(name, state=DomainState.BLOCKED)
@@ -66,7 +77,7 @@ class FakeXen:
             with open(self._console(name), "ab") as fh:
                 fh.write(b"fake guest booting\n" + self.boot_line)
 
-    async def unpause(self, name: str) -> None:
+    async def unpause(self, name: str, *, domid: int | None = None) -> None:
         self.calls.append(("unpause", name))
         self._run(name)
 
@@ -92,6 +103,24 @@ class FakeXen:
             return self.domains[name]
         except KeyError:
             raise DomainNotFound(name) from None
+
+    async def forget(self, name: str) -> None:
+        self.calls.append(("forget", name))
+
+    def config_file(self, name: str) -> str:
+        return ""
+
+    async def dump_core(self, name: str, path: str) -> None:
+        self.calls.append(("dump-core", name))
+        if name not in self.domains:
+            raise DomainNotFound(name)
+        Path(path).write_bytes(b"fake core of " + name.encode())
+
+    async def host_facts(self) -> HostFacts:
+        return HostFacts()
+
+    async def close(self) -> None:
+        return None
 
 
 @pytest.fixture
@@ -277,7 +306,7 @@ async def test_boot_timeout_undoes_everything(host):
         spec = make_spec(tmp_path, cmdline="silent", boot_timeout="500ms")
         with pytest.raises(RecoverableError, match="boot_timeout"):
             await lc.start_task(spec)
-        assert [c for c, _ in fake.calls] == ["create", "destroy"]
+        assert [c for c, _ in fake.calls] == ["create", "destroy", "forget"]
         assert _leftovers(tmp_path, fake) == []
     finally:
         await lc.close()
@@ -505,5 +534,18 @@ async def test_cpus_pinning_is_checked_against_the_host(host, cpus, ok):
             with pytest.raises(ConfigError, match='"cpus"'):
                 await lc.start_task(spec)
             assert fake.calls == []
+    finally:
+        await lc.close()
+
+
+async def test_coredump_on_a_backend_that_cannot_dump_is_refused_naming_on_crash(host):
+    tmp_path, config, fake = host
+    fake.can_dump_core = False
+    lc = await _lifecycle(config, fake)
+    try:
+        with pytest.raises(ConfigError, match=r'"on_crash".*cannot dump a guest\'s core') as err:
+            await lc.start_task(make_spec(tmp_path, on_crash="coredump-destroy"))
+        assert "fake backend" in str(err.value)
+        assert fake.calls == [] and _leftovers(tmp_path, fake) == []
     finally:
         await lc.close()

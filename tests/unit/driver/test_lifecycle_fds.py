@@ -18,7 +18,7 @@ FD_MESSAGE = r"^out of file descriptors \(\d+ open, limit \d+\): raise LimitNOFI
 async def test_start_that_runs_out_of_descriptors_says_so(host):
     tmp_path, config, fake = host
 
-    async def create_domain(spec, *, paused=True):
+    async def create_domain(spec, *, paused=True, background=False, phases=None):
         raise OSError(errno.EMFILE, "Too many open files")
 
     fake.create_domain = create_domain

@@ -21,7 +21,7 @@ from xen_driver.driver.poolconfig import PoolProfile
 from xen_driver.driver.state import DriverState
 from xen_driver.nomad import cty
 from xen_driver.nomad.schemas import PLUGIN_SCHEMA
-from xen_driver.xen.backend import DomainInfo, DomainState, ExitReason, XenBackendError
+from xen_driver.xen.backend import CreatedDomain, DomainInfo, DomainState, ExitReason, PhaseRecorder, XenBackendError
 from xen_driver.xen.fifokeeper import FifoKeeperClient
 from xen_driver.xen.spec import DomainSpec
 
@@ -43,7 +43,9 @@ class PoolXen(FakeXen):
     def used_mib(self) -> int:
         return sum(d.memory_kib // 1024 for d in self.domains.values())
 
-    async def create_domain(self, spec: DomainSpec, *, paused: bool = True) -> DomainInfo:
+    async def create_domain(
+        self, spec: DomainSpec, *, paused: bool = True, background: bool = False, phases: PhaseRecorder | None = None
+    ) -> CreatedDomain:
         if spec.name.startswith(MEMBER_PREFIX):
             await self.builds_open.wait()
         if self.used_mib() + spec.memory_mb > self.memory_mib:
@@ -51,7 +53,7 @@ class PoolXen(FakeXen):
                 "libxl: error: libxl_dom.c:592:libxl__build_dom: xc_dom_boot_mem_init failed: Cannot allocate memory"
             )
         self.created.append(spec.name)
-        return await super().create_domain(spec, paused=paused)
+        return await super().create_domain(spec, paused=paused, background=background, phases=phases)
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+from xen_driver.driver.timing import PhaseTimer
 from xen_driver.xen.backend import Backend, DomainExists, DomainNotFound, DomainState, ExitReason
 from xen_driver.xen.libvirt_backend import domain_xml, map_state
 from xen_driver.xen.spec import DomainSpec, SpecError, VifSpec
@@ -72,9 +73,15 @@ def test_lifecycle_on_test_driver() -> None:
         try:
             spec = DomainSpec(name="ndx-lv-2", kernel="/img/k", memory_mb=16, cmdline="tick=1")
             await be.validate(spec)
-            info = await be.create_domain(spec, paused=True)
-            assert info.state is DomainState.PAUSED and info.domid is not None and info.uuid
+            timer = PhaseTimer()
+            created = await be.create_domain(spec, paused=True, phases=timer)
+            assert created.domid is not None and created.config_file == "" == be.config_file(spec.name)
+            assert {"render", "domain_build"} <= set(timer.as_dict())  # XML build, define + start
+            info = await be.domain(spec.name)
+            assert info.state is DomainState.PAUSED and info.domid == created.domid and info.uuid
             assert info.memory_kib == 16 * 1024
+            facts = await be.host_facts()
+            assert facts.nr_cpus and facts.total_memory_mib and facts.free_memory_mib is not None
             with pytest.raises(DomainExists):
                 await be.create_domain(spec)
             await be.unpause(spec.name)
@@ -98,8 +105,8 @@ def test_lifecycle_on_test_driver() -> None:
             gone = await be.domain(spec.name)
             assert (gone.state, gone.shutdown_reason) == (DomainState.SHUTDOWN, ExitReason.DESTROYED)
             # A stopped leftover of the same name is replaced on create.
-            again = await be.create_domain(spec)
-            assert again.state is DomainState.PAUSED
+            await be.create_domain(spec)
+            assert (await be.domain(spec.name)).state is DomainState.PAUSED
             await be.destroy(spec.name)
         finally:
             await be.close()

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from xen_driver.xen.backend import DomainExists, DomainNotFound, DomainState, ExitReason
+from xen_driver.driver.timing import PhaseTimer
+from xen_driver.xen.backend import CreatedDomain, DomainExists, DomainNotFound, DomainState, ExitReason
 from xen_driver.xen.spec import DomainSpec, SpecError
 from xen_driver.xen.xl import XlBackend, XlError, XlNotFound, XlTimeout, parse_state_flags, parse_xl_list
 
@@ -166,17 +167,23 @@ SPEC = DomainSpec(name="ndx-t1", kernel="/img/k", memory_mb=16, cmdline="tick=1"
 def test_create_runs_xl_create_e_p_with_absolute_cfg(fake_xl: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     async def main() -> None:
         be = XlBackend(tmp_path / "cfg", xl=str(fake_xl))
-        info = await be.create_domain(SPEC)
-        assert info.name == "ndx-t1" and info.domid == 1 and info.state is DomainState.PAUSED
+        timer = PhaseTimer()
+        created = await be.create_domain(SPEC, phases=timer)
         cfg = tmp_path / "cfg" / "ndx-t1.cfg"
-        assert calls(fake_xl)[0] == ["create", "-e", "-p", str(cfg)]
-        assert calls(fake_xl)[1] == ["list", "-v", "ndx-t1"]
+        # One xl process: the domain id comes from XenStore, not from a second xl call.
+        assert created == CreatedDomain(name="ndx-t1", domid=None, config_file=str(cfg))
+        assert be.config_file("ndx-t1") == str(cfg)
+        assert calls(fake_xl) == [["create", "-e", "-p", str(cfg)]]
+        assert {"render", "domain_build"} <= set(timer.as_dict())
+        info = await be.domain("ndx-t1")
+        assert info.name == "ndx-t1" and info.domid == 1 and info.state is DomainState.PAUSED
         assert 'name = "ndx-t1"' in cfg.read_text()
         assert oct(cfg.stat().st_mode & 0o777) == "0o600"
         assert [c.argv[1] for c in be.calls] == ["create", "list"]
         assert all(c.duration_s > 0 for c in be.calls)
 
-        await be.unpause("ndx-t1")
+        await be.unpause("ndx-t1", domid=1)  # no libxenctrl on this host: falls back to xl
+        assert calls(fake_xl)[-1] == ["unpause", "ndx-t1"]
         assert (await be.domain("ndx-t1")).state is DomainState.RUNNING
         await be.shutdown("ndx-t1", wait=True)
         assert calls(fake_xl)[-1] == ["shutdown", "-w", "ndx-t1"]

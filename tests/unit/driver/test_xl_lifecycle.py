@@ -1,0 +1,117 @@
+"""The lifecycle on its default backend: ``xl``, here the fake ``xl`` executable of tests/fakes
+(domains in a file, XenStore nodes in a fake xenstored, consoles in files), with no backend
+passed in, so the plugin configuration's ``xl_path`` is what runs.  The in-memory fakes of the
+other lifecycle tests are libvirt-shaped; this module proves the path most hosts take."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import AsyncIterator
+
+import pytest
+
+from tests.fakes.domains import DomainTable
+from tests.fakes.xenstored import FakeXenstored, guest_side
+from tests.unit.driver.test_lifecycle import make_spec
+from xen_driver.driver.config import PluginConfig
+from xen_driver.driver.lifecycle import TaskLifecycle
+from xen_driver.xen.fifokeeper import FifoKeeperClient
+
+FAKE_XL = Path(__file__).resolve().parents[2] / "fakes" / "xl"
+
+
+@pytest.fixture
+def xl_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    images, consoles, xen = tmp_path / "images", tmp_path / "console", tmp_path / "xen"
+    images.mkdir()
+    consoles.mkdir()
+    (images / "kernel").write_bytes(b"\x7fELF fake kernel")
+    (tmp_path / "alloc" / "web").mkdir(parents=True)
+    (tmp_path / "stdout.log").write_bytes(b"")
+    sock = str(tmp_path / "xs.sock")
+    monkeypatch.setenv("FAKE_XEN_DIR", str(xen))
+    monkeypatch.setenv("FAKE_XEN_CONSOLE_DIR", str(consoles))
+    monkeypatch.setenv("XENSTORED_PATH", sock)
+    config = PluginConfig.from_dict(
+        {
+            "xl_path": str(FAKE_XL),
+            "image_dirs": [str(images)],
+            "console_log_dir": str(consoles),
+            "state_dir": str(tmp_path / "state"),
+            "xenstored_socket": sock,
+        }
+    )
+    return tmp_path, config, DomainTable(str(xen))
+
+
+@contextlib.asynccontextmanager
+async def _running(config: PluginConfig, xen_dir: str) -> AsyncIterator[TaskLifecycle]:
+    """A fake xenstored playing the guests' side, and a lifecycle with no backend passed in."""
+    server = FakeXenstored(config.xenstored_socket)
+    server.on_write.append(guest_side(server, xen_dir))
+    await server.start()
+    lc = TaskLifecycle(config, lambda e: None, fifo_keeper=FifoKeeperClient(config.state_dir, idle_exit_s=1.0))
+    try:
+        yield lc
+    finally:
+        await lc.close()
+        await server.stop()
+
+
+def _files(tmp_path: Path) -> list[str]:
+    found = [str(p) for p in (tmp_path / "console").iterdir()]
+    for sub in ("tasks", "domains"):
+        d = tmp_path / "state" / sub
+        if d.exists():
+            found += [str(p) for p in d.iterdir()]
+    return found
+
+
+def _xl(*args: str) -> None:
+    subprocess.run([sys.executable, str(FAKE_XL), *args], check=True, env=os.environ.copy())
+
+
+async def test_start_and_stop_through_xl_leave_nothing(xl_host):
+    tmp_path, config, table = xl_host
+    async with _running(config, table.root) as lc:
+        await _start_stop(tmp_path, lc, table)
+
+
+async def _start_stop(tmp_path: Path, lc: TaskLifecycle, table: DomainTable) -> None:
+    assert lc.backend.kind == "xl"
+    handle = await lc.start_task(make_spec(tmp_path, boot_marker="booted"))
+    status = await lc.inspect_task(handle.task_id)
+    assert status.driver_attributes["backend"] == "xl"
+    assert {"timing.render_ms", "timing.domain_build_ms", "timing.boot_ms"} <= set(status.driver_attributes)
+    assert len(table.snapshot()) == 1
+    await lc.stop_task(handle.task_id, 5.0, "SIGTERM")
+    result = await asyncio.wait_for(lc.wait_task(handle.task_id), 10)
+    assert result.exit_code == 0
+    await lc.destroy_task(handle.task_id, False)
+    assert table.snapshot() == {}
+    assert _files(tmp_path) == []
+
+
+async def test_crash_with_coredump_destroy_writes_the_core_into_the_task_dir(xl_host):
+    tmp_path, config, table = xl_host
+    async with _running(config, table.root) as lc:
+        await _crash(tmp_path, lc, table)
+
+
+async def _crash(tmp_path: Path, lc: TaskLifecycle, table: DomainTable) -> None:
+    spec = make_spec(tmp_path, boot_marker="booted", on_crash="coredump-destroy")
+    handle = await lc.start_task(spec)
+    name = (await lc.inspect_task(handle.task_id)).driver_attributes["domain_name"]
+    await asyncio.to_thread(_xl, "fake-exit", name, "crash")
+    result = await asyncio.wait_for(lc.wait_task(handle.task_id), 10)
+    assert result.exit_code == 1 and "crashed" in result.err
+    core = Path(spec.task_dir) / f"{name}.core"
+    assert core.read_bytes() == b"fake core\n"
+    assert table.snapshot() == {}  # dumped, then destroyed
+    await lc.destroy_task(handle.task_id, False)
+    assert _files(tmp_path) == []
