@@ -21,7 +21,7 @@ from xen_driver.driver.poolconfig import PoolProfile
 from xen_driver.driver.state import DriverState
 from xen_driver.nomad import cty
 from xen_driver.nomad.schemas import PLUGIN_SCHEMA
-from xen_driver.xen.backend import CreatedDomain, DomainInfo, DomainState, ExitReason, PhaseRecorder, XenBackendError
+from xen_driver.xen.backend import CreatedDomain, DomainState, ExitReason, PhaseRecorder, XenBackendError
 from xen_driver.xen.fifokeeper import FifoKeeperClient
 from xen_driver.xen.spec import DomainSpec
 
