@@ -3,7 +3,7 @@
     nomad-driver-xen                              # serve (only when started by Nomad)
     nomad-driver-xen install --plugin-dir DIR     # write DIR/nomad-driver-xen, a launcher for Nomad
     nomad-driver-xen version
-    nomad-driver-xen breakdown JOB|ALLOC          # instantiation time per phase (xen_driver/breakdown.py)
+    nomad-driver-xen breakdown JOB|ALLOC          # instantiation time per phase (xen_driver/breakdown/)
 """
 
 from __future__ import annotations
