@@ -330,7 +330,7 @@ else:
     import pytest
 
     from xen_driver.xen.backend import DomainState
-    from xen_driver.xen.xl import parse_xl_list
+    from xen_driver.xen.xllist import parse_xl_list
 
     def run_scenario(testbed, scenario: str, timeout: float = 300, **args: object) -> dict:  # type: ignore[no-untyped-def]
         r = testbed.run(

@@ -27,12 +27,9 @@ Design decisions:
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
 import re
 import shutil
-import sys
-import warnings
 import tempfile
 import time
 from collections import deque
@@ -49,8 +46,6 @@ from xen_driver.xen.backend import (
     DomainInfo,
     DomainNotFound,
     DomainRefused,
-    DomainState,
-    ExitReason,
     HostFacts,
     PhaseRecorder,
     UNTIMED,
@@ -59,7 +54,9 @@ from xen_driver.xen.backend import (
 from xen_driver.xen.fdlimit import EXHAUSTED_ERRNOS, OutOfFileDescriptors
 from xen_driver.xen.spec import DomainSpec, check_name
 from xen_driver.xen.xenctrl import XenCtrl, open_xenctrl
+from xen_driver.xen.childwatch import use_pidfd_child_watcher
 from xen_driver.xen.xlcfg import render
+from xen_driver.xen.xllist import parse_xl_list
 
 log = structlog.get_logger(__name__)
 
@@ -73,7 +70,6 @@ _REFUSED_RE = re.compile(
     r"|failed to parse config|vcpu hard affinity map is empty|elf_xen_note_check",
     re.IGNORECASE,
 )
-_UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 #: CPU priority (nice value) of ``xl`` for builds off every task's critical path.
@@ -113,28 +109,6 @@ class XlCall:
     stdout: str
     stderr: str
     duration_s: float
-
-
-def use_pidfd_child_watcher() -> bool:
-    """Have asyncio wait for child processes through pidfds in the event loop instead of one
-    thread per child (Python 3.11; later versions do so already).  True when in effect."""
-    if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
-        return sys.version_info >= (3, 12)
-    loop = asyncio.get_running_loop()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        policy = asyncio.get_event_loop_policy()
-        current = getattr(policy, "_watcher", None)
-        if isinstance(current, asyncio.PidfdChildWatcher) and getattr(current, "_loop", None) is loop:
-            return True
-        try:
-            os.close(os.pidfd_open(os.getpid()))
-        except OSError:  # kernel older than 5.3, or pidfds refused (seccomp)
-            return False
-        watcher = asyncio.PidfdChildWatcher()
-        watcher.attach_loop(loop)  # one watcher per loop: it waits through the loop's readers
-        policy.set_child_watcher(watcher)
-    return True
 
 
 class XlBackend:
@@ -441,94 +415,6 @@ class XlBackend:
 
 
 # ---------------------------------------------------------------- parsing
-@functools.lru_cache(maxsize=256)  # a handful of distinct strings, a thousand lines per listing
-def parse_state_flags(flags: str) -> tuple[DomainState, ExitReason | None]:
-    """Decode xl's six state letters ``r b p s <reason> d``.
-
-    The fifth letter is the shutdown reason (``-`` poweroff, ``r`` reboot, ``s`` suspend, ``c``
-    crash, ``w`` watchdog, ``S`` soft reset) and only means something when ``s`` is set: a live
-    domain shows ``-`` there too.
-    """
-    flags = flags.ljust(6, "-")
-    running, blocked, paused, shut, _reason_set, dying = (flags[i] != "-" for i in range(6))
-    shut_reason: ExitReason | None = None
-    if shut:
-        shut_reason = {
-            "-": ExitReason.POWEROFF,
-            "r": ExitReason.REBOOT,
-            "s": ExitReason.SUSPEND,
-            "c": ExitReason.CRASH,
-            "w": ExitReason.WATCHDOG,
-            "S": ExitReason.SOFT_RESET,
-        }.get(flags[4], ExitReason.UNKNOWN)
-    if dying:
-        state = DomainState.DYING
-    elif shut:
-        state = DomainState.SHUTDOWN
-    elif paused:
-        state = DomainState.PAUSED
-    elif blocked and not running:
-        state = DomainState.BLOCKED
-    else:
-        state = DomainState.RUNNING  # 'r', or runnable and waiting for a CPU ("------")
-    return state, shut_reason
-
-
-def parse_xl_list(text: str) -> list[DomainInfo]:
-    """Parse ``xl list`` or ``xl list -v`` output.
-
-    Columns are taken from the right because the name is printed first and padded, and a name
-    of another tool's domain could contain spaces.  Plain: ``Name ID Mem VCPUs State Time(s)``;
-    verbose adds ``UUID Reason-Code Security-Label``; the reason code (hex) is ``-`` unless the
-    domain is shut down.
-    """
-    out: list[DomainInfo] = []
-    lines = text.splitlines()
-    if not lines:
-        return out
-    verbose = "UUID" in lines[0]
-    ncols = 8 if verbose else 5
-    for line in lines[1:] if lines[0].startswith("Name") else lines:
-        tokens = line.split()
-        if len(tokens) < ncols + 1:
-            continue
-        name = " ".join(tokens[: len(tokens) - ncols])
-        cols = tokens[len(tokens) - ncols :]
-        try:
-            domid = int(cols[0])
-            mem_mib = int(cols[1])
-            vcpus = int(cols[2])
-            cpu = float(cols[4])
-        except ValueError:
-            continue
-        state, reason = parse_state_flags(cols[3])
-        uuid = None
-        if verbose:
-            uuid = cols[5] if _UUID_RE.fullmatch(cols[5]) else None
-            code = cols[6]
-            if state in (DomainState.SHUTDOWN, DomainState.DYING) and code != "-":
-                try:
-                    reason = ExitReason.from_code(int(code, 16))
-                except ValueError:
-                    pass
-        out.append(
-            DomainInfo(
-                name=name,
-                domid=domid,
-                uuid=uuid,
-                state=state,
-                shutdown_reason=reason,
-                cpu_seconds=cpu,
-                memory_kib=mem_mib * 1024,
-                vcpus=vcpus,
-                flags=cols[3],
-            )
-        )
-    return out
-
-
-#: libxl's report of its own clean-up after a failed create ("Non-existant domain", "Unable to
-#: destroy guest", ...): true, but it buries the line that says what went wrong.
 _CLEANUP_RE = re.compile(r"destroy|destruction|non-existant domain|non-existent domain", re.IGNORECASE)
 
 

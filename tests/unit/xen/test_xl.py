@@ -16,7 +16,8 @@ import pytest
 from xen_driver.driver.timing import PhaseTimer
 from xen_driver.xen.backend import CreatedDomain, DomainExists, DomainNotFound, DomainState, ExitReason
 from xen_driver.xen.spec import DomainSpec, SpecError
-from xen_driver.xen.xl import XlBackend, XlError, XlNotFound, XlTimeout, parse_state_flags, parse_xl_list
+from xen_driver.xen.xl import XlBackend, XlError, XlNotFound, XlTimeout
+from xen_driver.xen.xllist import parse_state_flags, parse_xl_list
 
 # Laid out exactly as xl 4.17 prints `xl list -v` ("%-40s %5d %5lu %5d     %c%c%c%c%c%c  %8.1f",
 # then " <uuid> %8x|%8s %16s"); the State/Time header is tab separated.
