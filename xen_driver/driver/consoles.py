@@ -1,33 +1,43 @@
 """A guest's console into ``nomad alloc logs``.
 
-xenconsoled writes each guest's console into a log file; the shared
-:class:`~xen_driver.xen.console.ConsolePump` copies new bytes into the task's stdout FIFO,
-which Nomad's logmon reads, and records in the task's state directory how far it got, so a
-restarted plugin resumes where its predecessor stopped.  The FIFO keeper
-(:mod:`xen_driver.xen.fifokeeper`) holds every FIFO open meanwhile, so logmon never sees
-end-of-file while the task lives.
+xenconsoled writes each guest's console into a log file.  Copying it into the task's stdout
+FIFO (which Nomad's logmon reads) is the FIFO keeper's job (:mod:`xen_driver.xen.fifokeeper`):
+a process of its own that outlives the plugin, holds the FIFO open, and records in the task's
+state directory (``console.offset``) how far it got.  The plugin never writes into a FIFO the
+keeper copies to, so a plugin crash at any point neither repeats nor loses console output
+(exactly once); a keeper crash repeats at most the one piece (<= 4096 bytes) it had written but
+not yet recorded (at least once).
+
+The plugin reads a guest's console itself only while it waits for the boot marker (a stream of
+its own without a sink, dropped once the guest booted: :meth:`_console_booted`), asks the keeper
+to copy (:meth:`_attach_console`), to finish the copy when the guest exited
+(:meth:`_drain_console`) and to let go (:meth:`_release_console`).  When no keeper can be
+reached the plugin copies the console itself, as it did before the keeper copied (a plugin
+crash may then repeat the piece it had written but not recorded).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
-from xen_driver.driver.models import (
-    TaskSpec,
-)
-from xen_driver.driver.state import DriverState
-from xen_driver.xen.console import ConsoleStream, FifoSink
-
+from xen_driver.driver.models import TaskSpec
 from xen_driver.driver.planning import DomainPlanning
-
+from xen_driver.driver.state import DriverState
+from xen_driver.xen.console import ConsoleStream, FifoSink, NullSink
 
 #: How long the console of an exited guest may take to drain into Nomad's FIFO.
 DRAIN_TIMEOUT_S = 2.0
 
 
+def _self_copy(name: str) -> str:
+    """The pump key of the plugin's own copy of a console, when no keeper took it."""
+    return f"{name}#copy"
+
+
 class ConsoleAttachment(DomainPlanning):
-    """Streams each guest's console into its task's stdout FIFO, resumably."""
+    """Has each guest's console copied into its task's stdout FIFO, resumably."""
 
     def _offset_file(self, task_dir: Path) -> Path:
         return task_dir / "console.offset"
@@ -38,10 +48,37 @@ class ConsoleAttachment(DomainPlanning):
         except (FileNotFoundError, ValueError):
             return state.console_offset
 
+    def _console_handoffs(self) -> dict[str, asyncio.Task[None]]:
+        """Copy requests on their way to the keeper, by domain name."""
+        return self.__dict__.setdefault("_handoffs", {})
+
     def _attach_console(
-        self, spec: TaskSpec, name: str, console_path: str, task_dir: Path, offset: int
-    ) -> ConsoleStream:
-        offset_file = self._offset_file(task_dir)
+        self, spec: TaskSpec, name: str, console_path: str, task_dir: Path, offset: int, *, boot: bool = True
+    ) -> ConsoleStream | None:
+        """Ask the keeper (in the background) to copy the console into the task's FIFO from
+        ``offset`` on (or from where its own ``console.offset`` says, for a task it copies or
+        copied already).  With ``boot``, return a stream of the plugin's own, without a sink, to
+        wait for the boot marker on; :meth:`_console_booted` drops it."""
+        fifo = spec.stdout_path or os.devnull
+        handoffs = self._console_handoffs()
+        job = asyncio.get_running_loop().create_task(
+            self._hand_to_keeper(spec.id, name, fifo, console_path, offset, self._offset_file(task_dir)),
+            name=f"console-{name}",
+        )
+        handoffs[name] = job
+        job.add_done_callback(lambda j: handoffs.pop(name, None) if handoffs.get(name) is j else None)
+        if not boot:
+            return None
+        return self._pump.add(name, console_path, NullSink(), offset=offset)
+
+    async def _hand_to_keeper(
+        self, task_id: str, name: str, fifo: str, console_path: str, offset: int, offset_file: Path
+    ) -> None:
+        try:
+            await self._keeper.copy(name, fifo, console_path, offset=offset, offset_file=str(offset_file))
+            return  # the keeper copies; a refusal (e.g. no such FIFO) was logged by the client
+        except OSError:
+            pass  # no keeper (logged by the client): copy it ourselves, as before the keeper did
 
         def commit(pos: int) -> None:
             tmp = offset_file.with_suffix(".tmp")
@@ -49,13 +86,35 @@ class ConsoleAttachment(DomainPlanning):
                 tmp.write_text(str(pos))
                 os.replace(tmp, offset_file)
             except OSError as exc:  # the state dir vanished: keep streaming, lose only resumability
-                self._log.warn("cannot record console offset", task_id=spec.id, error=str(exc))
+                self._log.warn("cannot record console offset", task_id=task_id, error=str(exc))
 
-        path = spec.stdout_path or os.devnull
-        sink = FifoSink(path, on_fifo_open=lambda: self._keeper.hold(name, path))
-        return self._pump.add(name, console_path, sink, offset=offset, on_commit=commit)
+        if _self_copy(name) not in self._pump:
+            sink = FifoSink(fifo, on_fifo_open=lambda: self._keeper.hold(name, fifo))
+            self._pump.add(_self_copy(name), console_path, sink, offset=offset, on_commit=commit)
+
+    def _console_booted(self, name: str) -> None:
+        """The guest booted: the plugin stops reading its console (the keeper copies it)."""
+        self._pump.detach(name)
+
+    async def _drain_console(self, name: str, timeout_s: float) -> bool:
+        """Have everything the guest printed reach its FIFO (bounded by ``timeout_s``): when the
+        guest is gone, before :meth:`_release_console`.  False if that did not happen in time."""
+        job = self._console_handoffs().get(name)
+        if job is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(job), timeout_s)
+            except Exception:  # noqa: BLE001 - timed out or failed: drain what can be drained
+                pass
+        if _self_copy(name) in self._pump:
+            return await self._pump.drain(_self_copy(name), timeout_s)
+        return await self._keeper.drain(name, timeout_s)
 
     def _release_console(self, name: str) -> None:
-        """The task is over: Nomad's logmon may see end-of-file once our own descriptor closes."""
-        self._keeper.release(name)
-
+        """The task is over: the copy stops and Nomad's logmon sees end-of-file (after a copy
+        request still on its way, so the keeper is not left copying)."""
+        self._pump.detach(name)
+        job = self._console_handoffs().pop(name, None)
+        own = self._pump.detach(_self_copy(name))
+        if own is not None:
+            asyncio.get_running_loop().create_task(own.sink.close())
+        self._keeper.release(name, after=job if job is not None and not job.done() else None)

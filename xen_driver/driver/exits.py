@@ -83,7 +83,7 @@ class ExitHandling(ConsoleAttachment):
         result = self._exit_result(task, exit_)
         task.exit_reason = exit_.reason.value
         with contextlib.suppress(Exception):
-            await self._pump.drain(task.name, DRAIN_TIMEOUT_S)
+            await self._drain_console(task.name, DRAIN_TIMEOUT_S)
         with contextlib.suppress(Exception):
             await self._pump.remove(task.name)
         self._release_console(task.name)

@@ -312,16 +312,16 @@ class TaskLifecycle(StartSteps):
             task.exited.set_result(ExitResult(exit_code=1, signal=int(signal_mod.SIGKILL), err=why))
             self._event(task, f"Recovery: {why}")
             # What the guest printed while nobody was streaming still belongs in Nomad's logs.
-            self._attach_console(spec, state.domain_name, state.console_path, Path(state.task_state_dir), self._read_offset(state))
+            self._attach_console(spec, state.domain_name, state.console_path, Path(state.task_state_dir), self._read_offset(state), boot=False)
             with contextlib.suppress(Exception):
-                await self._pump.drain(state.domain_name, DRAIN_TIMEOUT_S)
+                await self._drain_console(state.domain_name, DRAIN_TIMEOUT_S)
             with contextlib.suppress(Exception):
                 await self._pump.remove(state.domain_name)
             self._release_console(state.domain_name)
             await self._remove_files(state.domain_name, Path(state.task_state_dir), state.console_path)
             return
         offset = self._read_offset(state)
-        self._attach_console(spec, state.domain_name, state.console_path, Path(state.task_state_dir), offset)
+        self._attach_console(spec, state.domain_name, state.console_path, Path(state.task_state_dir), offset, boot=False)
         self._watcher.subscribe(state.domain_name, state.domid)
         log.info(
             "task recovered",

@@ -91,6 +91,7 @@ class StartSteps(ExitHandling):
         task = XenTask(spec=spec, state=state, started_at=utcnow(), timings=timer.as_dict())
         self._tasks[spec.id] = task
         self._by_domain[state.domain_name] = task
+        self._console_booted(state.domain_name)  # from here on only the keeper reads its console
         if exit_future.done():  # it booted and died already: report it through WaitTask
             self._on_domain_exit(exit_future.result())
         return task

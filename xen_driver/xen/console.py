@@ -187,6 +187,14 @@ class ConsolePump:
         await stream.sink.close()
         return stream
 
+    def detach(self, name: str) -> ConsoleStream | None:
+        """Stop a stream at once, without draining it or closing its sink (the caller's)."""
+        stream = self._streams.get(name)
+        if stream is not None:
+            self._forget(name, stream)
+            stream.close()
+        return stream
+
     def _forget(self, name: str, stream: ConsoleStream) -> None:
         self._streams.pop(name, None)
         self._dirty.discard(name)

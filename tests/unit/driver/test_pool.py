@@ -179,7 +179,8 @@ async def test_claim_takes_a_built_member_and_the_pool_refills(host):
         state = DriverState.decode(handle.driver_state)
         assert state.domain_name in built  # the oldest member, not a new domain
         assert fake.domains[state.domain_name].state is DomainState.BLOCKED  # unpaused, running
-        assert Path(spec.stdout_path).read_bytes().count(b"NDX-GUEST READY") == 1  # console from byte 0
+        # console from byte 0 (the keeper copies it, right after the start)
+        await until(lambda: Path(spec.stdout_path).read_bytes().count(b"NDX-GUEST READY") == 1, what="the console")
         timings = (await lc.inspect_task(spec.id)).driver_attributes
         assert {"timing.pool_claim_ms", "timing.unpause_ms", "timing.boot_ms"} <= set(timings)
         assert "timing.domain_build_ms" not in timings
