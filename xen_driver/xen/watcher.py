@@ -33,9 +33,8 @@ Why this shape:
   without ever having been seen shut down was destroyed: by us (the driver announced it with
   :meth:`DomainWatcher.expect_exit` first, so ``requested`` is True) or behind our back
   (``requested`` False).  Either way the reason is ``DESTROYED``.
-* **Reaping.**  With ``reap=True`` the watcher destroys a shut-down domain right after it has
-  reported the exit, so the driver does not have to; leave it False when the driver wants to
-  look at the preserved domain first (e.g. to collect a crash dump or final stats).
+* **Reporting, not destroying.**  The watcher only reports an exit; the driver decides what
+  happens to the preserved domain (a crash dump first, ``on_crash = "preserve"``, ...).
 """
 
 from __future__ import annotations
@@ -48,7 +47,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from xen_driver.xen.backend import Backend, DomainInfo, DomainState, ExitReason, XenBackendError
+from xen_driver.xen.backend import Backend, DomainInfo, DomainState, ExitReason
 from xen_driver.xen.xenstore import XenStore, XenStoreError
 
 log = structlog.get_logger(__name__)
@@ -95,14 +94,12 @@ class DomainWatcher:
         xenstore: XenStore | None = None,
         rescan_interval_s: float = 30.0,
         coalesce_s: float = 0.02,
-        reap: bool = False,
         min_list_interval_s: float = 1.0,
     ):
         self.backend = backend
         self.xenstore = xenstore
         self.rescan_interval_s = rescan_interval_s
         self.coalesce_s = coalesce_s
-        self.reap = reap
         self.min_list_interval_s = min_list_interval_s
         self._tracked: dict[str, _Tracked] = {}
         #: Subscriptions not yet checked by anything that started after them.
@@ -115,7 +112,6 @@ class DomainWatcher:
         self._listeners: list[Callable[[DomainExit], object]] = []
         self._kick = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._reapers: set[asyncio.Task[None]] = set()
         self._subscriptions = 0  # counter numbering subscriptions (see _Tracked.since)
         self.scans = 0  # full listings
         self.checks = 0  # XenStore checks (directory reads and subscription reads)
@@ -130,13 +126,12 @@ class DomainWatcher:
         self._tasks.append(asyncio.create_task(self._scan_loop(), name="domain-watcher-scan"))
 
     async def stop(self) -> None:
-        for task in self._tasks + list(self._reapers):
+        for task in self._tasks:
             task.cancel()
-        for task in self._tasks + list(self._reapers):
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
-        self._reapers.clear()
 
     async def __aenter__(self) -> "DomainWatcher":
         await self.start()
@@ -362,13 +357,3 @@ class DomainWatcher:
                 cb(exit_)
             except Exception:  # a listener bug must not stop the watcher
                 log.exception("domain exit listener failed", domain=exit_.name)
-        if self.reap and exit_.last_seen is not None and exit_.last_seen.state is DomainState.SHUTDOWN:
-            task = asyncio.create_task(self._reap(exit_.name), name=f"reap-{exit_.name}")
-            self._reapers.add(task)
-            task.add_done_callback(self._reapers.discard)
-
-    async def _reap(self, name: str) -> None:
-        try:
-            await self.backend.destroy(name)
-        except XenBackendError as exc:
-            log.warning("could not destroy shut-down domain", domain=name, error=str(exc))

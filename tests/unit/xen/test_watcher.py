@@ -31,7 +31,7 @@ def test_reasons_from_preserved_shutdown_states() -> None:
         assert futs["crash"].result().domid == 2 and not futs["crash"].result().requested
         assert not futs["live"].done()
         assert w.tracked == ["live"]
-        assert be.destroyed == []  # reap=False: the driver decides
+        assert be.destroyed == []  # the watcher reports; the driver decides
 
     asyncio.run(main())
 
@@ -93,23 +93,6 @@ def test_name_reused_by_new_domid_ends_old_incarnation() -> None:
         be.set("n", 11, DomainState.RUNNING)
         await w.rescan()
         assert fut.result().reason is ExitReason.DESTROYED and fut.result().domid == 10
-
-    asyncio.run(main())
-
-
-def test_reap_destroys_shut_down_domains_after_reporting() -> None:
-    async def main() -> None:
-        be = FakeBackend()
-        be.set("r", 12, DomainState.SHUTDOWN, shutdown_reason=ExitReason.POWEROFF)
-        seen = []
-        w = DomainWatcher(be, reap=True)
-        w.add_listener(seen.append)
-        fut = w.subscribe("r")
-        await w.rescan()
-        assert fut.result().reason is ExitReason.POWEROFF
-        await asyncio.sleep(0.01)
-        assert be.destroyed == ["r"] and [e.name for e in seen] == ["r"]
-        await w.stop()
 
     asyncio.run(main())
 
