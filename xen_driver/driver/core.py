@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
+from typing import Protocol
 
 from xen_driver.driver.config import PluginConfig
 from xen_driver.driver.errors import NotSupported
 from xen_driver.driver.models import (
     AgentInfo,
     Attr,
+    AttributeValue,
     Capabilities,
     ExitResult,
     Fingerprint,
@@ -36,18 +38,52 @@ from xen_driver.driver.models import (
 )
 from xen_driver.logging import get_logger
 from xen_driver.xen import fdlimit
-from xen_driver.xen.probe import HostProbe, ProbeState, console_logging_problem, host_signature, probe_host
+from xen_driver.xen.probe import (
+    HostProbe,
+    ProbeState,
+    XenHostInfo,
+    console_logging_problem,
+    host_signature,
+    probe_host,
+)
 
 #: The name jobs use in ``driver = "xen"``; also the prefix of our node attributes.
 DRIVER_NAME = "xen"
 ATTR_PREFIX = f"driver.{DRIVER_NAME}."
 
 Prober = Callable[[PluginConfig], Awaitable[HostProbe]]
-Signature = Callable[[PluginConfig], tuple]
+Signature = Callable[[PluginConfig], tuple[object, ...]]
 #: How often the cheap host signature is checked between full probes.
 WATCH_INTERVAL = 2.0
+
+
+class TaskOps(Protocol):
+    """What the core delegates the task RPCs to (:class:`xen_driver.driver.lifecycle.TaskLifecycle`).
+
+    It may also have ``learn_host_info(XenHostInfo)`` and a ``pool`` (:class:`PoolView`); the core
+    looks those up with getattr, so a lifecycle without them (a test's) is fine.
+    """
+
+    async def start_task(self, spec: TaskSpec) -> TaskHandle: ...
+    async def recover_task(self, recovered: RecoveredTask) -> None: ...
+    async def wait_task(self, task_id: str) -> ExitResult: ...
+    async def stop_task(self, task_id: str, timeout: float, signal: str) -> None: ...
+    async def destroy_task(self, task_id: str, force: bool) -> None: ...
+    async def inspect_task(self, task_id: str) -> TaskStatus: ...
+    def task_stats(self, task_id: str, interval: float) -> AsyncIterator[TaskStats]: ...
+    async def signal_task(self, task_id: str, signal: str) -> None: ...
+    async def close(self) -> None: ...
+
+
+class PoolView(Protocol):
+    """The part of the warm pool the fingerprint uses."""
+
+    def kick(self) -> None: ...
+    def attributes(self, prefix: str) -> Mapping[str, int]: ...
+
+
 #: Builds the task lifecycle object from the config and the core's event sink.
-TasksFactory = Callable[[PluginConfig, Callable[[TaskEvent], None]], Any]
+TasksFactory = Callable[[PluginConfig, Callable[[TaskEvent], None]], TaskOps]
 
 
 async def default_prober(config: PluginConfig) -> HostProbe:
@@ -59,7 +95,7 @@ async def default_prober(config: PluginConfig) -> HostProbe:
     return probe
 
 
-def default_signature(config: PluginConfig) -> tuple:
+def default_signature(config: PluginConfig) -> tuple[object, ...]:
     return host_signature(config.xl_path, config.xenstored_socket)
 
 
@@ -77,7 +113,7 @@ def fingerprint_from_probe(probe: HostProbe, config: PluginConfig) -> Fingerprin
     """Map a host probe onto Nomad's health model and node attributes."""
     if probe.state is ProbeState.UNDETECTED:
         return Fingerprint(Health.UNDETECTED, probe.reason)
-    attrs: dict = {ATTR_PREFIX + "backend": config.backend}
+    attrs: dict[str, AttributeValue] = {ATTR_PREFIX + "backend": config.backend}
     if config.backend == "xl" and probe.xl_path:
         attrs[ATTR_PREFIX + "xl_path"] = probe.xl_path  # the one the backend runs (same search)
     if probe.state is ProbeState.UNHEALTHY:
@@ -130,7 +166,7 @@ class DriverCore:
         self._event_queues: set[asyncio.Queue[TaskEvent]] = set()
         #: The task lifecycle implementation (start/wait/stop/... with the signatures below);
         #: None until one is plugged in, and every task RPC then answers "not supported".
-        self.tasks: Any = tasks_factory(config, self.emit_event) if tasks_factory is not None else None
+        self.tasks: TaskOps | None = tasks_factory(config, self.emit_event) if tasks_factory is not None else None
 
     # ---- node level ----------------------------------------------------------------------------
 
@@ -146,11 +182,11 @@ class DriverCore:
             self._log.error("host probe failed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
             return Fingerprint(Health.UNHEALTHY, f"probing the Xen host failed: {exc}")
         fp = fingerprint_from_probe(probe, self.config)
-        learn = getattr(self.tasks, "learn_host_info", None)
+        learn: Callable[[XenHostInfo], None] | None = getattr(self.tasks, "learn_host_info", None)
         if probe.info is not None and learn is not None:
             learn(probe.info)  # the probe ran `xl info` anyway: no task start has to
-        pool = getattr(self.tasks, "pool", None)
-        if fp.health is Health.HEALTHY and callable(getattr(pool, "attributes", None)):
+        pool: PoolView | None = getattr(self.tasks, "pool", None)
+        if fp.health is Health.HEALTHY and pool is not None and callable(getattr(pool, "attributes", None)):
             pool.kick()  # only the process that serves Nomad fingerprints: adopt and build members now
             fp = replace(fp, attributes={**fp.attributes, **pool.attributes(ATTR_PREFIX)})
         if fp.health is Health.HEALTHY:
@@ -199,7 +235,7 @@ class DriverCore:
                     self._log.debug("host changed; probing again before the period ends")
                     break
 
-    def _safe_signature(self) -> tuple:
+    def _safe_signature(self) -> tuple[object, ...]:
         try:
             return self._signature(self.config)
         except Exception as exc:  # never let a stat() failure end the stream
@@ -224,7 +260,7 @@ class DriverCore:
 
     # ---- task lifecycle: delegated to ``self.tasks`` ---------------------------------------------
 
-    def _tasks(self, operation: str) -> Any:
+    def _tasks(self, operation: str) -> TaskOps:
         if self.tasks is None:
             raise NotSupported(operation, "the Xen task lifecycle is not implemented yet")
         return self.tasks

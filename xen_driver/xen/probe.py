@@ -17,8 +17,8 @@ import enum
 import math
 import os
 import shutil
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 from xen_driver.xen.fdlimit import EXHAUSTED_ERRNOS, OutOfFileDescriptors
 
@@ -73,7 +73,7 @@ def find_xl(xl_path: str, search_path: str | None = None) -> str | None:
     return shutil.which(xl_path, path=os.pathsep.join(dirs))
 
 
-def host_signature(xl_path: str, xenstored_socket: str, search_path: str | None = None) -> tuple:
+def host_signature(xl_path: str, xenstored_socket: str, search_path: str | None = None) -> tuple[object, ...]:
     """Cheap facts (a PATH lookup and a few stats) whose change calls for a new probe at once:
     xl installed or removed, xenstored started or stopped, the hypervisor or /proc/xen appearing."""
     return (
@@ -280,14 +280,14 @@ async def run(
         return 127, "", f"cannot execute {argv[0]}: {exc.strerror or exc}"
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         try:
             proc.kill()
         except ProcessLookupError:
             pass
         try:
             await asyncio.wait_for(proc.wait(), 2.0)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         return None, "", ""
     except asyncio.CancelledError:
