@@ -91,17 +91,20 @@ class FifoKeeperClient:
         env = dict(os.environ)
         env.update(self.extra_env)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
-        subprocess.Popen(
-            [self.python, "-m", "xen_driver.xen.fifokeeper", "--socket", self.socket_path,
-             "--idle-exit", str(self.idle_exit_s)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,  # outlive the plugin, whatever signal it gets
-            close_fds=True,
-            cwd="/",
-            env=env,
-        )
+        try:
+            subprocess.Popen(
+                [self.python, "-m", "xen_driver.xen.fifokeeper", "--socket", self.socket_path,
+                 "--idle-exit", str(self.idle_exit_s)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,  # outlive the plugin, whatever signal it gets
+                close_fds=True,
+                cwd="/",
+                env=env,
+            )
+        except OSError as exc:  # requests then find no keeper, and say so
+            log.warning("cannot start the fifo keeper", python=self.python, error=str(exc))
 
     async def _open(self, spawn: bool) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         deadline = time.monotonic() + self.connect_timeout_s
