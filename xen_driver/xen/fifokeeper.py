@@ -246,12 +246,16 @@ class Keeper:
             if gone:
                 self._release_hold(key)
         for key, cur in list(self.copies.items()):
-            fd = cur.stream.sink.fd  # type: ignore[attr-defined]
+            stream = cur.stream
+            fd = stream.sink.fd  # type: ignore[attr-defined]
             try:
                 gone = os.fstat(fd).st_nlink == 0 if fd is not None else not os.path.lexists(cur.fifo)
             except OSError:
                 gone = True
-            if gone:
+            # A console log that existed, was removed (the plugin cleans up a destroyed task's
+            # files) and is fully delivered: nothing will ever come, even into /dev/null or a file.
+            log_gone = stream.inode is not None and not os.path.exists(cur.log) and stream.caught_up  # type: ignore[attr-defined]
+            if gone or log_gone:
                 await self._drop_copy(key)
 
     def keys(self) -> list[str]:

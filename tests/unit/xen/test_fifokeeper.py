@@ -123,6 +123,31 @@ def test_keeper_lets_go_of_fifos_whose_file_was_removed(tmp_path):
     run(main())
 
 
+def test_keeper_lets_go_of_copies_whose_console_log_was_removed(tmp_path):
+    """Copies into a plain file or /dev/null have no FIFO to vanish: a removed (and delivered)
+    console log ends them, so a keeper whose plugin never released them still goes idle."""
+
+    async def main() -> None:
+        log, plain = tmp_path / "guest-a.log", tmp_path / "stdout.log"
+        log.write_bytes(b"x\n")
+        plain.write_bytes(b"")
+        keeper = _keeper(tmp_path)
+        keeper.pump.start()
+        try:
+            await keeper.answer({"op": "hold", "key": "a", "path": str(plain), "log": str(log)})
+            await keeper.answer({"op": "hold", "key": "b", "path": os.devnull, "log": str(tmp_path / "guest-b.log")})
+            await until(lambda: plain.read_bytes() == b"x\n")
+            await keeper.sweep()
+            assert keeper.keys() == ["a", "b"]  # b's log does not exist yet: it may still come
+            log.unlink()
+            await keeper.sweep()
+            assert keeper.keys() == ["b"]
+        finally:
+            await keeper.pump.stop()
+
+    run(main())
+
+
 # ---------------------------------------------------------------------------- copy
 
 
