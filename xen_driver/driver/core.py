@@ -185,6 +185,13 @@ class DriverCore:
         learn: Callable[[XenHostInfo], None] | None = getattr(self.tasks, "learn_host_info", None)
         if probe.info is not None and learn is not None:
             learn(probe.info)  # the probe ran `xl info` anyway: no task start has to
+        backend_health = getattr(getattr(self.tasks, "backend", None), "connection_health", None)
+        if fp.health is Health.HEALTHY and backend_health is not None:
+            ok, note = await backend_health()  # libvirt: does libvirtd answer, was the connection re-opened?
+            if not ok:
+                return Fingerprint(Health.UNHEALTHY, note, fp.attributes)
+            if note:
+                fp = replace(fp, description=f"{fp.description}; {note}" if fp.description else note)
         pool: PoolView | None = getattr(self.tasks, "pool", None)
         if fp.health is Health.HEALTHY and pool is not None and callable(getattr(pool, "attributes", None)):
             pool.kick()  # only the process that serves Nomad fingerprints: adopt and build members now

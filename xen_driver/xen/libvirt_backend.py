@@ -12,16 +12,26 @@ Design decisions:
 * **Persistent definitions keep the exit reason.**  A transient libvirt domain disappears the
   moment it stops, and with it the reason.  We ``defineXML`` then start it paused, so after the
   guest stops libvirt still reports ``SHUTOFF`` with a reason (shutdown / crashed / destroyed);
-  :meth:`LibvirtBackend.destroy` finally undefines it.  The ``on_*`` actions are rendered as
-  ``destroy`` for the same reason: libvirt keeps the reason in the inactive definition, and a
-  libvirt-restarted guest would hide the exit from Nomad.
+  :meth:`LibvirtBackend.destroy` finally undefines it.
+* **The ``on_*`` actions are ``preserve``, as on the xl path.**  The driver applies the job's
+  ``on_crash`` itself once it has read why the guest stopped.  With ``destroy`` libxl would tear
+  the domain down the moment it shuts down: the driver's XenStore watch would see it vanish
+  before libvirt was asked why, and report a poweroff as "destroyed".  Preserved, the domain stays
+  (libvirt: ``SHUTOFF`` with the reason, still active with its domid) until the driver destroys
+  it, and ``virDomainCoreDump`` can still read a crashed guest's memory.
+* **The connection is re-opened when libvirtd restarts.**  Every call checks the connection is
+  alive and opens a new one if not; a call that failed because the connection broke is tried
+  once more on a fresh one.  :meth:`LibvirtBackend.connection_health` (the fingerprint asks it)
+  says whether libvirtd answers and when the connection was lost and re-opened.
 * **PV direct kernel boot**: ``<os><type>linux</type><kernel/><initrd/><cmdline/></os>``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import functools
+import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +43,7 @@ from xen_driver.xen.backend import (
     BackendUnavailable,
     CreatedDomain,
     DomainExists,
+    DomainRefused,
     DomainInfo,
     DomainNotFound,
     DomainState,
@@ -59,6 +70,12 @@ _SHUTOFF_REASONS = {
 }
 _ERR_NO_DOMAIN = 42
 _ERR_OPERATION_INVALID = 55
+#: virErrorNumber values of a broken connection (libvirtd gone or restarting): VIR_ERR_NO_CONNECT,
+#: VIR_ERR_INVALID_CONN, VIR_ERR_SYSTEM_ERROR (socket), VIR_ERR_RPC.
+_CONNECTION_ERRORS = frozenset({5, 6, 38, 39})
+#: virErrorNumber values of a definition libvirt refuses (the same XML would fail again):
+#: VIR_ERR_XML_ERROR, VIR_ERR_XML_DETAIL, VIR_ERR_CONFIG_UNSUPPORTED.
+_REFUSED_ERRORS = frozenset({27, 35, 67})
 
 
 class LibvirtNotInstalled(BackendUnavailable):
@@ -108,7 +125,7 @@ def domain_xml(spec: DomainSpec, *, domain_type: str = "xen") -> str:
     if spec.cmdline:
         ET.SubElement(os_el, "cmdline").text = spec.cmdline
     for key in ("on_poweroff", "on_reboot", "on_crash"):
-        ET.SubElement(dom, key).text = "destroy"
+        ET.SubElement(dom, key).text = "preserve"  # the driver applies the job's policy (module doc)
     devices = ET.SubElement(dom, "devices")
     for vif in spec.vifs:
         iface = ET.SubElement(devices, "interface", type="bridge" if vif.bridge else "ethernet")
@@ -143,17 +160,87 @@ class LibvirtBackend:
         self.domain_type = domain_type or ("test" if uri.startswith("test:") else "xen")
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="libvirt")
         self._conn: Any = None
+        self._conn_lock = threading.Lock()
+        #: When the connection was last found broken / re-opened, and why it is down now.
+        self.lost_at: dt.datetime | None = None
+        self.reconnected_at: dt.datetime | None = None
+        self.reconnects = 0
+        self.down_error: str | None = None
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(fn, *args))
+        return await asyncio.get_running_loop().run_in_executor(
+            self._pool, functools.partial(self._retrying, functools.partial(fn, *args))
+        )
+
+    def _retrying(self, fn: Callable[[], T]) -> T:
+        """``fn()``, once more on a fresh connection when it failed because the old one broke
+        (libvirtd restarted under us)."""
+        try:
+            return fn()
+        except (self._libvirt.libvirtError, LibvirtError) as exc:
+            conn = self._conn
+            code = getattr(exc, "code", None) if isinstance(exc, LibvirtError) else exc.get_error_code()
+            if code not in _CONNECTION_ERRORS and (conn is None or self._alive(conn)):
+                raise
+            self._drop(conn, str(exc))
+        log.info("retrying a libvirt call on a new connection", uri=self.uri)
+        return fn()
+
+    @staticmethod
+    def _alive(conn: Any) -> bool:
+        try:
+            return bool(conn.isAlive())
+        except Exception:  # noqa: BLE001 - a connection that cannot say is not alive
+            return False
+
+    def _drop(self, conn: Any, why: str) -> None:
+        """Forget a broken connection (once, whichever caller noticed first)."""
+        with self._conn_lock:
+            if conn is None or self._conn is not conn:
+                return
+            self._conn = None
+            self.lost_at = dt.datetime.now(dt.timezone.utc)
+            self.down_error = why
+        log.warning("libvirt connection lost", uri=self.uri, error=why)
+        try:
+            conn.close()
+        except Exception:  # noqa: BLE001 - it is broken already
+            pass
 
     def _connection(self) -> Any:
-        if self._conn is None:
-            try:
-                self._conn = self._libvirt.open(self.uri)
-            except self._libvirt.libvirtError as exc:
-                raise BackendUnavailable(f"cannot connect to libvirt at {self.uri}: {exc}") from None
-        return self._conn
+        conn = self._conn
+        if conn is not None and not self._alive(conn):
+            self._drop(conn, "the connection to libvirtd closed")
+        with self._conn_lock:
+            if self._conn is None:
+                try:
+                    self._conn = self._libvirt.open(self.uri)
+                except self._libvirt.libvirtError as exc:
+                    self.down_error = str(exc)
+                    raise BackendUnavailable(f"cannot connect to libvirt at {self.uri}: {exc}") from None
+                if self.lost_at is not None:
+                    self.reconnected_at = dt.datetime.now(dt.timezone.utc)
+                    self.reconnects += 1
+                    log.info("libvirt connection re-opened", uri=self.uri, lost_at=self.lost_at.isoformat())
+                self.down_error = None
+            return self._conn
+
+    async def connection_health(self) -> tuple[bool, str]:
+        """Whether libvirtd answers now (one round trip, re-opening the connection if it broke),
+        and what happened to the connection: ``(True, "")`` if nothing, ``(True, "libvirt
+        connection lost at …, reconnected at …")`` after a libvirtd restart, ``(False, why)``
+        while libvirtd does not answer."""
+        try:
+            await self._call(lambda: self._connection().getLibVersion())
+        except (BackendUnavailable, LibvirtError, self._libvirt.libvirtError) as exc:
+            since = f" since {_hms(self.lost_at)}" if self.lost_at is not None else ""
+            return False, f"libvirt at {self.uri} does not answer{since}: {self.down_error or exc}"
+        if self.lost_at is not None and self.reconnected_at is not None:
+            return True, (
+                f"libvirt connection lost at {_hms(self.lost_at)}, reconnected at {_hms(self.reconnected_at)}"
+                + (f" ({self.reconnects} reconnects)" if self.reconnects > 1 else "")
+            )
+        return True, ""
 
     def _lookup(self, name: str) -> Any:
         try:
@@ -166,7 +253,7 @@ class LibvirtBackend:
     async def close(self) -> None:
         if self._conn is not None:
             conn, self._conn = self._conn, None
-            await self._call(conn.close)
+            await asyncio.get_running_loop().run_in_executor(self._pool, conn.close)
         self._pool.shutdown(wait=False)
 
     # ------------------------------------------------------------ operations
@@ -203,6 +290,8 @@ class LibvirtBackend:
         except lv.libvirtError as exc:
             if "already exists" in str(exc):
                 raise DomainExists(name) from None
+            if exc.get_error_code() in _REFUSED_ERRORS:
+                raise DomainRefused(f"libvirt refused the definition of {name!r}: {exc}") from None
             raise LibvirtError(f"define of {name!r}", exc) from None
         try:
             try:
@@ -334,6 +423,10 @@ class LibvirtBackend:
             vcpus=int(nvcpu),
             flags=f"{state}:{reason}",
         )
+
+
+def _hms(when: dt.datetime) -> str:
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def map_state(state: int, reason: int) -> tuple[DomainState, ExitReason | None]:

@@ -39,7 +39,9 @@ def test_domain_xml_pv_direct_boot() -> None:
     assert iface.get("type") == "bridge" and iface.find("source").get("bridge") == "xenbr0"
     assert iface.find("mac").get("address") == "00:16:3e:00:00:01"
     assert iface.find("ip").get("address") == "10.0.0.2" and iface.find("script").get("path") == "vif-bridge"
-    assert [root.findtext(k) for k in ("on_poweroff", "on_reboot", "on_crash")] == ["destroy"] * 3
+    # preserve, as on the xl path: the driver reads why the guest stopped, then applies on_crash
+    # itself (with destroy, libxl would tear the domain down before anyone asked why).
+    assert [root.findtext(k) for k in ("on_poweroff", "on_reboot", "on_crash")] == ["preserve"] * 3
 
 
 def test_domain_xml_validates() -> None:
@@ -129,3 +131,130 @@ def test_missing_libvirt_module_gives_clear_error(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(builtins, "__import__", fake_import)
     with pytest.raises(libvirt_backend.LibvirtNotInstalled, match="libvirt-python"):
         libvirt_backend.LibvirtBackend("test:///default")
+
+
+class _BrokenConnection:
+    """What a connection to a libvirtd that restarted looks like: dead, every call failing."""
+
+    def __init__(self, libvirt) -> None:  # type: ignore[no-untyped-def]
+        self._libvirt = libvirt
+        self.closed = False
+
+    def isAlive(self) -> int:
+        return 0
+
+    def close(self) -> int:
+        self.closed = True
+        return 0
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        def fail(*_a, **_kw):  # type: ignore[no-untyped-def]
+            err = self._libvirt.libvirtError("Cannot write data: Broken pipe")
+            err.err = (38, 0, "Cannot write data: Broken pipe", 2, "", None, None, -1, -1)  # VIR_ERR_SYSTEM_ERROR
+            raise err
+
+        return fail
+
+
+def test_reconnects_after_libvirtd_restart_and_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    """libvirtd restarted: the cached connection is dead.  The backend opens a new one, still
+    finds its domains, and connection_health says when it was lost and re-opened; while libvirtd
+    does not answer, connection_health says it is down."""
+    libvirt = pytest.importorskip("libvirt")
+    from xen_driver.xen.libvirt_backend import LibvirtBackend
+
+    async def main() -> None:
+        be = LibvirtBackend("test:///default")
+        try:
+            spec = DomainSpec(name="ndx-lv-3", kernel="/img/k", memory_mb=16)
+            await be.create_domain(spec, paused=False)
+            assert await be.connection_health() == (True, "")
+
+            # (the test driver's state lives while any connection to it is open: keep one)
+            keep = libvirt.open("test:///default")
+            broken = _BrokenConnection(libvirt)
+            be._conn.close()
+            be._conn = broken  # libvirtd went away under an open connection
+            assert (await be.domain(spec.name)).state is DomainState.RUNNING  # re-opened, same domain
+            assert broken.closed and be.reconnects == 1
+            ok, note = await be.connection_health()
+            assert ok and note.startswith("libvirt connection lost at ") and ", reconnected at " in note, note
+
+            # A call that fails on a connection still claiming to be alive is retried on a new one.
+            class Stale(_BrokenConnection):
+                def isAlive(self) -> int:
+                    return 1
+
+            be._conn = Stale(libvirt)
+            assert spec.name in {d.name for d in await be.list_domains()}
+            assert be.reconnects == 2
+
+            # libvirtd down: no connection can be opened.
+            be._conn = _BrokenConnection(libvirt)
+
+            def refuse(uri: str):  # type: ignore[no-untyped-def]
+                raise libvirt.libvirtError("Failed to connect socket to '/var/run/libvirt/libvirt-sock'")
+
+            monkeypatch.setattr(be._libvirt, "open", refuse)
+            ok, note = await be.connection_health()
+            assert not ok and "does not answer since " in note and "libvirt-sock" in note, note
+            monkeypatch.undo()
+            ok, note = await be.connection_health()
+            assert ok and "reconnected at" in note and "(3 reconnects)" in note, note
+            await be.destroy(spec.name)
+            keep.close()
+        finally:
+            await be.close()
+
+    asyncio.run(main())
+
+
+def test_fingerprint_says_libvirtd_went_away_and_came_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The node's fingerprint: unhealthy while libvirtd does not answer, healthy again with a
+    description of the reconnection once it does."""
+    libvirt = pytest.importorskip("libvirt")
+    from xen_driver.driver.config import PluginConfig
+    from xen_driver.driver.core import DriverCore
+    from xen_driver.driver.models import Health
+    from xen_driver.xen.libvirt_backend import LibvirtBackend
+    from xen_driver.xen.probe import HostProbe, ProbeState, XenHostInfo
+
+    info = XenHostInfo(xen_version="4.17.5", xen_scheduler="credit2", free_memory_mib=1, total_memory_mib=2, nr_cpus=2)
+
+    async def prober(_cfg: PluginConfig) -> HostProbe:
+        return HostProbe(ProbeState.HEALTHY, "xen 4.17.5", "/usr/sbin/xl", info)
+
+    async def main() -> None:
+        be = LibvirtBackend("test:///default")
+
+        class Tasks:
+            backend = be
+
+            def __init__(self, *_a: object) -> None:
+                pass
+
+            async def close(self) -> None:
+                await be.close()
+
+        core = DriverCore(PluginConfig.from_dict({"backend": "libvirt"}), prober=prober, tasks_factory=Tasks)
+        try:
+            fp = await core.fingerprint_once()
+            assert fp.health is Health.HEALTHY and "libvirt" not in fp.description, fp
+            be._conn.close()
+            be._conn = _BrokenConnection(libvirt)
+
+            def refuse(uri: str):  # type: ignore[no-untyped-def]
+                raise libvirt.libvirtError("Failed to connect socket to '/var/run/libvirt/libvirt-sock'")
+
+            monkeypatch.setattr(be._libvirt, "open", refuse)
+            fp = await core.fingerprint_once()
+            assert fp.health is Health.UNHEALTHY and "does not answer" in fp.description, fp
+            monkeypatch.undo()
+            fp = await core.fingerprint_once()
+            assert fp.health is Health.HEALTHY, fp
+            assert fp.description.startswith("xen 4.17.5; libvirt connection lost at "), fp.description
+            assert "reconnected at" in fp.description
+        finally:
+            await core.shutdown()
+
+    asyncio.run(main())
