@@ -11,10 +11,12 @@ PY           := $(VENV)/bin/python
 export NDX_CACHE_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/nomad-driver-xen
 NOMAD_VERSION := $(shell cat tools/nomad/VERSION)
 
-.PHONY: help deps proto nomad guests testbed testbed-smoke test unit conformance demo bench clean dist
+.PHONY: help deps proto nomad guests testbed testbed-smoke test lint unit conformance demo bench clean dist
 
 help:
-	@echo "make test           run the whole test suite (installs what it needs)"
+	@echo "make test           run the whole test suite (installs what it needs; lint first)"
+	@echo "make lint           static checks: ruff (lint + format check) and mypy on xen_driver/ and tests/fakes/"
+	@echo "make unit           the unit tests only (no Nomad agent, no Xen testbed)"
 	@echo "make dist           dist/: the single-file plugin, wheel, sdist and .deb (tools/dist.py)"
 	@echo "make demo           real Nomad + real Xen testbed running nomad-jobs/clickos.nomad"
 	@echo "make recovery       plugin crash, agent restarts, Xen faults under a real Nomad agent (table + bench/results/recovery.json)"
@@ -48,6 +50,12 @@ testbed-smoke: deps testbed
 unit: deps
 	$(PY) -m pytest -q tests/unit
 
+# Static checks (configured in pyproject.toml); `make test` runs them first and stops on a finding.
+lint: deps
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
 # Nomad's own Go plugin client, loader and driver harness against our plugin (tests/conformance/):
 # the host part, then the lifecycle part inside the Xen testbed. `make test` runs both too.
 conformance: deps testbed
@@ -58,7 +66,9 @@ conformance: deps testbed
 dist:
 	$(PYTHON) tools/dist.py
 
-test: deps nomad testbed dist
+# lint is the first prerequisite: a finding fails the build before the Nomad agent, the testbed
+# images and dist/ are built.
+test: lint deps nomad testbed dist
 	$(PY) -m pytest -v tests
 
 demo: deps nomad testbed
