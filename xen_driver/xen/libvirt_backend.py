@@ -316,7 +316,22 @@ class LibvirtBackend:
         await self._call(self._op_sync, name, "resume")
 
     async def forget(self, name: str) -> None:
-        return None  # destroy() undefines; libvirt keeps no other file of ours
+        """Undefine a stopped domain's persistent definition (destroy() does it for the domains
+        the driver destroys; this is for one that went away otherwise, e.g. destroyed while the
+        plugin was down).  A running domain is left alone."""
+        await self._call(self._forget_sync, name)
+
+    def _forget_sync(self, name: str) -> None:
+        try:
+            dom = self._lookup(name)
+        except DomainNotFound:
+            return
+        try:
+            if not dom.isActive():
+                dom.undefine()
+        except self._libvirt.libvirtError as exc:
+            if exc.get_error_code() != _ERR_NO_DOMAIN:
+                raise LibvirtError(f"undefine of {name!r}", exc) from None
 
     def config_file(self, name: str) -> str:
         return ""

@@ -109,7 +109,14 @@ def test_lifecycle_on_test_driver() -> None:
             # A stopped leftover of the same name is replaced on create.
             await be.create_domain(spec)
             assert (await be.domain(spec.name)).state is DomainState.PAUSED
-            await be.destroy(spec.name)
+            await be.forget(spec.name)  # running: left alone
+            assert (await be.domain(spec.name)).state is DomainState.PAUSED
+            # Destroyed while nobody watched (plugin down): forget() drops the definition.
+            await asyncio.to_thread(lambda: conn.lookupByName(spec.name).destroy())
+            await be.forget(spec.name)
+            with pytest.raises(DomainNotFound):
+                await be.domain(spec.name)
+            await be.forget(spec.name)  # idempotent
         finally:
             await be.close()
 
