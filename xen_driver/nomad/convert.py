@@ -8,8 +8,10 @@ Every message Nomad dereferences without a nil check is always filled here (docs
 from __future__ import annotations
 
 import datetime as _dt
+import enum
+from collections.abc import Mapping
 from decimal import Decimal
-from typing import Mapping
+from typing import TypeVar, cast
 
 from google.protobuf import timestamp_pb2
 
@@ -46,14 +48,26 @@ def timestamp(when: _dt.datetime | None) -> timestamp_pb2.Timestamp:
     if when is None:
         return timestamp_pb2.Timestamp(seconds=ZERO_TIME_SECONDS)
     if when.tzinfo is None:
-        when = when.replace(tzinfo=_dt.timezone.utc)
+        when = when.replace(tzinfo=_dt.UTC)
     ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(when.astimezone(_dt.timezone.utc))
+    ts.FromDatetime(when.astimezone(_dt.UTC))
     return ts
 
 
 def now() -> _dt.datetime:
-    return _dt.datetime.now(_dt.timezone.utc)
+    return _dt.datetime.now(_dt.UTC)
+
+
+_W = TypeVar("_W", bound=int)
+
+
+def _wire(wire_enum: type[_W], value: enum.IntEnum) -> _W:
+    """A model enum as the protobuf enum of the same numbers (models.py keeps them equal).
+
+    The generated stubs type enum fields as the wire enum's own int subclass, which our IntEnums
+    are not; on the wire both are the number.
+    """
+    return cast(_W, int(value))
 
 
 # ---- attributes / fingerprint / capabilities -------------------------------------------------
@@ -62,7 +76,8 @@ def now() -> _dt.datetime:
 def attribute(value: AttributeValue) -> structs_pb2.Attribute:
     unit = ""
     if isinstance(value, Attr):
-        value, unit = value.value, value.unit
+        unit = value.unit
+        value = value.value
     if isinstance(value, bool):
         return structs_pb2.Attribute(bool_val=value, unit=unit)
     if isinstance(value, int):
@@ -73,7 +88,7 @@ def attribute(value: AttributeValue) -> structs_pb2.Attribute:
 
 
 def fingerprint(fp: Fingerprint) -> dpb.FingerprintResponse:
-    msg = dpb.FingerprintResponse(health=int(fp.health), health_description=fp.description, err=fp.err)
+    msg = dpb.FingerprintResponse(health=_wire(dpb.FingerprintResponse.HealthState, fp.health), health_description=fp.description, err=fp.err)
     for key, value in fp.attributes.items():
         msg.attributes[key].CopyFrom(attribute(value))
     return msg
@@ -84,7 +99,7 @@ def capabilities(caps: Capabilities) -> dpb.DriverCapabilities:
         send_signals=caps.send_signals,
         exec=caps.exec,
         fs_isolation=dpb.DriverCapabilities.NONE if caps.fs_isolation_none else dpb.DriverCapabilities.IMAGE,
-        network_isolation_modes=[int(m) for m in caps.network_modes],
+        network_isolation_modes=[_wire(dpb.NetworkIsolationSpec.NetworkIsolationMode, m) for m in caps.network_modes],
         must_create_network=caps.must_create_network,
         mount_configs=dpb.DriverCapabilities.NO_MOUNTS if caps.no_mounts else dpb.DriverCapabilities.ANY_MOUNTS,
         disable_log_collection=caps.disable_log_collection,
@@ -151,7 +166,7 @@ def task_handle(handle: TaskHandle, config: dpb.TaskConfig) -> dpb.TaskHandle:
     """The handle Nomad persists; ``config`` echoes the StartTask request (its id is the key)."""
     if handle.version < 1:
         raise ValueError("task handle version must be >= 1 (0 marks pre-0.9 handles in Nomad)")
-    msg = dpb.TaskHandle(version=handle.version, state=int(handle.state), driver_state=handle.driver_state)
+    msg = dpb.TaskHandle(version=handle.version, state=_wire(dpb.TaskState, handle.state), driver_state=handle.driver_state)
     msg.config.CopyFrom(config)
     if not msg.config.id:
         msg.config.id = handle.task_id
@@ -196,7 +211,7 @@ def inspect_response(status: TaskStatus) -> dpb.InspectTaskResponse:
         task=dpb.TaskStatus(
             id=status.id,
             name=status.name,
-            state=int(status.state),
+            state=_wire(dpb.TaskState, status.state),
             started_at=timestamp(status.started_at),
             completed_at=timestamp(status.completed_at),
             result=exit_result(status.exit),
@@ -230,7 +245,7 @@ def stats_response(stats: TaskStats) -> dpb.TaskStatsResponse:
             setattr(cpu_msg, name, float(value))
             cpu_msg.measured_fields.append(enum_value)
     mem_msg = dpb.MemoryUsage()
-    for name, enum_value in (
+    for name, mem_field in (
         ("rss", dpb.MemoryUsage.RSS),
         ("usage", dpb.MemoryUsage.USAGE),
         ("max_usage", dpb.MemoryUsage.MAX_USAGE),
@@ -238,7 +253,7 @@ def stats_response(stats: TaskStats) -> dpb.TaskStatsResponse:
         value = getattr(mem, name)
         if value is not None:
             setattr(mem_msg, name, int(value))
-            mem_msg.measured_fields.append(enum_value)
+            mem_msg.measured_fields.append(mem_field)
     return dpb.TaskStatsResponse(
         stats=dpb.TaskStats(
             id=stats.task_id,

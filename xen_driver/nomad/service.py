@@ -15,14 +15,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from typing import Any, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
 
 import grpc
 
 from xen_driver import __version__
 from xen_driver._proto.nomad import base_pb2, base_pb2_grpc, driver_pb2, driver_pb2_grpc
 from xen_driver.driver.config import PluginConfig
-from xen_driver.driver.core import DRIVER_NAME, make_core
+from xen_driver.driver.core import DRIVER_NAME, DriverCore, make_core
 from xen_driver.driver.errors import NotSupported
 from xen_driver.driver.models import AgentInfo
 from xen_driver.logging import get_logger
@@ -39,7 +40,9 @@ PLUGIN_API_VERSION = "0.1.0"
 #: stops itself this long after the refusal, unless a configuration is accepted meanwhile.
 REFUSED_CONFIG_EXIT_S = 5.0
 
-CoreFactory = Callable[[PluginConfig, AgentInfo | None], Any]
+CoreFactory = Callable[[PluginConfig, AgentInfo | None], DriverCore]
+
+_Item = TypeVar("_Item")
 
 _log = get_logger("nomad")
 
@@ -93,8 +96,8 @@ class PluginState:
         self._factory = core_factory
         self.config: PluginConfig | None = None
         self.agent: AgentInfo | None = None
-        self._core: Any = None
-        self._retiring: set[asyncio.Task] = set()
+        self._core: DriverCore | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
         #: Set (and replaced) whenever SetConfig replaces the core, so open streams switch over.
         self._replaced = asyncio.Event()
         #: Set by the plugin server: ends the process gracefully (see REFUSED_CONFIG_EXIT_S).
@@ -135,16 +138,17 @@ class PluginState:
             task.add_done_callback(self._retiring.discard)
 
     @property
-    def core(self) -> Any:
+    def core(self) -> DriverCore:
         if self._core is None:
             self.configure(PluginConfig(), None)
+        assert self._core is not None  # configure() always sets it
         return self._core
 
     async def shutdown(self) -> None:
         if self._core is not None:
             await self._core.shutdown()
 
-    async def follow(self, source: Callable[[Any], AsyncIterator[Any]], what: str) -> AsyncIterator[Any]:
+    async def follow(self, source: Callable[[DriverCore], AsyncIterator[_Item]], what: str) -> AsyncIterator[_Item]:
         """Items of ``source(core)`` for the current core, switching to the new core as soon as
         SetConfig replaces it; never ends (Nomad re-opens an ended stream in a tight loop)."""
         while True:
