@@ -26,6 +26,7 @@ import traceback
 from typing import Any, TextIO
 
 import structlog
+from structlog.typing import EventDict
 
 LEVELS = ("trace", "debug", "info", "warn", "error")
 _RANK = {name: i for i, name in enumerate(LEVELS)}
@@ -57,9 +58,9 @@ def go_level(method_name: str) -> str:
 
 def timestamp(now: _dt.datetime | None = None) -> str:
     """``YYYY-MM-DDTHH:MM:SS.ffffffZ`` in UTC (hclog's JSON time layout)."""
-    now = now or _dt.datetime.now(_dt.timezone.utc)
+    now = now or _dt.datetime.now(_dt.UTC)
     if now.tzinfo is not None:
-        now = now.astimezone(_dt.timezone.utc)
+        now = now.astimezone(_dt.UTC)
     return now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
@@ -77,7 +78,8 @@ class GuardedLineWriter:
         self._lock = threading.Lock()
 
     @property
-    def stream(self) -> TextIO:
+    def stream(self) -> TextIO | None:
+        """The stream lines go to; None when the process was started without a stderr."""
         return self._stream if self._stream is not None else sys.__stderr__
 
     @property
@@ -89,6 +91,8 @@ class GuardedLineWriter:
             if not self._broken:
                 try:
                     stream = self.stream
+                    if stream is None:
+                        raise ValueError("no stderr")  # handled like a closed file: the fallback takes over
                     stream.write(line + "\n")
                     stream.flush()
                     return
@@ -148,13 +152,13 @@ class _LevelFilter:
     def __init__(self, min_level: str) -> None:
         self.min_rank = _RANK[min_level]
 
-    def __call__(self, logger: Any, method_name: str, event_dict: dict) -> dict:
+    def __call__(self, logger: Any, method_name: str, event_dict: EventDict) -> EventDict:
         if _RANK[go_level(method_name)] < self.min_rank:
             raise structlog.DropEvent
         return event_dict
 
 
-def _format_exception(logger: Any, method_name: str, event_dict: dict) -> dict:
+def _format_exception(logger: Any, method_name: str, event_dict: EventDict) -> EventDict:
     exc_info = event_dict.pop("exc_info", None)
     if exc_info:
         if exc_info is True:
@@ -176,7 +180,7 @@ def _shrink(value: Any, limit: int) -> Any:
     return value
 
 
-def render_record(method_name: str, event_dict: dict) -> str:
+def render_record(method_name: str, event_dict: EventDict) -> str:
     """Turn a structlog event dict into one go-plugin JSON line (pure; used by tests too)."""
     record: dict[str, Any] = {}
     record["@level"] = go_level(method_name)
@@ -199,7 +203,7 @@ def render_record(method_name: str, event_dict: dict) -> str:
     return line
 
 
-def _render(logger: Any, method_name: str, event_dict: dict) -> str:
+def _render(logger: Any, method_name: str, event_dict: EventDict) -> str:
     return render_record(method_name, event_dict)
 
 

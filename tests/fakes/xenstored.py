@@ -62,7 +62,7 @@ class FakeXenstored:
         self.writers: list[asyncio.StreamWriter] = []
         self.server: asyncio.AbstractServer | None = None
 
-    async def start(self) -> "FakeXenstored":
+    async def start(self) -> FakeXenstored:
         self.server = await asyncio.start_unix_server(self._client, path=self.path)
         return self
 
@@ -130,7 +130,7 @@ class FakeXenstored:
         finally:
             self.watches = [w for w in self.watches if w[0] is not writer]
 
-    async def _answer(self, writer, mtype, req, tx, payload) -> None:  # type: ignore[no-untyped-def]
+    async def _answer(self, writer, mtype, req, tx, payload) -> None:
         parts = payload.split(b"\0")
         path = parts[0].decode()
         if mtype == READ and path in self.delay_reads:
@@ -142,7 +142,7 @@ class FakeXenstored:
             return
         self._send(writer, mtype, req, tx, reply)
 
-    def _handle(self, writer, mtype, tx, path, parts, payload) -> bytes:  # type: ignore[no-untyped-def]
+    def _handle(self, writer, mtype, tx, path, parts, payload) -> bytes:
         if tx and tx not in self.transactions:
             raise KeyError("ENOENT")
         tree = self._tree(tx) if mtype not in (TX_START,) else self.nodes

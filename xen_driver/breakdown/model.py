@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 #: Driver phases in the order StartTask runs them (mirrors xen_driver.driver.timing.PHASE_ORDER,
 #: kept here so the command does not import the driver).  Phases a task did not go through are
@@ -125,7 +126,7 @@ def summarize(rows: Sequence[TaskBreakdown], phases: Sequence[Phase]) -> dict[st
     """Median and p90 per phase over the tasks that started (phases they lack are skipped)."""
     out: dict[str, dict[str, float | int] | None] = {}
     for p in phases:
-        values = [r.phases[p.name] for r in rows if r.started and r.phases.get(p.name) is not None]
+        values = [v for r in rows if r.started and (v := r.phases.get(p.name)) is not None]
         out[p.name] = (
             {"n": len(values), "median": round(statistics.median(values), 3), "p90": round(percentile(values, 90), 3)}
             if values

@@ -10,6 +10,7 @@ import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Mapping
 from typing import Any
 
 from xen_driver.breakdown.model import BreakdownError
@@ -31,17 +32,17 @@ class NomadAPI:
         timeout: float = 15.0,
         env: dict[str, str] | None = None,
     ):
-        env = os.environ if env is None else env
-        self.address = (address or env.get("NOMAD_ADDR") or "http://127.0.0.1:4646").rstrip("/")
+        environ: Mapping[str, str] = os.environ if env is None else env
+        self.address = (address or environ.get("NOMAD_ADDR") or "http://127.0.0.1:4646").rstrip("/")
         if "://" not in self.address:
             self.address = "http://" + self.address
-        self.token = token if token is not None else env.get("NOMAD_TOKEN") or None
-        self.namespace = namespace or env.get("NOMAD_NAMESPACE") or "default"
+        self.token = token if token is not None else environ.get("NOMAD_TOKEN") or None
+        self.namespace = namespace or environ.get("NOMAD_NAMESPACE") or "default"
         self.timeout = timeout
         self._ssl: ssl.SSLContext | None = None
         if self.address.startswith("https://"):
-            self._ssl = ssl.create_default_context(cafile=env.get("NOMAD_CACERT") or None)
-            if env.get("NOMAD_SKIP_VERIFY", "").lower() in ("1", "true"):
+            self._ssl = ssl.create_default_context(cafile=environ.get("NOMAD_CACERT") or None)
+            if environ.get("NOMAD_SKIP_VERIFY", "").lower() in ("1", "true"):
                 self._ssl.check_hostname = False
                 self._ssl.verify_mode = ssl.CERT_NONE
 

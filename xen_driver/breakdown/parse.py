@@ -34,7 +34,8 @@ def task_drivers(alloc: dict) -> dict[str, str]:
 def _failure(events: list[dict]) -> str | None:
     for e in events:
         if e.get("FailsTask") or e.get("Type") in ("Driver Failure", "Setup Failure", "Failed Validation"):
-            return f"{e.get('Type')}: {e.get('DisplayMessage') or e.get('DriverError') or e.get('SetupError') or ''}".strip()
+            why = e.get("DisplayMessage") or e.get("DriverError") or e.get("SetupError") or ""
+            return f"{e.get('Type')}: {why}".strip()
     return None
 
 
@@ -74,7 +75,8 @@ def parse_task(
         waited = (evaluation.get("CreateTime") or 0) - (origin.get("CreateTime") or 0)
         row.notes.append(
             f"placed by blocked evaluation {evaluation.get('ID', '')[:8]} (created {_ms(waited):.1f} ms after"
-            f" evaluation {origin.get('ID', '')[:8]}, it waited for capacity): scheduling counts from the submission's evaluation"
+            f" evaluation {origin.get('ID', '')[:8]}, it waited for capacity):"
+            " scheduling counts from the submission's evaluation"
         )
         ts["placing_evaluation_created"] = evaluation.get("CreateTime")
         evaluation = origin
@@ -97,6 +99,7 @@ def parse_task(
     if (
         eval_create is not None
         and submit is not None
+        and evaluation is not None
         and evaluation.get("TriggeredBy") == "job-register"
         and eval_create >= submit
     ):
@@ -104,7 +107,8 @@ def parse_task(
         begin = submit
     elif eval_create is not None:
         row.notes.append(
-            f"placed by an evaluation triggered by {evaluation.get('TriggeredBy') or 'something else'}, not by the job's submission:"
+            f"placed by an evaluation triggered by {(evaluation or {}).get('TriggeredBy') or 'something else'},"
+            " not by the job's submission:"
             " no server phase, total from the evaluation"
         )
 
@@ -130,6 +134,7 @@ def parse_task(
 
     # ---- driver's monotonic timer
     if timing is not None:
+        driver_event: int = timing["Time"]  # `after`, known to be set here
         details = timing.get("Details") or {}
         row.annotations = {k: str(v) for k, v in details.items()}
         row.start_path = str(details.get("start_path") or "") or None
@@ -150,12 +155,12 @@ def parse_task(
             other = total - sum(values.values()) - (boot or 0.0)
             # The annotations are rounded to 0.1 ms each; don't show rounding as negative time.
             ph["driver_other"] = round(max(other, 0.0) if other > -0.05 * (len(values) + 2) else other, 3)
-            driver_began = after - int(round(total * 1e6))
+            driver_began = driver_event - int(round(total * 1e6))
             ts["driver_began"] = driver_began
             if received is not None:
                 ph["client"] = _ms(driver_began - received)
         if started is not None:
-            ph["started"] = _ms(started - after)
+            ph["started"] = _ms(started - driver_event)
     elif started is not None:
         row.notes.append("no timing event from the driver (is it nomad-driver-xen?): no driver phases")
 

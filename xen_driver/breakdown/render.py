@@ -4,7 +4,7 @@ of ``--png`` (matplotlib is imported only then, from the ``[plot]`` extra).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from xen_driver.breakdown.model import CLOCKS, BreakdownError, Phase, Report, phase_list
 
@@ -28,15 +28,18 @@ def render_table(report: Report) -> str:
         for stat in ("median", "p90"):
             body.append(
                 [stat, "", f"n={len(started)}"]
-                + [_fmt((summary[p.name] or {}).get(stat)) for p in phases]  # type: ignore[arg-type]
+                + [_fmt((summary[p.name] or {}).get(stat)) for p in phases]
             )
     widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
 
     def line(cells: list[str]) -> str:
-        return "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+        return "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
 
     what = f"job {report.job_id}" if report.kind == "job" else f"allocation {report.target} (job {report.job_id})"
-    out = [f"{what} at {report.address}, namespace {report.namespace}: {len(report.rows)} {report.driver} task(s), times in ms"]
+    out = [
+        f"{what} at {report.address}, namespace {report.namespace}:"
+        f" {len(report.rows)} {report.driver} task(s), times in ms"
+    ]
     out += ["", line(head), *(line(b) for b in body), ""]
     by_clock: dict[str, list[str]] = {}
     for p in phases:
@@ -90,8 +93,8 @@ def plot_stacked(
     for i, p in enumerate(stacked):
         heights = [(v.get(p.name) or 0.0) / scale for _, v in bars]
         ax.bar(xs, heights, 0.6, bottom=bottoms, label=f"{p.name} ({p.clock})", color=cmap(i % 20), edgecolor="white", linewidth=0.5)
-        bottoms = [b + h for b, h in zip(bottoms, heights)]
-    for x, (_, values), top in zip(xs, bars, bottoms):
+        bottoms = [b + h for b, h in zip(bottoms, heights, strict=True)]
+    for x, (_, values), top in zip(xs, bars, bottoms, strict=True):
         total = values.get("total")
         text = f"{total / scale:.2f} {unit}" if total is not None else f"Σ {top:.2f} {unit}"
         ax.annotate(text, (x, top), ha="center", va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points")
@@ -119,5 +122,5 @@ def report_bars(report: Report) -> list[tuple[str, dict[str, float | None]]]:
     ]
     if len(bars) > 1:
         summary = report.summary()
-        bars.append(("median", {n: (s or {}).get("median") for n, s in summary.items()}))  # type: ignore[misc]
+        bars.append(("median", {n: (s or {}).get("median") for n, s in summary.items()}))
     return bars

@@ -158,10 +158,6 @@ class WarmPool(PoolStarts):
             self._log.info("pool members from an earlier plugin", adopted=adopted, destroyed=destroyed)
 
     # ------------------------------------------------------------------ refill
-    def _wake_refill(self) -> None:
-        if self._wake is not None:
-            self._wake.set()
-
     def _next_build(self, now: float) -> tuple[ProfileState | None, float | None]:
         """The profile to build a member for now, or when to look again."""
         soonest: float | None = None

@@ -17,9 +17,10 @@ import re
 import shutil
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from xen_driver.driver.poolconfig import PoolProfile
 from xen_driver.logging import get_logger
@@ -103,6 +104,10 @@ class PoolCore:
         self._closing = False
         self._bg: set[asyncio.Task[Any]] = set()
 
+    def _wake_refill(self) -> None:
+        """Let the refill loop (:class:`xen_driver.driver.pool.WarmPool`) look at the pool again."""
+        if self._wake is not None:
+            self._wake.set()
 
     # ------------------------------------------------------------------ status
     @property

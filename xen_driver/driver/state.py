@@ -68,10 +68,11 @@ class DriverState:
                 "port_map": {str(k): int(v) for k, v in self.network.port_map.items()},
                 "auto_advertise": bool(self.network.auto_advertise),
             }
-        return msgpack.packb({"v": STATE_VERSION, **raw}, use_bin_type=True)
+        blob: bytes = msgpack.packb({"v": STATE_VERSION, **raw}, use_bin_type=True)  # msgpack is untyped
+        return blob
 
     @classmethod
-    def decode(cls, blob: bytes) -> "DriverState":
+    def decode(cls, blob: bytes) -> DriverState:
         if not blob:
             raise DriverStateError("task handle has no driver_state; it was not made by this driver")
         try:

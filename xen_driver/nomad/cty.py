@@ -15,9 +15,10 @@ configs) decode to :data:`UNKNOWN`.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Any, Mapping, Union
+from typing import Any
 
 import msgpack
 
@@ -27,9 +28,9 @@ class CtyDecodeError(ValueError):
 
 
 class _Unknown:
-    _instance: "_Unknown | None" = None
+    _instance: _Unknown | None = None
 
-    def __new__(cls) -> "_Unknown":
+    def __new__(cls) -> _Unknown:
         if cls._instance is None:
             cls._instance = super().__new__(cls)
         return cls._instance
@@ -65,7 +66,7 @@ class Dynamic:
 
 @dataclass(frozen=True)
 class ListOf:
-    element: "CtyType"
+    element: CtyType
 
     def hcl(self) -> str:
         return f"list({self.element.hcl()})"
@@ -73,7 +74,7 @@ class ListOf:
 
 @dataclass(frozen=True)
 class SetOf:
-    element: "CtyType"
+    element: CtyType
 
     def hcl(self) -> str:
         return f"set({self.element.hcl()})"
@@ -81,7 +82,7 @@ class SetOf:
 
 @dataclass(frozen=True)
 class MapOf:
-    element: "CtyType"
+    element: CtyType
 
     def hcl(self) -> str:
         return f"map({self.element.hcl()})"
@@ -89,10 +90,10 @@ class MapOf:
 
 @dataclass(frozen=True)
 class Object:
-    attributes: tuple[tuple[str, "CtyType"], ...]
+    attributes: tuple[tuple[str, CtyType], ...]
 
     @classmethod
-    def of(cls, attrs: Mapping[str, "CtyType"]) -> "Object":
+    def of(cls, attrs: Mapping[str, CtyType]) -> Object:
         return cls(tuple(sorted(attrs.items())))
 
     def hcl(self) -> str:
@@ -101,13 +102,15 @@ class Object:
 
 @dataclass(frozen=True)
 class Tuple:
-    elements: tuple["CtyType", ...]
+    elements: tuple[CtyType, ...]
 
     def hcl(self) -> str:
         return "tuple([" + ", ".join(t.hcl() for t in self.elements) + "])"
 
 
-CtyType = Union[Primitive, Dynamic, ListOf, SetOf, MapOf, Object, Tuple]
+CtyType = Primitive | Dynamic | ListOf | SetOf | MapOf | Object | Tuple
+#: The collection types by their cty name.
+_COLLECTIONS: dict[str, Callable[[CtyType], CtyType]] = {"list": ListOf, "set": SetOf, "map": MapOf}
 
 STRING = Primitive("string")
 NUMBER = Primitive("number")
@@ -166,7 +169,7 @@ class _TypeParser:
             self.expect("(")
             inner = self.type()
             self.expect(")")
-            return {"list": ListOf, "set": SetOf, "map": MapOf}[name](inner)
+            return _COLLECTIONS[name](inner)
         if name == "object":
             self.expect("(")
             self.expect("{")
@@ -203,7 +206,7 @@ def type_from_json(value: Any) -> CtyType:
     if isinstance(value, list) and len(value) == 2:
         kind, arg = value
         if kind in ("list", "set", "map"):
-            return {"list": ListOf, "set": SetOf, "map": MapOf}[kind](type_from_json(arg))
+            return _COLLECTIONS[kind](type_from_json(arg))
         if kind == "object" and isinstance(arg, dict):
             return Object.of({k: type_from_json(v) for k, v in arg.items()})
         if kind == "tuple" and isinstance(arg, list):
@@ -287,7 +290,7 @@ def convert(value: Any, cty_type: CtyType) -> Any:
     if isinstance(cty_type, Tuple):
         if not isinstance(value, (list, tuple)) or len(value) != len(cty_type.elements):
             raise CtyDecodeError(f"expected a {len(cty_type.elements)}-element array for {cty_type.hcl()}")
-        return [convert(v, t) for v, t in zip(value, cty_type.elements)]
+        return [convert(v, t) for v, t in zip(value, cty_type.elements, strict=True)]
     if isinstance(cty_type, MapOf):
         if not isinstance(value, dict):
             raise CtyDecodeError(f"expected a map for {cty_type.hcl()}, got {type(value).__name__}")
@@ -344,7 +347,7 @@ def _to_wire(value: Any, cty_type: CtyType) -> Any:
     if isinstance(cty_type, (ListOf, SetOf)):
         return [_to_wire(v, cty_type.element) for v in value]
     if isinstance(cty_type, Tuple):
-        return [_to_wire(v, t) for v, t in zip(value, cty_type.elements)]
+        return [_to_wire(v, t) for v, t in zip(value, cty_type.elements, strict=True)]
     if isinstance(cty_type, MapOf):
         return {k: _to_wire(v, cty_type.element) for k, v in sorted(value.items())}
     if isinstance(cty_type, Object):

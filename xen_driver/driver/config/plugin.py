@@ -6,8 +6,9 @@ warm-pool profiles (checked by xen_driver/driver/poolconfig.py).
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 from xen_driver.driver.config.defaults import (
     BACKENDS,
@@ -32,6 +33,9 @@ from xen_driver.driver.config.values import (
 )
 from xen_driver.driver.errors import ConfigError
 
+if TYPE_CHECKING:  # poolconfig imports this package
+    from xen_driver.driver.poolconfig import PoolProfile
+
 
 @dataclass(frozen=True)
 class PluginConfig:
@@ -52,10 +56,10 @@ class PluginConfig:
     max_vifs: int = PLUGIN_DEFAULTS["max_vifs"]
     max_click_config_bytes: int = PLUGIN_DEFAULTS["max_click_config_bytes"]
     #: Warm-pool profiles, ``pool "<name>" { ... }`` (xen_driver/driver/poolconfig.py).
-    pools: tuple = ()
+    pools: tuple[PoolProfile, ...] = ()
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None) -> "PluginConfig":
+    def from_dict(cls, data: Mapping[str, Any] | None) -> PluginConfig:
         data = data or {}
         S = PLUGIN
         xl_path = _xl_string(S, "xl_path", _get(data, "xl_path", PLUGIN_DEFAULTS))
@@ -99,7 +103,7 @@ class PluginConfig:
         return _with_pools(config, data.get("pool"))
 
 
-def _with_pools(config: "PluginConfig", raw: Any) -> "PluginConfig":
+def _with_pools(config: PluginConfig, raw: Any) -> PluginConfig:
     if not raw:
         return config
     from dataclasses import replace

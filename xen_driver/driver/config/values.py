@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import posixpath
 import re
+from collections.abc import Mapping
 from decimal import Decimal
-from typing import Any, Mapping
+from typing import Any
 
 from xen_driver.driver.errors import ConfigError
-
 
 # ---- durations ---------------------------------------------------------------------------------
 
@@ -103,10 +103,10 @@ def _plain_string(scope: str, name: str, value: Any, *, allow_empty: bool = Fals
 
 
 def _abs_dir(scope: str, name: str, value: Any) -> str:
-    _xl_string(scope, name, value)
-    if not value.startswith("/"):
+    path = _xl_string(scope, name, value)
+    if not path.startswith("/"):
         raise ConfigError(scope, name, value, "must be an absolute path")
-    return posixpath.normpath(value)
+    return posixpath.normpath(path)
 
 
 def _integer(scope: str, name: str, value: Any, lo: int, hi: int) -> int:
@@ -135,7 +135,7 @@ def _integer(scope: str, name: str, value: Any, lo: int, hi: int) -> int:
 
 
 def _choice(scope: str, name: str, value: Any, choices: tuple[str, ...]) -> str:
-    if value not in choices:
+    if not isinstance(value, str) or value not in choices:
         raise ConfigError(scope, name, value, "must be one of " + ", ".join(f'"{c}"' for c in choices))
     return value
 
@@ -161,9 +161,9 @@ def _fmt_s(seconds: float) -> str:
 
 
 def _relative_path(scope: str, name: str, value: Any) -> str:
-    _xl_string(scope, name, value)
-    norm = posixpath.normpath(value)
-    if value.startswith("/") or norm == ".." or norm.startswith("../"):
+    path = _xl_string(scope, name, value)
+    norm = posixpath.normpath(path)
+    if path.startswith("/") or norm == ".." or norm.startswith("../"):
         raise ConfigError(scope, name, value, "must be a path relative to the task directory that stays inside it")
     return norm
 
