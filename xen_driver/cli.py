@@ -55,8 +55,8 @@ def serve() -> int:
     else:
         log.debug("open-file limit", soft_before=before, soft=soft, hard=hard)
 
-    from xen_driver.nomad.service import BasePluginService, DriverService, PluginState
     from xen_driver._proto.nomad import base_pb2_grpc, driver_pb2_grpc
+    from xen_driver.nomad.service import BasePluginService, DriverService, PluginState
     from xen_driver.plugin.server import PluginServer
 
     state = PluginState()
@@ -194,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     p_install.add_argument(
         "--name",
         default=DEFAULT_LAUNCHER_NAME,
-        help=f'file name of the launcher, also the label of the agent\'s plugin block (default "{DEFAULT_LAUNCHER_NAME}")',
+        help="file name of the launcher, also the label of the agent's plugin block"
+        f' (default "{DEFAULT_LAUNCHER_NAME}")',
     )
     p_install.add_argument(
         "--pycache-dir",
@@ -217,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         path = install(args.plugin_dir, args.name, pycache_dir=args.pycache_dir)
         print(path)
         print(
-            f'Add to the agent configuration:\n\n  plugin "{args.name}" {{\n    config {{\n      backend = "xl"\n    }}\n  }}',
+            f'Add to the agent configuration:\n\n  plugin "{args.name}" {{\n'
+            '    config {\n      backend = "xl"\n    }\n  }',
             file=sys.stderr,
         )
         return 0

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping, Union
 
 from xen_driver.driver.config import TaskConfig
 
@@ -30,7 +30,7 @@ class Attr:
     unit: str = ""
 
 
-AttributeValue = Union[int, float, str, bool, Attr]
+AttributeValue = int | float | str | bool | Attr
 
 
 @dataclass(frozen=True)

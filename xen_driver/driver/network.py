@@ -31,7 +31,7 @@ Pure functions, no I/O: table-tested in ``tests/unit/driver/test_network.py``.
 from __future__ import annotations
 
 import hashlib
-from typing import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 
 from xen_driver.driver.config import TASK, VifConfig
 from xen_driver.driver.errors import ConfigError

@@ -13,19 +13,17 @@ import re
 import time
 import uuid as uuidlib
 
+from xen_driver.driver import network, policy
 from xen_driver.driver.config import TASK, TaskConfig
 from xen_driver.driver.errors import (
     ConfigError,
 )
-from xen_driver.driver import network, policy
 from xen_driver.driver.models import (
     TaskSpec,
 )
+from xen_driver.driver.task import LifecycleCore
 from xen_driver.xen.probe import XenHostInfo
 from xen_driver.xen.spec import DomainSpec, SpecError, VifSpec
-
-from xen_driver.driver.task import LifecycleCore
-
 
 #: Smallest guest we create.  A PV domain needs its page tables, start info, console and
 #: XenStore rings; below a few MiB the domain builder fails with an obscure error, so refuse

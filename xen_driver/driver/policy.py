@@ -76,7 +76,8 @@ def resolve_image(value: str, *, field: str, task_dir: str | None, image_dirs: S
             TASK,
             field,
             value,
-            f'must be inside the task directory or one of the plugin\'s image_dirs ({where}); the plugin setting "image_dirs" lists them',
+            f"must be inside the task directory or one of the plugin's image_dirs ({where});"
+            ' the plugin setting "image_dirs" lists them',
         )
     if not os.path.isfile(path):
         raise ConfigError(TASK, field, value, "must name an existing file (nothing is there)")
@@ -148,7 +149,8 @@ def check_bridge(
             TASK,
             field,
             bridge,
-            f'must be one of the bridges the plugin allows ({allowed}); an operator allows more with the plugin setting "vif_bridges"',
+            f"must be one of the bridges the plugin allows ({allowed});"
+            ' an operator allows more with the plugin setting "vif_bridges"',
         )
     if not exists(bridge):
         raise ConfigError(TASK, field, bridge, "is allowed by the plugin but no such bridge exists on this host")

@@ -65,7 +65,7 @@ class PoolStarts(PoolCore):
         if cfg.vif:
             if len(cfg.vif) != len(profile.vif):
                 refuse("vif", f"{len(cfg.vif)} vif blocks", f"must be the {len(profile.vif)} vif(s) of {where}")
-            for i, (mine, theirs) in enumerate(zip(cfg.vif, profile.vif)):
+            for i, (mine, theirs) in enumerate(zip(cfg.vif, profile.vif, strict=True)):
                 if mine.mac is not None:
                     refuse(f"vif[{i}].mac", mine.mac, f"cannot be chosen for a member of {where}: it has its MAC already")
                 if mine.bridge is not None and mine.bridge != (theirs.bridge or "xenbr0"):

@@ -25,8 +25,9 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from xen_driver.driver.config import (
     MAX_CMDLINE_LEN,

@@ -11,9 +11,10 @@ import asyncio
 import datetime as dt
 import re
 import uuid as uuidlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from xen_driver.driver.config import PluginConfig
 from xen_driver.driver.errors import (
@@ -62,7 +63,7 @@ def domain_name_for(spec: TaskSpec) -> str:
 
 
 def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 @dataclass
@@ -103,7 +104,7 @@ class LifecycleCore:
 
     config: PluginConfig
     backend: Backend
-    pool: "WarmPool"
+    pool: WarmPool
     bridge_exists: Callable[[str], bool]
     host_cpus: int | None
     host_memory_mib: int | None

@@ -13,9 +13,9 @@ task event with annotations, and kept for ``InspectTask``.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
 
 #: Phases in the order they happen during StartTask.  Phases that did not happen for a task
 #: (no ClickOS configuration, say) are simply absent from its breakdown.

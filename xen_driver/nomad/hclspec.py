@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from xen_driver._proto.nomad import hclspec_pb2 as pb
 from xen_driver.nomad import cty

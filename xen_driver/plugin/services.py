@@ -7,7 +7,7 @@ host opens them and we keep them open until it goes away, which is what go-plugi
 from __future__ import annotations
 
 import asyncio
-from typing import Callable
+from collections.abc import Callable
 
 from xen_driver._proto.goplugin import (
     broker_pb2_grpc,

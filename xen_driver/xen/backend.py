@@ -14,9 +14,9 @@ from __future__ import annotations
 import contextlib
 import enum
 import os
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from contextlib import AbstractContextManager
 from typing import Protocol, runtime_checkable
 
 from xen_driver.xen.spec import DomainSpec
@@ -59,7 +59,7 @@ class ExitReason(enum.Enum):
     UNKNOWN = "unknown"
 
     @classmethod
-    def from_code(cls, code: int) -> "ExitReason":
+    def from_code(cls, code: int) -> ExitReason:
         """Map a Xen shutdown reason code to an :class:`ExitReason`."""
         return _CODE_TO_REASON.get(code, cls.UNKNOWN)
 

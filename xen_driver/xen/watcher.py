@@ -133,7 +133,7 @@ class DomainWatcher:
                 await task
         self._tasks.clear()
 
-    async def __aenter__(self) -> "DomainWatcher":
+    async def __aenter__(self) -> DomainWatcher:
         await self.start()
         return self
 
@@ -270,7 +270,7 @@ class DomainWatcher:
         names_read = await asyncio.gather(
             *(self.xenstore.read_or_none(f"/local/domain/{e.domid}/name") for e in entries)
         )
-        for entry, value in zip(entries, names_read):
+        for entry, value in zip(entries, names_read, strict=True):
             if entry.future.done() or entry.since > horizon:
                 continue
             if value is None or value.decode("utf-8", "replace") != entry.name:

@@ -40,6 +40,7 @@ from pathlib import Path
 import structlog
 
 from xen_driver.xen.backend import (
+    UNTIMED,
     BackendUnavailable,
     CreatedDomain,
     DomainExists,
@@ -48,13 +49,12 @@ from xen_driver.xen.backend import (
     DomainRefused,
     HostFacts,
     PhaseRecorder,
-    UNTIMED,
     XenBackendError,
 )
+from xen_driver.xen.childwatch import use_pidfd_child_watcher
 from xen_driver.xen.fdlimit import EXHAUSTED_ERRNOS, OutOfFileDescriptors
 from xen_driver.xen.spec import DomainSpec, check_name
 from xen_driver.xen.xenctrl import XenCtrl, open_xenctrl
-from xen_driver.xen.childwatch import use_pidfd_child_watcher
 from xen_driver.xen.xlcfg import render
 from xen_driver.xen.xllist import parse_xl_list
 

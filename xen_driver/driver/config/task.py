@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from xen_driver.driver.config.defaults import (
     MAX_BOOT_MARKER_LEN,
@@ -113,7 +114,7 @@ class TaskConfig:
     advertise_vif: int | None = None
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None) -> "TaskConfig":
+    def from_dict(cls, data: Mapping[str, Any] | None) -> TaskConfig:
         data = data or {}
         S = TASK
         kernel = data.get("kernel")

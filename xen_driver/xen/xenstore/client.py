@@ -62,7 +62,7 @@ class XenStore(_Ops):
         self.reconnects = 0
 
     # ------------------------------------------------------------ connection
-    async def connect(self) -> "XenStore":
+    async def connect(self) -> XenStore:
         await self._open()
         self._read_task = asyncio.create_task(self._read_loop(), name="xenstore-reader")
         return self
@@ -86,7 +86,7 @@ class XenStore(_Ops):
             w.closed = True
         self._watches.clear()
 
-    async def __aenter__(self) -> "XenStore":
+    async def __aenter__(self) -> XenStore:
         return await self.connect()
 
     async def __aexit__(self, *exc: object) -> None:

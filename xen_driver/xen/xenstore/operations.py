@@ -98,7 +98,7 @@ class _Ops:
 class Transaction(_Ops):
     """Operations inside one XenStore transaction (see :meth:`XenStore.transaction`)."""
 
-    def __init__(self, client: "XenStore", tx_id: int):
+    def __init__(self, client: XenStore, tx_id: int):
         self.client = client
         self.tx_id = tx_id
 

@@ -30,7 +30,7 @@ class Watch:
     re-reads state on each one anyway; losing a duplicate hint loses nothing.
     """
 
-    def __init__(self, client: "XenStore", path: str, token: str, maxsize: int):
+    def __init__(self, client: XenStore, path: str, token: str, maxsize: int):
         self.client = client
         self.path = path
         self.token = token
