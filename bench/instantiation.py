@@ -26,10 +26,11 @@ import re
 import sys
 import time
 import urllib.error
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -131,7 +132,7 @@ def agent_config(base: str, overrides: dict[str, Any], blocks: str = "") -> str:
         raise SystemExit('agent.hcl has no plugin "nomad-driver-xen" block')
     for key, value in overrides.items():
         line = f"{key} = {hcl_value(value)}"
-        rest, n = re.subn(rf"(?m)^(\s*){re.escape(key)}\s*=.*$", lambda m: m.group(1) + line, rest, count=1)
+        rest, n = re.subn(rf"(?m)^(\s*){re.escape(key)}\s*=.*$", lambda m, line=line: m.group(1) + line, rest, count=1)
         if not n:
             rest = rest.replace("config {", "config {\n    " + line, 1)
     if blocks:
@@ -224,7 +225,8 @@ def run_path(nomad: NomadDom0, path: StartPath, job: dict, n: int, timeout: floa
             try:
                 nomad.api("/v1/jobs", method="PUT", body={"Job": body})
             except urllib.error.HTTPError as exc:
-                raise SystemExit(f"PUT /v1/jobs ({job_id}) answered {exc.code}: {' '.join(exc.read().decode().split())}")
+                answer = " ".join(exc.read().decode().split())
+                raise SystemExit(f"PUT /v1/jobs ({job_id}) answered {exc.code}: {answer}") from exc
             rtts.append(round((time.monotonic() - t0) * 1000, 1))  # the pusher's own view, host clock
             progress.show(f"{job_id} submitted")
             alloc = wait_started(nomad, job_id, timeout)
@@ -276,7 +278,7 @@ def main() -> int:
     print(f"booting the testbed ({'kvm' if args.kvm else 'tcg'}); run directory {run_dir}", file=sys.stderr)
     with Testbed(image_dir=images, scratch_dir=run_dir, forwards=(4646,), kvm=args.kvm) as tb:
         # The run's date and duration start once the testbed is ours (it may wait for another's).
-        date = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
+        date = datetime.now(UTC).strftime("%Y-%m-%dT%H:%MZ")
         wall = time.monotonic()
         lock_wait = getattr(tb, "lock_wait_s", None)
         tb.write_file("/var/lib/ndx-bench/ndx-unikernel", unikernel.read_bytes())
@@ -320,11 +322,14 @@ def main() -> int:
     doc: dict[str, Any] = {
         "date": date,
         "conditions": {
-            "testbed": f"Xen under QEMU ({'KVM' if args.kvm else 'TCG software emulation'}), 2 vCPUs, 3 GiB, dom0 1 GiB",
+            "testbed": f"Xen under QEMU ({'KVM' if args.kvm else 'TCG software emulation'}),"
+            " 2 vCPUs, 3 GiB, dom0 1 GiB",
             "host": f"{platform.machine()}, {os.cpu_count()} CPUs",
             "nomad": (REPO / "tools" / "nomad" / "VERSION").read_text().strip(),
-            "job": "nomad-jobs/clickos.nomad (ClickOS-style unikernel, 16 MiB, one vif, Click configuration via XenStore)",
-            "submission": "PUT /v1/jobs one job at a time; each waits until its task has started, is measured, stopped and purged",
+            "job": "nomad-jobs/clickos.nomad"
+            " (ClickOS-style unikernel, 16 MiB, one vif, Click configuration via XenStore)",
+            "submission": "PUT /v1/jobs one job at a time;"
+            " each waits until its task has started, is measured, stopped and purged",
             "jobs_per_path": args.n,
             "testbed_boot_s": boot,
             "waited_for_another_testbed_s": lock_wait,
@@ -365,7 +370,8 @@ def main() -> int:
     bd.plot_stacked(
         bars,
         str(out.with_suffix(".png")),
-        title=f"ClickOS instantiation on Nomad {doc['conditions']['nomad']} + Xen {doc['conditions'].get('xen', '?')}, by phase",
+        title=f"ClickOS instantiation on Nomad {doc['conditions']['nomad']}"
+        f" + Xen {doc['conditions'].get('xen', '?')}, by phase",
         subtitle=f"{date}; testbed: {doc['conditions']['testbed']}; {args.n} jobs per start path",
         phases=phases,
     )

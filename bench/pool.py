@@ -174,7 +174,10 @@ def main() -> int:
     pool_ret, cold_ret = (spread_ms(data[s]["returned_s"]) for s in ("pool", "cold"))
     ratio = pool["median"] / raw["median"]
     accel = "kvm" if args.kvm else "tcg"
-    print(f"rounds: {args.rounds} measured (+1 warm-up dropped), order rotating; accel: {accel}; dom0 load at start: {load}")
+    print(
+        f"rounds: {args.rounds} measured (+1 warm-up dropped), order rotating;"
+        f" accel: {accel}; dom0 load at start: {load}"
+    )
     print("                                        median      min      p25      p75      max  (ms)")
     for label, d in (
         ("raw xl create -e -p + unpause -> marker", raw),

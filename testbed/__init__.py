@@ -4,7 +4,6 @@
 and :class:`testbed.vm.Testbed` is the API for tests.
 """
 
-from testbed.vm import (AgentError, CommandError, Result, Testbed, TestbedError, locate_images,
-                        run_oneshot)
+from testbed.vm import AgentError, CommandError, Result, Testbed, TestbedError, locate_images, run_oneshot
 
 __all__ = ["AgentError", "CommandError", "Result", "Testbed", "TestbedError", "locate_images", "run_oneshot"]

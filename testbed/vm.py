@@ -29,9 +29,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
 
 TESTBED_DIR = Path(__file__).resolve().parent
 REPO_DIR = TESTBED_DIR.parent
@@ -55,7 +55,7 @@ class TestbedError(RuntimeError):
 class CommandError(RuntimeError):
     """A command run in dom0 with check=True exited non-zero (or timed out)."""
 
-    def __init__(self, cmd: "str | Sequence[str]", result: "Result"):
+    def __init__(self, cmd: str | Sequence[str], result: Result):
         self.cmd = cmd
         self.result = result
         what = "timed out" if result.timed_out else f"exited {result.rc}"
@@ -403,7 +403,7 @@ class Machine:
 # service mode: the API for tests
 # --------------------------------------------------------------------------------------------
 
-_LIVE: "set[Testbed]" = set()
+_LIVE: set[Testbed] = set()
 _SIGNALS_INSTALLED = False
 
 
@@ -478,7 +478,7 @@ class Testbed:
         self._libvirtd_pid: int | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
-    def start(self, timeout: float = 300) -> "Testbed":
+    def start(self, timeout: float = 300) -> Testbed:
         """Boot and wait for the dom0 agent. Raises TestbedError naming the step that failed.
 
         One testbed per host at a time: a host-wide lock is taken here and released by
@@ -550,11 +550,11 @@ class Testbed:
             try:
                 self._exchange({"op": "ping"}, timeout=5)
                 break
-            except (OSError, ConnectionError, ValueError):
+            except (OSError, ConnectionError, ValueError) as exc:
                 if not m.running():
-                    raise boot_error("QEMU ended before the dom0 agent answered")
+                    raise boot_error("QEMU ended before the dom0 agent answered") from exc
                 if time.monotonic() > deadline:
-                    raise boot_error("the dom0 agent did not answer on its port forward")
+                    raise boot_error("the dom0 agent did not answer on its port forward") from exc
                 time.sleep(0.25)
         self._agent_up = True
         p.marks.setdefault("agent", round(time.monotonic() - p.started, 3))
@@ -603,7 +603,7 @@ class Testbed:
             self._host_lock = None
             lock.close()  # closing the descriptor drops the flock
 
-    def __enter__(self) -> "Testbed":
+    def __enter__(self) -> Testbed:
         if self._machine is None:
             self.start()
         return self

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -146,7 +145,7 @@ def main() -> int:
         banner(f"Raw `xl create` of the same guest, {args.raw_runs}x (no Nomad, no plugin)")
         raw_runs = raw_xl_create(tb, run_dir, f"{DATA_DIR}/alloc/{alloc_id}/firewall/local/firewall.click", args.raw_runs)
         nomad.stop()
-    raw = [statistics.median(col) for col in zip(*raw_runs)]
+    raw = [statistics.median(col) for col in zip(*raw_runs, strict=True)]
     raw_map = {"domain_build": raw[0], "clickos_push": raw[1], "unpause": raw[2], "boot": raw[3], "total": raw[4]}
 
     banner("Instantiation time breakdown (ms)")

@@ -100,7 +100,7 @@ class Run:
     results: dict[str, Outcome] = field(default_factory=dict)
 
     @classmethod
-    def parse(cls, output: str, returncode: int, seconds: float) -> "Run":
+    def parse(cls, output: str, returncode: int, seconds: float) -> Run:
         run = cls(output=output, returncode=returncode, seconds=seconds)
         for line in output.splitlines():
             m = _RESULT.match(line)
@@ -117,7 +117,7 @@ class Run:
     def excerpt(self, name: str, limit: int = 200) -> str:
         """What the run printed for test ``name`` (from its RUN line to its result line)."""
         lines = self.output.splitlines()
-        start = next((i for i, l in enumerate(lines) if l.startswith(f"=== RUN   {name}")), None)
+        start = next((i for i, line in enumerate(lines) if line.startswith(f"=== RUN   {name}")), None)
         if start is None:
             return "\n".join(lines[-limit:])
         end = next(

@@ -113,7 +113,7 @@ client {{
 }}
 {block}"""
 
-    def start(self) -> "NomadAgent":
+    def start(self) -> NomadAgent:
         from xen_driver.cli import install
 
         self.data_dir.mkdir(parents=True)

@@ -136,7 +136,7 @@ def test_a_module_whose_licence_is_the_bsl_fails_the_guard(tmp_path):
 
     proc = guard("--module", str(mod), "--go", str(go))
     assert proc.returncode == 1, proc
-    fails = [l for l in proc.stderr.splitlines() if "FAIL" in l]
+    fails = [ln for ln in proc.stderr.splitlines() if "FAIL" in ln]
     assert len(fails) == 2, proc.stderr
     assert "module example.invalid/sourceavail@v3.1.4 is under the Business Source License" in fails[0] + fails[1]
     assert str(bsl / "LICENSE.txt") in proc.stderr
@@ -202,7 +202,7 @@ def test_the_projects_go_modules_pass():
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"pin: Nomad {version}" in proc.stdout
     for label in ("agent wrapper", "conformance suite"):
-        line = next((l for l in proc.stdout.splitlines() if label in l), "")
+        line = next((ln for ln in proc.stdout.splitlines() if label in ln), "")
         m = re.search(r"(\d+) modules in the build list", line)
         assert m, proc.stdout
         assert int(m[1]) > 50, line  # Nomad's build list, not an empty one

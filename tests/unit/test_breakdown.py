@@ -315,7 +315,7 @@ def test_table_for_a_job(nomad, capsys):
     assert set(rows) == {A1[:8], A2[:8], A3[:8], A4[:8], "median", "p90"}
     cells = rows[A1[:8]].split()
     assert cells[:3] == [A1[:8], "firewall", "running"]
-    assert dict(zip(header[3:], cells[3:])) == {
+    assert dict(zip(header[3:], cells[3:], strict=True)) == {
         "server": "0.0", "sched": "35.2", "dispatch": "3.1", "client": "120.3", "validate": "10.3",
         "render": "41.4", "build": "18733.7", "push": "267.4", "unpause": "2161.8", "drv_other": "31.0",
         "boot": "58.7", "started": "4.2", "total": "21467.1",

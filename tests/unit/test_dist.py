@@ -125,7 +125,10 @@ def test_make_dist_artifacts(dist):
         assert f"nomad_driver_xen-{__version__}/xen_driver/cli.py" in t.getnames()
 
     deb = dist / f"{NAME}_{__version__}_amd64.deb"
-    field = lambda f: subprocess.run(["dpkg-deb", "-f", str(deb), f], check=True, capture_output=True, text=True).stdout.strip()  # noqa: E731
+
+    def field(name: str) -> str:
+        return subprocess.run(["dpkg-deb", "-f", str(deb), name], check=True, capture_output=True, text=True).stdout.strip()
+
     assert field("Package") == NAME and field("Version") == __version__ and field("Architecture") == "amd64"
     assert "python3 (>= 3.11)" in field("Depends")
     data = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)], check=True, capture_output=True).stdout

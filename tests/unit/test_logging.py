@@ -73,7 +73,7 @@ def test_special_keys_are_always_strings(stream):
 def test_timestamp_has_six_digits_even_on_whole_seconds():
     import datetime as dt
 
-    assert xlog.timestamp(dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)) == "2024-01-02T03:04:05.000000Z"
+    assert xlog.timestamp(dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.UTC)) == "2024-01-02T03:04:05.000000Z"
 
 
 def test_level_filter(stream):

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-
 pytestmark = [pytest.mark.xen, pytest.mark.nomad]
 
 CLICKOS = "/src/nomad-jobs/clickos.nomad"

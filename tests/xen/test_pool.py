@@ -14,8 +14,8 @@ import zlib
 
 import pytest
 
-from xen_driver import breakdown as bd
 from testbed.nomad import CONSOLE_DIR, DATA_DIR, IMAGE_DIR, NOMAD_DIR, REPO, STATE_DIR, NomadDom0, plugin_pids
+from xen_driver import breakdown as bd
 
 pytestmark = [pytest.mark.xen, pytest.mark.nomad]
 

@@ -7,14 +7,13 @@ import asyncio
 import os
 from pathlib import Path
 
+from tests.unit.driver.test_lifecycle import _lifecycle, _logmon, host, make_spec  # noqa: F401 - fixture
+from tests.unit.xen.test_fifokeeper import kill_keepers, until
 from xen_driver.driver.lifecycle import TaskLifecycle
 from xen_driver.driver.models import TaskSpec
 from xen_driver.driver.state import DriverState
 from xen_driver.xen.backend import ExitReason
 from xen_driver.xen.fifokeeper import SOCKET_NAME, FifoKeeperClient
-
-from tests.unit.driver.test_lifecycle import _lifecycle, _logmon, host, make_spec  # noqa: F401 - fixture
-from tests.unit.xen.test_fifokeeper import kill_keepers, until
 
 
 async def test_after_boot_only_the_keeper_reads_the_console(host):  # noqa: F811

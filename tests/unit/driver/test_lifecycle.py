@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.xen.xen_fakes import FakeXenstored
 from xen_driver.driver.config import PluginConfig, TaskConfig
 from xen_driver.driver.errors import ConfigError, NotSupported, RecoverableError, TaskNotFound
 from xen_driver.driver.lifecycle import TaskLifecycle, domain_name_for
@@ -29,8 +30,6 @@ from xen_driver.xen.backend import (
 )
 from xen_driver.xen.fifokeeper import FifoKeeperClient
 from xen_driver.xen.spec import DomainSpec
-
-from tests.unit.xen.xen_fakes import FakeXenstored
 
 
 class FakeXen:

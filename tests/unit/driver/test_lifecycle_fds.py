@@ -6,11 +6,10 @@ import errno
 
 import pytest
 
+from tests.unit.driver.test_lifecycle import _leftovers, _lifecycle, host, make_spec  # noqa: F401  (fixture)
 from xen_driver.driver.errors import RecoverableError
 from xen_driver.driver.models import TaskState
 from xen_driver.xen import fdlimit
-
-from tests.unit.driver.test_lifecycle import _leftovers, _lifecycle, host, make_spec  # noqa: F401  (fixture)
 
 FD_MESSAGE = r"^out of file descriptors \(\d+ open, limit \d+\): raise LimitNOFILE"
 

@@ -12,7 +12,6 @@ import asyncio
 import signal
 
 from tests.unit.driver.test_lifecycle import FakeXen, _lifecycle, host, make_spec  # noqa: F401  (host is a fixture)
-
 from xen_driver.driver.state import DriverState
 from xen_driver.xen.xl import XlError
 

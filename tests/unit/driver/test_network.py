@@ -8,14 +8,13 @@ import re
 import msgpack
 import pytest
 
+from tests.unit.driver.test_lifecycle import _lifecycle, host, make_spec  # noqa: F401 (fixture)
 from xen_driver.driver import network
 from xen_driver.driver.config import TaskConfig, VifConfig
 from xen_driver.driver.errors import ConfigError
 from xen_driver.driver.lifecycle import domain_name_for
 from xen_driver.driver.models import NetworkOverride, PortMapping, RecoveredTask, TaskSpec
 from xen_driver.driver.state import STATE_VERSION, DriverState
-
-from tests.unit.driver.test_lifecycle import _lifecycle, host, make_spec  # noqa: F401 (fixture)
 
 NO_IP = VifConfig(bridge="xenbr0")
 A = VifConfig(bridge="xenbr0", ip="10.0.0.2")

@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.driver.test_lifecycle import FakeXen, _leftovers, _lifecycle, make_spec
 from xen_driver.driver import policy
 from xen_driver.driver.config import PluginConfig, TaskConfig
 from xen_driver.driver.errors import ConfigError
 from xen_driver.driver.lifecycle import domain_name_for
-
-from tests.unit.driver.test_lifecycle import FakeXen, _leftovers, _lifecycle, make_spec
 
 
 def _exe(path: Path, text: str = "#!/bin/sh\nexit 0\n") -> Path:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.driver.test_lifecycle import FakeXen
 from xen_driver.driver.config import PluginConfig, TaskConfig
 from xen_driver.driver.core import ATTR_PREFIX
 from xen_driver.driver.errors import ConfigError
@@ -24,8 +25,6 @@ from xen_driver.nomad.schemas import PLUGIN_SCHEMA
 from xen_driver.xen.backend import CreatedDomain, DomainState, ExitReason, PhaseRecorder, XenBackendError
 from xen_driver.xen.fifokeeper import FifoKeeperClient
 from xen_driver.xen.spec import DomainSpec
-
-from tests.unit.driver.test_lifecycle import FakeXen
 
 ALLOC = "a1b2c3d4-0000-0000-0000-000000000000"
 

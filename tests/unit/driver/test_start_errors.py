@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.driver.test_lifecycle import _lifecycle, make_spec
 from xen_driver.driver.config import PluginConfig
 from xen_driver.driver.errors import RecoverableError
-
-from tests.unit.driver.test_lifecycle import _lifecycle, make_spec
 
 # What xl 4.17 prints for a file in image_dirs that is no PV kernel.
 NO_LOADER = (

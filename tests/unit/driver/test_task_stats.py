@@ -9,14 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.driver.test_lifecycle import _lifecycle, host, make_spec  # noqa: F401 - host is a fixture
+from tests.unit.xen.test_probe import XL_INFO
 from xen_driver.driver.errors import HostUnavailable
 from xen_driver.driver.lifecycle import TaskLifecycle
 from xen_driver.driver.state import DriverState
 from xen_driver.xen.backend import XenBackendError
 from xen_driver.xen.xl import XlBackend
-
-from tests.unit.driver.test_lifecycle import _lifecycle, host, make_spec  # noqa: F401 - host is a fixture
-from tests.unit.xen.test_probe import XL_INFO
 
 
 def _burning(fake, name: str, share: float) -> None:

@@ -90,14 +90,14 @@ def test_wait_response_always_has_a_result():
 
 def test_inspect_fills_zero_times():
     msg = convert.inspect_response(TaskStatus(id="x", name="web", state=TaskState.RUNNING,
-                                              started_at=dt.datetime(2024, 5, 1, tzinfo=dt.timezone.utc)))
+                                              started_at=dt.datetime(2024, 5, 1, tzinfo=dt.UTC)))
     assert msg.task.started_at.seconds == 1714521600
     assert msg.task.completed_at.seconds == convert.ZERO_TIME_SECONDS
     assert msg.task.HasField("result")
 
 
 def test_stats_always_have_timestamp_and_aggregate():
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     msg = convert.stats_response(TaskStats(task_id="x", timestamp=now))
     assert msg.HasField("stats") and msg.stats.HasField("timestamp") and msg.stats.HasField("agg_resource_usage")
     assert list(msg.stats.agg_resource_usage.cpu.measured_fields) == []

@@ -6,9 +6,8 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from xen_driver._proto.nomad import driver_pb2, driver_pb2_grpc
-
 from tests.unit.plugin.test_plugin_process import XL_INFO, Plugin, fake_xl, set_config
+from xen_driver._proto.nomad import driver_pb2, driver_pb2_grpc
 
 
 @pytest.fixture

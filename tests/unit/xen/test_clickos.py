@@ -6,8 +6,8 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from tests.unit.xen.xen_fakes import FakeXenstored
 
+from tests.unit.xen.xen_fakes import FakeXenstored
 from xen_driver.xen.clickos import (
     ClickLayout,
     ClickOSError,

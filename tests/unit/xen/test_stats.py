@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from tests.unit.xen.xen_fakes import FakeBackend
 
+from tests.unit.xen.xen_fakes import FakeBackend
 from xen_driver.xen.backend import DomainState, XenBackendError
 from xen_driver.xen.stats import DomainSample, SamplerFailure, StatsSampler
 

@@ -6,7 +6,6 @@ import asyncio
 from pathlib import Path
 
 from tests.unit.xen.xen_fakes import FakeBackend, FakeXenstored
-
 from xen_driver.xen.backend import DomainState, ExitReason
 from xen_driver.xen.watcher import DomainWatcher
 from xen_driver.xen.xenstore import XenStore

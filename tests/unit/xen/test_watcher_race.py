@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 
 from tests.unit.xen.xen_fakes import FakeBackend
-
 from xen_driver.xen.backend import DomainInfo, DomainState, ExitReason
 from xen_driver.xen.watcher import DomainWatcher
 

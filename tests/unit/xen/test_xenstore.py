@@ -8,8 +8,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from tests.unit.xen.xen_fakes import FakeXenstored
 
+from tests.unit.xen.xen_fakes import FakeXenstored
 from xen_driver.xen.xenstore import HEADER, Op, WatchEvent, XenStore, XenStoreClosed, XenStoreError
 
 
