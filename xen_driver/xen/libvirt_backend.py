@@ -40,17 +40,17 @@ from typing import Any, TypeVar
 import structlog
 
 from xen_driver.xen.backend import (
+    UNTIMED,
     BackendUnavailable,
     CreatedDomain,
     DomainExists,
-    DomainRefused,
     DomainInfo,
     DomainNotFound,
+    DomainRefused,
     DomainState,
     ExitReason,
     HostFacts,
     PhaseRecorder,
-    UNTIMED,
     XenBackendError,
 )
 from xen_driver.xen.spec import DomainSpec
@@ -92,7 +92,7 @@ class LibvirtError(XenBackendError):
 
 def _import_libvirt() -> Any:
     try:
-        import libvirt  # type: ignore[import-not-found]
+        import libvirt  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
         raise LibvirtNotInstalled(
             "the libvirt backend needs libvirt's Python binding (libvirt-python), which is not installed: "
@@ -199,7 +199,7 @@ class LibvirtBackend:
             if conn is None or self._conn is not conn:
                 return
             self._conn = None
-            self.lost_at = dt.datetime.now(dt.timezone.utc)
+            self.lost_at = dt.datetime.now(dt.UTC)
             self.down_error = why
         log.warning("libvirt connection lost", uri=self.uri, error=why)
         try:
@@ -219,7 +219,7 @@ class LibvirtBackend:
                     self.down_error = str(exc)
                     raise BackendUnavailable(f"cannot connect to libvirt at {self.uri}: {exc}") from None
                 if self.lost_at is not None:
-                    self.reconnected_at = dt.datetime.now(dt.timezone.utc)
+                    self.reconnected_at = dt.datetime.now(dt.UTC)
                     self.reconnects += 1
                     log.info("libvirt connection re-opened", uri=self.uri, lost_at=self.lost_at.isoformat())
                 self.down_error = None
@@ -457,4 +457,3 @@ def map_state(state: int, reason: int) -> tuple[DomainState, ExitReason | None]:
     if state == _CRASHED:
         return DomainState.SHUTDOWN, ExitReason.CRASH
     return DomainState.UNKNOWN, None
-
