@@ -131,6 +131,14 @@ def commit_gate(gate: str):  # type: ignore[no-untyped-def]
 # ---------------------------------------------------------------------------- the keeper process
 
 
+def _is_fifo(fd: int | None, path: str) -> bool:
+    try:
+        st = os.fstat(fd) if fd is not None else os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISFIFO(st.st_mode)
+
+
 @dataclass
 class Copy:
     fifo: str
@@ -161,6 +169,7 @@ class Keeper:
         self.commit_errors = 0
         self.clients = 0
         self._idle_since = time.monotonic()
+        self._alone_since = time.monotonic()  # since the last plugin disconnected
 
     # ------------------------------------------------------------ hold only
     def hold(self, key: str, path: str) -> None:
@@ -237,7 +246,11 @@ class Keeper:
         self._release_hold(key)
         await self._drop_copy(key)
 
-    async def sweep(self) -> None:
+    async def sweep(self, *, unattended: bool = False) -> None:
+        """Let go of what nobody needs any more: FIFOs whose file was removed, consoles whose log
+        was removed and delivered, and (``unattended``: no plugin connected for ``idle_exit_s``)
+        copies into anything but a FIFO — no logmon reads those, and a plugin that comes back
+        sends them again, resuming from console.offset."""
         for key, (_path, fd) in list(self.fds.items()):
             try:
                 gone = os.fstat(fd).st_nlink == 0
@@ -255,7 +268,7 @@ class Keeper:
             # A console log that existed, was removed (the plugin cleans up a destroyed task's
             # files) and is fully delivered: nothing will ever come, even into /dev/null or a file.
             log_gone = stream.inode is not None and not os.path.exists(cur.log) and stream.caught_up  # type: ignore[attr-defined]
-            if gone or log_gone:
+            if gone or log_gone or (unattended and not _is_fifo(fd, cur.fifo)):
                 await self._drop_copy(key)
 
     def keys(self) -> list[str]:
@@ -302,7 +315,7 @@ class Keeper:
             pass
         finally:
             self.clients -= 1
-            self._idle_since = time.monotonic()
+            self._idle_since = self._alone_since = time.monotonic()
             writer.close()
 
     async def serve(self) -> int:
@@ -313,7 +326,8 @@ class Keeper:
             async with server:
                 while True:
                     await asyncio.sleep(min(self.sweep_s, self.idle_exit_s))
-                    await self.sweep()
+                    alone = self.clients == 0 and time.monotonic() - self._alone_since >= self.idle_exit_s
+                    await self.sweep(unattended=alone)
                     if self.fds or self.copies or self.clients:
                         self._idle_since = time.monotonic()
                     elif time.monotonic() - self._idle_since >= self.idle_exit_s:

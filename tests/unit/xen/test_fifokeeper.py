@@ -148,6 +148,31 @@ def test_keeper_lets_go_of_copies_whose_console_log_was_removed(tmp_path):
     run(main())
 
 
+def test_unattended_keeper_drops_copies_into_anything_but_a_fifo(tmp_path):
+    """No plugin connected for a while: copies into a plain file or /dev/null end (no logmon
+    reads them; a returning plugin sends them again), copies into FIFOs go on."""
+
+    async def main() -> None:
+        fifo, log = tmp_path / "t.fifo", tmp_path / "guest-a.log"
+        os.mkfifo(fifo)
+        log.write_bytes(b"")
+        rfd = _reader(fifo)
+        keeper = _keeper(tmp_path)
+        keeper.pump.start()
+        try:
+            await keeper.answer({"op": "hold", "key": "fifo", "path": str(fifo), "log": str(log)})
+            await keeper.answer({"op": "hold", "key": "null", "path": os.devnull, "log": str(log)})
+            await keeper.sweep()
+            assert keeper.keys() == ["fifo", "null"]
+            await keeper.sweep(unattended=True)
+            assert keeper.keys() == ["fifo"]
+        finally:
+            await keeper.pump.stop()
+            os.close(rfd)
+
+    run(main())
+
+
 # ---------------------------------------------------------------------------- copy
 
 
