@@ -201,7 +201,9 @@ class Keeper:
 
         cur = self.copies.get(key)
         if cur is not None and cur.fifo == fifo and cur.log == log_path:
-            # A restarted plugin re-adopting its task: our own progress stands.
+            # A restarted plugin re-adopting its task: our own progress stands.  (If Nomad made
+            # the FIFO anew meanwhile, e.g. an agent restart, write into the new one from now on.)
+            self._follow_new_fifo(cur.stream.sink, fifo)  # type: ignore[attr-defined]
             return {"ok": True, "offset": cur.stream.offset, "resumed": False,  # type: ignore[attr-defined]
                     "fifo_open": cur.stream.sink.is_open}  # type: ignore[attr-defined]
         if offset < 0:
@@ -230,6 +232,20 @@ class Keeper:
             stream.before_commit = commit_gate(self.gate)
         self.copies[key] = Copy(fifo, log_path, offset_file, stream)
         return {"ok": True, "offset": start, "resumed": True, "fifo_open": fd is not None}
+
+    @staticmethod
+    def _follow_new_fifo(sink, path: str) -> None:  # type: ignore[no-untyped-def]
+        if sink.fd is None:
+            return  # opened by path at the next write anyway
+        try:
+            held, now = os.fstat(sink.fd), os.stat(path)
+        except OSError:
+            return
+        if (held.st_dev, held.st_ino) != (now.st_dev, now.st_ino):
+            try:
+                sink.adopt(sink.open_fd(path))
+            except OSError:
+                sink._reset()  # no reader on the new one yet: the next write retries by path
 
     async def drain(self, key: str, timeout_s: float) -> dict:
         cur = self.copies.get(key)

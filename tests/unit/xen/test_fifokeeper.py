@@ -232,6 +232,39 @@ def test_re_hold_of_a_copied_key_is_a_no_op_keeping_the_keepers_progress(tmp_pat
     run(main())
 
 
+def test_re_hold_after_the_fifo_was_made_anew_writes_into_the_new_one(tmp_path):
+    """An agent restart gives the task a new FIFO at the same path; RecoverTask's re-sent hold
+    moves the copy over to it, still from the keeper's own offset."""
+
+    async def main() -> None:
+        fifo, log = tmp_path / "t.fifo", tmp_path / "guest-a.log"
+        os.mkfifo(fifo)
+        log.write_bytes(b"one\n")
+        old = _reader(fifo)
+        keeper = _keeper(tmp_path)
+        keeper.pump.start()
+        try:
+            await keeper.answer(_copy_req("a", fifo, log))
+            got = bytearray()
+            await until(lambda: got.extend(_read_all(old)) or bytes(got) == b"one\n")
+            os.unlink(fifo)
+            os.mkfifo(fifo)
+            new = _reader(fifo)
+            try:
+                assert (await keeper.answer(_copy_req("a", fifo, log)))["resumed"] is False
+                with open(log, "ab") as f:
+                    f.write(b"two\n")
+                got2 = bytearray()
+                await until(lambda: got2.extend(_read_all(new)) or bytes(got2) == b"two\n")
+            finally:
+                os.close(new)
+        finally:
+            await keeper.pump.stop()
+            os.close(old)
+
+    run(main())
+
+
 def test_a_new_keeper_resumes_from_the_recorded_offset(tmp_path):
     """The offset file, not the plugin's offset, says where a keeper (re)starts."""
 
