@@ -96,7 +96,7 @@ START_PATHS: dict[str, StartPath] = {
     # the timing event by itself).
     "pool": StartPath(
         "pool",
-        "warm pool: the task claims a pre-built, paused member (pool = \"clickos\"); the pool is full before each job",
+        'warm pool: the task claims a pre-built, paused member (pool = "clickos"); the pool is full before each job',
         # The node shows driver.xen.pool.<name>.ready at each fingerprint: every 5 s here, so the
         # wait for a refilled pool is short (the probe costs a little CPU between measurements).
         plugin_config={"backend": "xl", "fingerprint_period": "5s"},
@@ -249,7 +249,9 @@ def run_path(nomad: NomadDom0, path: StartPath, job: dict, n: int, timeout: floa
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-n", type=int, default=5, help="jobs per start path (default 5)")
-    parser.add_argument("--paths", default="xl,pool", help=f"comma-separated start paths of {sorted(START_PATHS)} (default xl,pool)")
+    parser.add_argument(
+        "--paths", default="xl,pool", help=f"comma-separated start paths of {sorted(START_PATHS)} (default xl,pool)"
+    )
     parser.add_argument("--kvm", action="store_true", help="boot the testbed with hardware KVM instead of TCG")
     parser.add_argument("--timeout", type=float, default=300, help="seconds a job may take to start")
     parser.add_argument("--out", default=str(RESULTS / "instantiation"), help="results path without suffix")
@@ -299,7 +301,9 @@ def main() -> int:
                         nomad.start()
                         current = wanted
                     if job is None:
-                        job = nomad.api("/v1/jobs/parse", method="POST", body={"JobHCL": JOB_FILE.read_text(), "Canonicalize": True})
+                        job = nomad.api(
+                            "/v1/jobs/parse", method="POST", body={"JobHCL": JOB_FILE.read_text(), "Canonicalize": True}
+                        )
                         # Nomad 1.6.3's parse endpoint gives a group without ephemeral_disk 10 MB, which
                         # its register refuses beside the default 100 MB of task logs; give every job
                         # file the 300 MB Nomad documents as the default, so the disk never decides.
@@ -310,7 +314,13 @@ def main() -> int:
                 except (AssertionError, OSError, bd.BreakdownError, SystemExit) as exc:
                     # One path failing must not cost the others' results.
                     print(f"start path {path.name} failed: {exc}", file=sys.stderr)
-                    results[path.name] = {"path": path, "node": node, "rows": [], "submit_rtt_ms": [], "error": str(exc)}
+                    results[path.name] = {
+                        "path": path,
+                        "node": node,
+                        "rows": [],
+                        "submit_rtt_ms": [],
+                        "error": str(exc),
+                    }
                     continue
                 results[path.name] = {"path": path, "node": node, **out}
         finally:

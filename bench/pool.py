@@ -153,7 +153,7 @@ asyncio.run(main())
 
 def phase_medians(phases: list[dict]) -> dict:
     names = sorted({k for p in phases for k in p if k.startswith("timing.")})
-    return {k[len("timing."):]: round(statistics.median(float(p[k]) for p in phases if k in p), 1) for k in names}
+    return {k[len("timing.") :]: round(statistics.median(float(p[k]) for p in phases if k in p), 1) for k in names}
 
 
 def main() -> int:
@@ -187,7 +187,9 @@ def main() -> int:
         ("pool hit StartTask -> returned", pool_ret),
     ):
         print(f"{label:39s} {d['median']:8.1f} {d['min']:8.1f} {d['p25']:8.1f} {d['p75']:8.1f} {d['max']:8.1f}")
-    print(f"pool hit / raw (medians): {ratio:.3f} (goal <= 0.1); pool hit / cold: {pool['median'] / cold['median']:.3f}")
+    print(
+        f"pool hit / raw (medians): {ratio:.3f} (goal <= 0.1); pool hit / cold: {pool['median'] / cold['median']:.3f}"
+    )
     print(f"unpause path: {data['unpause_path']}; first fill of the pool: {data['first_fill_s']:.1f} s")
     result = {
         "date": time.strftime("%Y-%m-%d"),

@@ -133,13 +133,19 @@ def main() -> int:
     overhead = (drv["median"] - raw["median"]) / raw["median"] * 100
     phase_names = sorted({k for p in data["phases"] for k in p if k.startswith("timing.")})
     phase_medians = {
-        k[len("timing."):]: round(statistics.median(float(p[k]) for p in data["phases"] if k in p), 1) for k in phase_names
+        k[len("timing.") :]: round(statistics.median(float(p[k]) for p in data["phases"] if k in p), 1)
+        for k in phase_names
     }
     accel = "kvm" if args.kvm else "tcg"
-    print(f"rounds: {args.rounds} measured (+1 warm-up dropped), alternating; accel: {accel}; dom0 load at start: {load}")
+    print(
+        f"rounds: {args.rounds} measured (+1 warm-up dropped), alternating; accel: {accel}; dom0 load at start: {load}"
+    )
     print("                                       median      min      p25      p75      max  (ms)")
-    for label, d in (("raw xl create -e -> marker seen", raw), ("driver StartTask -> marker seen", drv),
-                     ("driver StartTask -> returned", ret)):
+    for label, d in (
+        ("raw xl create -e -> marker seen", raw),
+        ("driver StartTask -> marker seen", drv),
+        ("driver StartTask -> returned", ret),
+    ):
         print(f"{label:36s} {d['median']:8.1f} {d['min']:8.1f} {d['p25']:8.1f} {d['p75']:8.1f} {d['max']:8.1f}")
     print(f"overhead (marker seen, medians): {drv['median'] - raw['median']:+.1f} ms ({overhead:+.1f} %; goal <= 5 %)")
     print("driver phases (median ms): " + ", ".join(f"{k} {v:.1f}" for k, v in phase_medians.items()))

@@ -106,7 +106,10 @@ def summary(values: list[float]) -> dict[str, float]:
 
 
 def summarize(runs: list[dict[str, float]]) -> dict:
-    return {key: summary([r[key] for r in runs]) for key in ("handshake_ms", "first_fingerprint_ms", "idle_rss_mb", "shutdown_ms")}
+    return {
+        key: summary([r[key] for r in runs])
+        for key in ("handshake_ms", "first_fingerprint_ms", "idle_rss_mb", "shutdown_ms")
+    }
 
 
 def build_single_file() -> Path:
@@ -137,8 +140,10 @@ def main() -> int:
 
         try:
             # First starts: an empty unpack directory each time (the file just copied to a new host).
-            first = [one_run(str(single_file), dict(env, SHIV_ROOT=os.path.join(tmp, f"shiv-first-{i}")))
-                     for i in range(FIRST_START_RUNS)]
+            first = [
+                one_run(str(single_file), dict(env, SHIV_ROOT=os.path.join(tmp, f"shiv-first-{i}")))
+                for i in range(FIRST_START_RUNS)
+            ]
 
             one_run(venv_launcher, env)  # warm the page cache (and the single file's unpacked copy); not counted
             one_run(str(single_file), single_env)
@@ -157,9 +162,15 @@ def main() -> int:
         "runs": args.runs,
         "python": platform.python_version(),
         "single_file_python": subprocess.run(
-            ["/usr/bin/python3", "-c", "import platform; print(platform.python_version())"], capture_output=True, text=True
+            ["/usr/bin/python3", "-c", "import platform; print(platform.python_version())"],
+            capture_output=True,
+            text=True,
         ).stdout.strip(),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "loadavg_1m_after": round(os.getloadavg()[0], 2)},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "loadavg_1m_after": round(os.getloadavg()[0], 2),
+        },
         "virtualenv": venv_res,
         "single_file": single_res,
         "single_file_first_start": {
@@ -176,8 +187,10 @@ def main() -> int:
         },
     }
     result["goals_met"] = (
-        all(r["handshake_ms"]["median"] <= GOAL_HANDSHAKE_MS and r["idle_rss_mb"]["median"] <= GOAL_RSS_MB
-            for r in (venv_res, single_res))
+        all(
+            r["handshake_ms"]["median"] <= GOAL_HANDSHAKE_MS and r["idle_rss_mb"]["median"] <= GOAL_RSS_MB
+            for r in (venv_res, single_res)
+        )
         and ratio <= GOAL_SINGLE_FILE_RATIO
     )
     out = Path(args.out)

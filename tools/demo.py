@@ -84,8 +84,9 @@ def raw_xl_create(tb: Testbed, run_dir: Path, click_file: str, runs: int) -> lis
             'on_poweroff = "preserve"\non_reboot = "preserve"\non_crash = "preserve"\n'
         )
         tb.write_file(f"/host/{name}.cfg", cfg)
-        out = tb.run(["python3", "/host/raw.py", name, f"/host/{name}.cfg", "NDX-GUEST READY", click_file],
-                     timeout=300).stdout
+        out = tb.run(
+            ["python3", "/host/raw.py", name, f"/host/{name}.cfg", "NDX-GUEST READY", click_file], timeout=300
+        ).stdout
         results.append([float(x) for x in out.split()])
     return results
 
@@ -115,11 +116,16 @@ def main() -> int:
         nomad.start()
         node = nomad.node()
         xen = node["Drivers"]["xen"]
-        print(f"node {node['Name']}: driver xen detected={xen['Detected']} healthy={xen['Healthy']}"
-              f" ({xen['HealthDescription']}); Xen {node['Attributes'].get('driver.xen.version')}")
+        print(
+            f"node {node['Name']}: driver xen detected={xen['Detected']} healthy={xen['Healthy']}"
+            f" ({xen['HealthDescription']}); Xen {node['Attributes'].get('driver.xen.version')}"
+        )
 
         banner("nomad job run nomad-jobs/clickos.nomad")
-        show("nomad job run nomad-jobs/clickos.nomad", nomad.cli("job", "run", "/src/nomad-jobs/clickos.nomad", timeout=300).stdout)
+        show(
+            "nomad job run nomad-jobs/clickos.nomad",
+            nomad.cli("job", "run", "/src/nomad-jobs/clickos.nomad", timeout=300).stdout,
+        )
         alloc = nomad.wait_alloc("clickos", {"running", "failed"})
         alloc_id = alloc["ID"]
         if alloc["ClientStatus"] != "running":
@@ -143,7 +149,9 @@ def main() -> int:
         show("xl list", tb.run(["xl", "list"]).stdout)
 
         banner(f"Raw `xl create` of the same guest, {args.raw_runs}x (no Nomad, no plugin)")
-        raw_runs = raw_xl_create(tb, run_dir, f"{DATA_DIR}/alloc/{alloc_id}/firewall/local/firewall.click", args.raw_runs)
+        raw_runs = raw_xl_create(
+            tb, run_dir, f"{DATA_DIR}/alloc/{alloc_id}/firewall/local/firewall.click", args.raw_runs
+        )
         nomad.stop()
     raw = [statistics.median(col) for col in zip(*raw_runs, strict=True)]
     raw_map = {"domain_build": raw[0], "clickos_push": raw[1], "unpause": raw[2], "boot": raw[3], "total": raw[4]}
@@ -156,14 +164,28 @@ def main() -> int:
             r = f"{raw_map[phase]:.1f}" if phase in raw_map else "-"
             print(f"{phase:<14}{d:>18}{r:>18}")
     overhead = driver["total"] - raw_map["total"]
-    print(f"\ndriver total {driver['total']:.1f} ms vs raw {raw_map['total']:.1f} ms: "
-          f"overhead {overhead:+.1f} ms ({overhead / raw_map['total'] * 100:+.1f} %)")
-    print("(domain_build = `xl create -p`; boot = unpause until the guest prints its boot marker; "
-          f"{'KVM' if args.kvm else 'TCG software emulation: expect bare-metal Xen to be ~50-100x faster'})")
+    print(
+        f"\ndriver total {driver['total']:.1f} ms vs raw {raw_map['total']:.1f} ms: "
+        f"overhead {overhead:+.1f} ms ({overhead / raw_map['total'] * 100:+.1f} %)"
+    )
+    print(
+        "(domain_build = `xl create -p`; boot = unpause until the guest prints its boot marker; "
+        f"{'KVM' if args.kvm else 'TCG software emulation: expect bare-metal Xen to be ~50-100x faster'})"
+    )
     out = REPO / "bench" / "results" / "demo.json"
-    out.write_text(json.dumps({"driver_ms": driver, "raw_xl_ms": raw_map, "raw_runs_ms": raw_runs,
-                               "accel": "kvm" if args.kvm else "tcg", "wall_s": round(time.monotonic() - t0, 1)},
-                              indent=2) + "\n")
+    out.write_text(
+        json.dumps(
+            {
+                "driver_ms": driver,
+                "raw_xl_ms": raw_map,
+                "raw_runs_ms": raw_runs,
+                "accel": "kvm" if args.kvm else "tcg",
+                "wall_s": round(time.monotonic() - t0, 1),
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"written: {out.relative_to(REPO)}")
     return 0
 

@@ -47,12 +47,22 @@ SHEBANG = "/usr/bin/python3 -sE"
 #: Wheels for exactly what that interpreter loads.
 PIP_PLATFORM = [
     "--only-binary=:all:",
-    "--implementation", "cp",
-    "--python-version", "3.11",
-    "--abi", "cp311", "--abi", "abi3", "--abi", "none",
-    "--platform", "manylinux_2_28_x86_64",
-    "--platform", "manylinux_2_17_x86_64",
-    "--platform", "manylinux2014_x86_64",
+    "--implementation",
+    "cp",
+    "--python-version",
+    "3.11",
+    "--abi",
+    "cp311",
+    "--abi",
+    "abi3",
+    "--abi",
+    "none",
+    "--platform",
+    "manylinux_2_28_x86_64",
+    "--platform",
+    "manylinux_2_17_x86_64",
+    "--platform",
+    "manylinux2014_x86_64",
 ]
 #: What goes into the source distribution's staging copy.
 SOURCES = ["pyproject.toml", "README.md", "xen_driver"]
@@ -106,7 +116,8 @@ def source_files() -> list[str]:
                 files += [str(p.relative_to(REPO)) for p in path.rglob("*") if p.is_file()]
         listed = "\0".join(files)
     return sorted(
-        f for f in listed.split("\0")
+        f
+        for f in listed.split("\0")
         if f and "__pycache__" not in f and not f.endswith(".pyc") and (REPO / f).is_file()
     )
 
@@ -132,8 +143,7 @@ def stage(dest: Path, build_commit: str) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / rel, target)
     (dest / "xen_driver" / "_build.py").write_text(
-        '"""Written by tools/dist.py into the built package (absent in a checkout)."""\n\n'
-        f"COMMIT = {build_commit!r}\n"
+        f'"""Written by tools/dist.py into the built package (absent in a checkout)."""\n\nCOMMIT = {build_commit!r}\n'
     )
 
 
@@ -154,8 +164,15 @@ def compile_site_packages(zipapp: Path, work: Path) -> dict[str, bytes]:
         z.extractall(tree.parent, [n for n in z.namelist() if n.startswith("site-packages/") and n.endswith(".py")])
     # ddir: a fixed file name in the code objects (the import system puts in the real one), so the
     # same sources give the same bytes
-    run([python, "-c", "import compileall, py_compile, sys; sys.exit(not compileall.compile_dir(sys.argv[1], quiet=1, "
-         "ddir='site-packages', invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH))", str(tree)])
+    run(
+        [
+            python,
+            "-c",
+            "import compileall, py_compile, sys; sys.exit(not compileall.compile_dir(sys.argv[1], quiet=1, "
+            "ddir='site-packages', invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH))",
+            str(tree),
+        ]
+    )
     return {str(p.relative_to(tree.parent)): p.read_bytes() for p in sorted(tree.rglob("*.pyc"))}
 
 
@@ -209,7 +226,11 @@ def deb(out: Path, zipapp: Path, ver: str, build_commit: str, work: Path, env: d
     (root / "DEBIAN").mkdir()
     (root / "DEBIAN" / "control").write_text(control)
     target = out / f"{NAME}_{ver}_amd64.deb"
-    run(["dpkg-deb", "--root-owner-group", "-Zxz", "--build", str(root), str(target)], stdout=subprocess.DEVNULL, env=env)
+    run(
+        ["dpkg-deb", "--root-owner-group", "-Zxz", "--build", str(root), str(target)],
+        stdout=subprocess.DEVNULL,
+        env=env,
+    )
     return target
 
 
@@ -241,21 +262,30 @@ def main() -> int:
         stage(src, build_commit)
         built = work / "out"
         say("sdist and wheel")
-        run([str(python), "-m", "build", "--no-isolation", "--sdist", "--wheel", "--outdir", str(built), str(src)],
-            env=env, stdout=subprocess.DEVNULL)
+        run(
+            [str(python), "-m", "build", "--no-isolation", "--sdist", "--wheel", "--outdir", str(built), str(src)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+        )
         (wheel,) = built.glob("*.whl")
 
         say("single file (shiv; PyPI wheels for CPython 3.11 x86_64)")
         zipapp = built / NAME
         run(
             [
-                str(python), "-m", "shiv",
-                "--output-file", str(zipapp),
-                "--entry-point", "xen_driver.cli:main",
-                "--python", SHEBANG,
+                str(python),
+                "-m",
+                "shiv",
+                "--output-file",
+                str(zipapp),
+                "--entry-point",
+                "xen_driver.cli:main",
+                "--python",
+                SHEBANG,
                 "--reproducible",
                 str(wheel),
-                "--constraint", str(REPO / "packaging" / "constraints.txt"),
+                "--constraint",
+                str(REPO / "packaging" / "constraints.txt"),
                 *PIP_PLATFORM,
             ],
             env=env,
@@ -273,7 +303,9 @@ def main() -> int:
 
         out.mkdir(parents=True, exist_ok=True)
         for old in out.iterdir():
-            if old.is_file() and (old.name.startswith(("nomad-driver-xen", "nomad_driver_xen")) or old.name == "SHA256SUMS"):
+            if old.is_file() and (
+                old.name.startswith(("nomad-driver-xen", "nomad_driver_xen")) or old.name == "SHA256SUMS"
+            ):
                 old.unlink()
         for path in sorted(built.iterdir()):
             shutil.move(str(path), str(out / path.name))

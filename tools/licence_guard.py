@@ -217,9 +217,7 @@ def check_build_list(label: str, mods: list[dict], report: Report) -> None:
         for f in files:
             read += 1
             if names_bsl(f):
-                report.findings.append(
-                    f"{label}: module {name} is under the Business Source License: {f} says so"
-                )
+                report.findings.append(f"{label}: module {name} is under the Business Source License: {f} says so")
     without = f"{len(unlicensed)} without a top-level licence file"
     if 0 < len(unlicensed) <= 10:
         without += " (" + ", ".join(unlicensed) + ")"

@@ -41,9 +41,7 @@ def generate(out_dir: Path, proto_dir: Path = PROTO_DIR) -> list[Path]:
     try:
         from grpc_tools import protoc
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise SystemExit(
-            "grpcio-tools is needed to generate the protobuf modules: pip install -e '.[proto]'"
-        ) from exc
+        raise SystemExit("grpcio-tools is needed to generate the protobuf modules: pip install -e '.[proto]'") from exc
 
     well_known = Path(protoc.__file__).resolve().parent / "_proto"
     files = [str(p.relative_to(proto_dir)) for p in proto_files(proto_dir)]
@@ -89,11 +87,11 @@ def stale_files(current: Path = OUT_DIR, proto_dir: Path = PROTO_DIR) -> list[st
         fresh = Path(tmp) / "_proto"
         generate(fresh, proto_dir)
         fresh_set = {str(p.relative_to(fresh)) for p in fresh.rglob("*") if p.is_file()}
-        current_set = {
-            str(p.relative_to(current))
-            for p in current.rglob("*")
-            if p.is_file() and "__pycache__" not in p.parts
-        } if current.exists() else set()
+        current_set = (
+            {str(p.relative_to(current)) for p in current.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+            if current.exists()
+            else set()
+        )
         differ = sorted(fresh_set ^ current_set)
         for rel in sorted(fresh_set & current_set):
             if not filecmp.cmp(fresh / rel, current / rel, shallow=False):

@@ -1,9 +1,9 @@
 """Command line: serve the plugin (how Nomad runs us), install a launcher, print the version.
 
-    nomad-driver-xen                              # serve (only when started by Nomad)
-    nomad-driver-xen install --plugin-dir DIR     # write DIR/nomad-driver-xen, a launcher for Nomad
-    nomad-driver-xen version
-    nomad-driver-xen breakdown JOB|ALLOC          # instantiation time per phase (xen_driver/breakdown/)
+nomad-driver-xen                              # serve (only when started by Nomad)
+nomad-driver-xen install --plugin-dir DIR     # write DIR/nomad-driver-xen, a launcher for Nomad
+nomad-driver-xen version
+nomad-driver-xen breakdown JOB|ALLOC          # instantiation time per phase (xen_driver/breakdown/)
 """
 
 from __future__ import annotations
@@ -50,8 +50,12 @@ def serve() -> int:
     before, soft = fdlimit.raise_soft_limit()
     hard = fdlimit.limits()[1]
     if soft < LOW_NOFILE:
-        log.warn("open-file limit is low: a few hundred guests at most", soft=soft, hard=hard,
-                 fix="raise LimitNOFILE of the Nomad agent")
+        log.warn(
+            "open-file limit is low: a few hundred guests at most",
+            soft=soft,
+            hard=hard,
+            fix="raise LimitNOFILE of the Nomad agent",
+        )
     else:
         log.debug("open-file limit", soft_before=before, soft=soft, hard=hard)
 
@@ -122,7 +126,11 @@ def _needs_pythonpath(python: str, package_parent: str) -> bool:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     try:
         out = subprocess.run(
-            [python, "-c", "import os, xen_driver; print(os.path.dirname(os.path.dirname(os.path.realpath(xen_driver.__file__))))"],
+            [
+                python,
+                "-c",
+                "import os, xen_driver; print(os.path.dirname(os.path.dirname(os.path.realpath(xen_driver.__file__))))",
+            ],
             cwd="/",
             env=env,
             capture_output=True,

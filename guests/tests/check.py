@@ -4,6 +4,7 @@
 Runs the host-compiled helpers (CRC-32 vs zlib, command-line parser,
 formatting) and inspects the built PV ELF (class, machine, Xen notes, size).
 """
+
 import os
 import random
 import struct
@@ -12,8 +13,16 @@ import sys
 import tempfile
 import zlib
 
-XEN_NOTES = {1: "ENTRY", 2: "HYPERCALL_PAGE", 3: "VIRT_BASE", 4: "PADDR_OFFSET",
-             5: "XEN_VERSION", 6: "GUEST_OS", 7: "GUEST_VERSION", 8: "LOADER"}
+XEN_NOTES = {
+    1: "ENTRY",
+    2: "HYPERCALL_PAGE",
+    3: "VIRT_BASE",
+    4: "PADDR_OFFSET",
+    5: "XEN_VERSION",
+    6: "GUEST_OS",
+    7: "GUEST_VERSION",
+    8: "LOADER",
+}
 MAX_SIZE = 64 * 1024
 
 
@@ -25,12 +34,13 @@ def xen_notes(data):
     e_type, e_machine = struct.unpack_from("<HH", data, 16)
     assert e_machine == 62, "not x86_64 (EM_X86_64)"
     assert e_type == 2, "not ET_EXEC"
-    e_phoff, = struct.unpack_from("<Q", data, 32)
+    (e_phoff,) = struct.unpack_from("<Q", data, 32)
     e_phentsize, e_phnum = struct.unpack_from("<HH", data, 54)
     notes, loads = {}, []
     for i in range(e_phnum):
         p_type, _flags, off, vaddr, paddr, filesz, memsz, _align = struct.unpack_from(
-            "<IIQQQQQQ", data, e_phoff + i * e_phentsize)
+            "<IIQQQQQQ", data, e_phoff + i * e_phentsize
+        )
         if p_type == 1:
             loads.append((vaddr, paddr, memsz))
         if p_type != 4:
@@ -39,9 +49,9 @@ def xen_notes(data):
         while pos + 12 <= end:
             namesz, descsz, ntype = struct.unpack_from("<III", data, pos)
             pos += 12
-            name = data[pos:pos + namesz].rstrip(b"\0")
+            name = data[pos : pos + namesz].rstrip(b"\0")
             pos += (namesz + 3) & ~3
-            desc = data[pos:pos + descsz]
+            desc = data[pos : pos + descsz]
             pos += (descsz + 3) & ~3
             if name == b"Xen":
                 notes[ntype] = desc
@@ -55,16 +65,15 @@ def check_elf(path):
     assert not missing, f"missing Xen notes: {missing}"
     assert notes[5].rstrip(b"\0") == b"xen-3.0"
     assert notes[8].rstrip(b"\0") == b"generic"
-    entry, = struct.unpack("<Q", notes[1])
-    hcpage, = struct.unpack("<Q", notes[2])
+    (entry,) = struct.unpack("<Q", notes[1])
+    (hcpage,) = struct.unpack("<Q", notes[2])
     assert hcpage % 4096 == 0, "hypercall page not page aligned"
     assert loads and all(v == p for v, p, _ in loads), "LMA != VMA"
     lo = min(v for v, _, _ in loads)
     hi = max(v + m for v, _, m in loads)
     assert lo <= entry < hi and lo <= hcpage < hi, "entry/hypercall page outside image"
     assert len(data) <= MAX_SIZE, f"image too big: {len(data)} bytes"
-    print(f"elf ok: {path} {len(data)} bytes, memory {hi - lo} bytes, "
-          f"entry {entry:#x}, hypercall page {hcpage:#x}")
+    print(f"elf ok: {path} {len(data)} bytes, memory {hi - lo} bytes, entry {entry:#x}, hypercall page {hcpage:#x}")
 
 
 def run(tool, *args):
@@ -73,8 +82,7 @@ def run(tool, *args):
 
 def check_crc(tool):
     rnd = random.Random(1234)
-    cases = [b"", b"a", b"123456789", bytes(range(256)) * 9,
-             b"FromDevice(0) -> Print -> Discard;\n" * 40]
+    cases = [b"", b"a", b"123456789", bytes(range(256)) * 9, b"FromDevice(0) -> Print -> Discard;\n" * 40]
     cases += [rnd.randbytes(rnd.randrange(1, 5000)) for _ in range(20)]
     with tempfile.TemporaryDirectory() as d:
         for i, blob in enumerate(cases):
@@ -108,22 +116,31 @@ def check_cmdline(tool):
         ("poweroff_after=3", {"poweroff_after_ns": 3 * s}, []),
         ("  crash_after=0.5\ttick=2 ", {"crash_after_ns": s // 2, "tick_ns": 2 * s}, []),
         ("ignore_shutdown clickos", {"ignore_shutdown": 1, "clickos": 1}, []),
-        ("-d standard poweroff_after=1.25", {"poweroff_after_ns": 1_250_000_000},
-         ["-d", "standard"]),
-        ("tick=0 tick= tick=x poweroff_after=-1 crash_after=1.2.3 clickosx",
-         {}, ["tick=0", "tick=", "tick=x", "poweroff_after=-1", "crash_after=1.2.3",
-              "clickosx"]),
-        ("tick=0.000000001 crash_after=10.1234567891",
-         {"tick_ns": 1, "crash_after_ns": 10 * s + 123456789}, []),
+        ("-d standard poweroff_after=1.25", {"poweroff_after_ns": 1_250_000_000}, ["-d", "standard"]),
+        (
+            "tick=0 tick= tick=x poweroff_after=-1 crash_after=1.2.3 clickosx",
+            {},
+            ["tick=0", "tick=", "tick=x", "poweroff_after=-1", "crash_after=1.2.3", "clickosx"],
+        ),
+        ("tick=0.000000001 crash_after=10.1234567891", {"tick_ns": 1, "crash_after_ns": 10 * s + 123456789}, []),
         ("poweroff_after=999999999999", {}, ["poweroff_after=999999999999"]),
         ("burn", {"burn_pct": 100}, []),
         ("tick=5 burn=50", {"tick_ns": 5 * s, "burn_pct": 50}, []),
         ("burn=1 burn=100", {"burn_pct": 100}, []),
-        ("burn=0 burn=101 burn= burn=x burn=5% burn=-1 burnx",
-         {}, ["burn=0", "burn=101", "burn=", "burn=x", "burn=5%", "burn=-1", "burnx"]),
+        (
+            "burn=0 burn=101 burn= burn=x burn=5% burn=-1 burnx",
+            {},
+            ["burn=0", "burn=101", "burn=", "burn=x", "burn=5%", "burn=-1", "burnx"],
+        ),
     ]
-    base = {"poweroff_after_ns": 0, "crash_after_ns": 0, "tick_ns": 0,
-            "ignore_shutdown": 0, "clickos": 0, "burn_pct": 0}
+    base = {
+        "poweroff_after_ns": 0,
+        "crash_after_ns": 0,
+        "tick_ns": 0,
+        "ignore_shutdown": 0,
+        "clickos": 0,
+        "burn_pct": 0,
+    }
     for line, want, want_unknown in cases:
         got, unknown = parse_opts(tool, line)
         exp = dict(base, **want, bad=len(want_unknown))

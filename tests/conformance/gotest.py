@@ -134,7 +134,9 @@ class Run:
         outcome = self.results.get(name)
         if outcome is None:
             tail = "\n".join(self.output.splitlines()[-60:])
-            raise AssertionError(f"{name} did not run to a result (exit status {self.returncode}); end of output:\n{tail}")
+            raise AssertionError(
+                f"{name} did not run to a result (exit status {self.returncode}); end of output:\n{tail}"
+            )
         if outcome.status != "PASS":
             raise AssertionError(f"{name}: {outcome.status}\n{self.excerpt(name)}")
         return outcome

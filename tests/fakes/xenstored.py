@@ -102,9 +102,7 @@ class FakeXenstored:
 
     def _fire(self, path: str) -> None:
         for writer, wpath, token in list(self.watches):
-            if path == wpath or path.startswith(wpath.rstrip("/") + "/") or (
-                wpath.startswith("@") and path == wpath
-            ):
+            if path == wpath or path.startswith(wpath.rstrip("/") + "/") or (wpath.startswith("@") and path == wpath):
                 self._send(writer, WATCH_EVENT, 0, 0, path.encode() + b"\0" + token.encode() + b"\0")
 
     def fire_special(self, name: str = "@releaseDomain") -> None:
@@ -237,8 +235,14 @@ class FakeXenstored:
                     raise KeyError("EAGAIN")
                 if base != self.generation:
                     raise KeyError("EAGAIN")
-                changed = {p for p in set(copy) | set(self.nodes) if p not in copy or p not in self.nodes
-                           or copy[p].value != self.nodes[p].value or copy[p].perms != self.nodes[p].perms}
+                changed = {
+                    p
+                    for p in set(copy) | set(self.nodes)
+                    if p not in copy
+                    or p not in self.nodes
+                    or copy[p].value != self.nodes[p].value
+                    or copy[p].perms != self.nodes[p].perms
+                }
                 self.nodes = copy
                 self.generation += 1
                 self.commits += 1
@@ -246,8 +250,6 @@ class FakeXenstored:
                     self._fire(p)
             return b"OK\0"
         raise KeyError("ENOSYS")
-
-
 
 
 # ---------------------------------------------------------------- as a process

@@ -84,13 +84,17 @@ class NomadAgent:
             lines.append(f"      {key} = {rendered}")
         body = "\n".join(lines)
         # plugin_config None: no plugin block at all (Nomad 1.6-1.9 load the plugin anyway).
-        block = "" if self.plugin_config is None else f"""
+        block = (
+            ""
+            if self.plugin_config is None
+            else f"""
 plugin "{LAUNCHER}" {{
   config {{
 {body}
   }}
 }}
 """
+        )
         http, rpc, serf = self.ports
         return f"""
 data_dir   = {hcl_string(str(self.data_dir))}
@@ -154,7 +158,9 @@ client {{
         last_error: Exception | None = None
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
-                pytest.fail(f"nomad agent exited ({self.proc.returncode}) while waiting for {what}:\n{self.log()[-6000:]}")
+                pytest.fail(
+                    f"nomad agent exited ({self.proc.returncode}) while waiting for {what}:\n{self.log()[-6000:]}"
+                )
             try:
                 value = probe()
                 if value:

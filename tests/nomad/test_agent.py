@@ -179,7 +179,10 @@ def test_fingerprint_changes_reach_the_node_and_task_errors_do_not_hurt_the_agen
     "config,expected",
     [
         ({"backend": "kvm"}, 'plugin config "backend": got "kvm", must be one of "xl", "libvirt"'),
-        ({"fingerprint_period": "often"}, 'plugin config "fingerprint_period": got "often", must be a duration such as "500ms", "30s" or "2m"'),
+        (
+            {"fingerprint_period": "often"},
+            'plugin config "fingerprint_period": got "often", must be a duration such as "500ms", "30s" or "2m"',
+        ),
         ({"bakend": "xl"}, '"bakend"'),  # Nomad itself rejects keys our schema does not declare
     ],
     ids=["bad-backend", "bad-duration", "unknown-key"],

@@ -47,17 +47,35 @@ def host_run(binary: Path, tmp_path_factory: pytest.TempPathFactory, request: py
     expect = "undetected" if find_xl("xl") is None else "any"
     plugin_config = {"state_dir": str(work / "state")}
     cmd = [
-        str(binary), "-test.v", "-test.timeout", "10m", "-test.skip", f"^{gotest.XEN_PREFIX}",
-        "-plugin", str(launcher), "-repo", str(REPO), "-nomad-version", gotest.nomad_version(),
-        "-expect-health", expect, "-plugin-config", json.dumps(plugin_config), "-log-dir", str(work / "logs"),
+        str(binary),
+        "-test.v",
+        "-test.timeout",
+        "10m",
+        "-test.skip",
+        f"^{gotest.XEN_PREFIX}",
+        "-plugin",
+        str(launcher),
+        "-repo",
+        str(REPO),
+        "-nomad-version",
+        gotest.nomad_version(),
+        "-expect-health",
+        expect,
+        "-plugin-config",
+        json.dumps(plugin_config),
+        "-log-dir",
+        str(work / "logs"),
     ]
     started = time.monotonic()
     proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL)
     run = gotest.Run.parse(proc.stdout, proc.returncode, time.monotonic() - started)
     (work / "conformance.out").write_text(proc.stdout)
     (work / "conformance.err").write_text(proc.stderr)
-    gotest.report(request.config, f"conformance suite, host part ({run.seconds:.1f}s, output in {work}):",
-                  run.summary(gotest.HOST_TESTS))
+    gotest.report(
+        request.config,
+        f"conformance suite, host part ({run.seconds:.1f}s, output in {work}):",
+        run.summary(gotest.HOST_TESTS),
+    )
     return run
 
 

@@ -39,7 +39,10 @@ MIT_TEXT = "MIT License\n\nPermission is hereby granted, free of charge, ...\n"
 
 def guard(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, str(GUARD), *args], capture_output=True, text=True, timeout=3600,
+        [sys.executable, str(GUARD), *args],
+        capture_output=True,
+        text=True,
+        timeout=3600,
         env={**os.environ, **(env or {})},
     )
 
@@ -152,13 +155,19 @@ def test_a_replacement_is_judged_by_its_own_licence(tmp_path):
     mod = main_module(tmp_path)
     listing = [
         {"Path": "example.invalid/main", "Main": True, "Dir": str(mod)},
-        {"Path": "example.invalid/orig", "Version": "v1.0.0",
-         "Replace": {"Path": "example.invalid/fork", "Version": "v1.0.1", "Dir": str(bsl)}},
+        {
+            "Path": "example.invalid/orig",
+            "Version": "v1.0.0",
+            "Replace": {"Path": "example.invalid/fork", "Version": "v1.0.1", "Dir": str(bsl)},
+        },
     ]
     go, _ = fake_go(tmp_path, listing)
     proc = guard("--module", str(mod), "--go", str(go))
     assert proc.returncode == 1
-    assert "example.invalid/orig@v1.0.0 (replaced by example.invalid/fork@v1.0.1) is under the Business Source License" in proc.stderr
+    assert (
+        "example.invalid/orig@v1.0.0 (replaced by example.invalid/fork@v1.0.1) is under the Business Source License"
+        in proc.stderr
+    )
 
 
 def test_a_go_mod_that_requires_a_bsl_nomad_is_refused_before_go_runs(tmp_path):
@@ -196,7 +205,9 @@ def test_the_projects_go_modules_pass():
     version = (REPO / "tools" / "nomad" / "VERSION").read_text().strip()
     wrapper = licence_guard.cache_root() / "nomad" / version / "wrapper"
     if not (wrapper / "go.mod").is_file():
-        out = subprocess.run(["bash", str(REPO / "tools" / "nomad" / "build.sh")], capture_output=True, text=True, timeout=3600)
+        out = subprocess.run(
+            ["bash", str(REPO / "tools" / "nomad" / "build.sh")], capture_output=True, text=True, timeout=3600
+        )
         assert out.returncode == 0, out.stderr[-4000:]
     proc = guard()
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -217,7 +228,11 @@ def test_release_py_refuses_a_bsl_pin_before_go_runs(tmp_path, version):
     (tools / "VERSION").write_text(version + "\n")
     go, calls = fake_go(tmp_path, [])
     proc = subprocess.run(
-        [sys.executable, str(tools / "release.py")], capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        [sys.executable, str(tools / "release.py")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
         env={**os.environ, "PATH": f"{go.parent}:{os.environ['PATH']}", "GOPROXY": "off"},
     )
     assert proc.returncode != 0

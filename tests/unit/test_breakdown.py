@@ -106,8 +106,13 @@ def test_a_restarted_allocation_shows_its_first_start():
 def test_a_pool_miss_is_noted():
     alloc = load(f"allocation_{A1}")
     events = alloc["TaskStates"]["firewall"]["Events"]
-    miss = dict(events[1], Type="Driver", Time=events[1]["Time"] + 1000, Details={"start_path": "cold", "pool": "clickos"},
-                DisplayMessage='Pool miss, starting cold: pool "clickos" has no ready member (1 being built, size 1)')
+    miss = dict(
+        events[1],
+        Type="Driver",
+        Time=events[1]["Time"] + 1000,
+        Details={"start_path": "cold", "pool": "clickos"},
+        DisplayMessage='Pool miss, starting cold: pool "clickos" has no ready member (1 being built, size 1)',
+    )
     events.insert(2, miss)
     [row] = bd.parse_allocation(alloc, load(f"evaluation_{E1}"), same_clock=True)
     assert row.phases["boot"] == 58.7  # the miss event is not the timing event
@@ -117,8 +122,16 @@ def test_a_pool_miss_is_noted():
 def test_a_pool_hit_has_its_claim_phase_and_start_path():
     alloc = load(f"allocation_{A1}")
     timing = [e for e in alloc["TaskStates"]["firewall"]["Events"] if e["Type"] == "Driver"][0]
-    timing["Details"] = {"validate_ms": "8.7", "pool_claim_ms": "9.6", "clickos_push_ms": "74.5", "unpause_ms": "133.2",
-                         "boot_ms": "30.4", "total_ms": "284.1", "start_path": "pool", "pool": "clickos"}
+    timing["Details"] = {
+        "validate_ms": "8.7",
+        "pool_claim_ms": "9.6",
+        "clickos_push_ms": "74.5",
+        "unpause_ms": "133.2",
+        "boot_ms": "30.4",
+        "total_ms": "284.1",
+        "start_path": "pool",
+        "pool": "clickos",
+    }
     [row] = bd.parse_allocation(alloc, load(f"evaluation_{E1}"), same_clock=True)
     assert row.start_path == "pool" and row.notes == []
     assert (row.phases["pool_claim"], row.phases["driver_other"]) == (9.6, 27.7)
@@ -146,8 +159,12 @@ def _blocked(created_after_ms: float) -> dict:
     """A blocked evaluation (no capacity at first) made from the job's register evaluation E1."""
     e1 = load(f"evaluation_{E1}")
     return dict(
-        e1, ID="d4c3b2a1-0000-4000-8000-00000000b10c", TriggeredBy="queued-allocs", Status="complete",
-        PreviousEval=E1, CreateTime=e1["CreateTime"] + int(created_after_ms * 1e6),
+        e1,
+        ID="d4c3b2a1-0000-4000-8000-00000000b10c",
+        TriggeredBy="queued-allocs",
+        Status="complete",
+        PreviousEval=E1,
+        CreateTime=e1["CreateTime"] + int(created_after_ms * 1e6),
     )
 
 
@@ -316,9 +333,19 @@ def test_table_for_a_job(nomad, capsys):
     cells = rows[A1[:8]].split()
     assert cells[:3] == [A1[:8], "firewall", "running"]
     assert dict(zip(header[3:], cells[3:], strict=True)) == {
-        "server": "0.0", "sched": "35.2", "dispatch": "3.1", "client": "120.3", "validate": "10.3",
-        "render": "41.4", "build": "18733.7", "push": "267.4", "unpause": "2161.8", "drv_other": "31.0",
-        "boot": "58.7", "started": "4.2", "total": "21467.1",
+        "server": "0.0",
+        "sched": "35.2",
+        "dispatch": "3.1",
+        "client": "120.3",
+        "validate": "10.3",
+        "render": "41.4",
+        "build": "18733.7",
+        "push": "267.4",
+        "unpause": "2161.8",
+        "drv_other": "31.0",
+        "boot": "58.7",
+        "started": "4.2",
+        "total": "21467.1",
     }
     assert rows[A2[:8]].split()[2:4] == ["running", "r1"]  # restarted once
     failed = rows[A3[:8]].split()

@@ -31,22 +31,35 @@ def test_the_pool_path_configures_a_profile_the_driver_accepts():
     from xen_driver.driver.config import PluginConfig
 
     bench = _bench()
-    text = bench.agent_config((REPO / "nomad-jobs" / "agent.hcl").read_text(), bench.START_PATHS["pool"].plugin_config,
-                              bench.START_PATHS["pool"].plugin_hcl)
-    plugin = text[text.index('plugin "nomad-driver-xen" {'):]
+    text = bench.agent_config(
+        (REPO / "nomad-jobs" / "agent.hcl").read_text(),
+        bench.START_PATHS["pool"].plugin_config,
+        bench.START_PATHS["pool"].plugin_hcl,
+    )
+    plugin = text[text.index('plugin "nomad-driver-xen" {') :]
     assert 'pool "clickos" {' in plugin and 'fingerprint_period = "5s"' in plugin
-    config = PluginConfig.from_dict({
-        "image_dirs": ["/var/lib/nomad-driver-xen/images"],
-        "pool": {"clickos": {"kernel": "/var/lib/nomad-driver-xen/images/ndx-unikernel", "cmdline": "clickos tick=5",
-                             "memory": 16, "vcpus": 1, "vif": [{"bridge": "xenbr0"}], "size": 1}},
-    })
+    config = PluginConfig.from_dict(
+        {
+            "image_dirs": ["/var/lib/nomad-driver-xen/images"],
+            "pool": {
+                "clickos": {
+                    "kernel": "/var/lib/nomad-driver-xen/images/ndx-unikernel",
+                    "cmdline": "clickos tick=5",
+                    "memory": 16,
+                    "vcpus": 1,
+                    "vif": [{"bridge": "xenbr0"}],
+                    "size": 1,
+                }
+            },
+        }
+    )
     assert [p.name for p in config.pools] == ["clickos"]
 
 
 def test_agent_config_overrides_and_adds_plugin_settings():
     base = (REPO / "nomad-jobs" / "agent.hcl").read_text()
     text = _bench().agent_config(base, {"backend": "libvirt", "pool_size": 4, "image_dirs": ["/a"]})
-    plugin = text[text.index('plugin "nomad-driver-xen" {'):]
+    plugin = text[text.index('plugin "nomad-driver-xen" {') :]
     assert 'backend = "libvirt"' in plugin and '"xl"' not in plugin
     assert "pool_size = 4" in plugin and 'image_dirs = ["/a"]' in plugin
     assert text[: text.index('plugin "nomad-driver-xen" {')] == base[: base.index('plugin "nomad-driver-xen" {')]
@@ -54,7 +67,9 @@ def test_agent_config_overrides_and_adds_plugin_settings():
 
 
 def test_a_hook_path_is_refused_before_any_testbed_starts():
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--paths", "libvirt"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--paths", "libvirt"], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 2 and "start path 'libvirt': the libvirt start path is not measured yet" in proc.stderr
     proc = subprocess.run([sys.executable, str(SCRIPT), "--paths", "kvm"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "unknown start path 'kvm'" in proc.stderr

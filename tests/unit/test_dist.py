@@ -127,7 +127,9 @@ def test_make_dist_artifacts(dist):
     deb = dist / f"{NAME}_{__version__}_amd64.deb"
 
     def field(name: str) -> str:
-        return subprocess.run(["dpkg-deb", "-f", str(deb), name], check=True, capture_output=True, text=True).stdout.strip()
+        return subprocess.run(
+            ["dpkg-deb", "-f", str(deb), name], check=True, capture_output=True, text=True
+        ).stdout.strip()
 
     assert field("Package") == NAME and field("Version") == __version__ and field("Architecture") == "amd64"
     assert "python3 (>= 3.11)" in field("Depends")
@@ -146,8 +148,13 @@ def test_make_dist_artifacts(dist):
 
 
 def test_version_from_a_read_only_plugin_dir_with_a_clean_environment(plugin_copy, home_cache):
-    r = subprocess.run(["env", "-i", f"PATH={CLEAN_PATH}", str(plugin_copy), "version"], capture_output=True, text=True,
-                       timeout=120, cwd="/")
+    r = subprocess.run(
+        ["env", "-i", f"PATH={CLEAN_PATH}", str(plugin_copy), "version"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd="/",
+    )
     assert r.returncode == 0, r.stderr
     assert VERSION_RE.match(r.stdout), r.stdout
     assert home_cache.joinpath("site-packages", "xen_driver", "cli.py").is_file()  # unpacked once, there
@@ -155,7 +162,9 @@ def test_version_from_a_read_only_plugin_dir_with_a_clean_environment(plugin_cop
 
 
 def test_refuses_without_nomad(plugin_copy, home_cache):
-    r = subprocess.run(["env", "-i", f"PATH={CLEAN_PATH}", str(plugin_copy)], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        ["env", "-i", f"PATH={CLEAN_PATH}", str(plugin_copy)], capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 1 and r.stdout == ""
     assert "This binary is a plugin" in r.stderr
 
@@ -235,8 +244,10 @@ def test_unpacks_into_a_private_temporary_directory_when_home_is_unusable(plugin
     assert plugin.shutdown() == 0
 
 
-XL_INFO = "xen_version            : 4.17.5\nxen_scheduler          : credit2\nfree_memory            : 1843\n" \
-          "total_memory           : 3071\nnr_cpus                : 2\n"
+XL_INFO = (
+    "xen_version            : 4.17.5\nxen_scheduler          : credit2\nfree_memory            : 1843\n"
+    "total_memory           : 3071\nnr_cpus                : 2\n"
+)
 
 
 def test_libvirt_backend_without_the_binding_names_the_debian_package(plugin_copy, home_cache, started, tmp_path):
@@ -249,7 +260,9 @@ def test_libvirt_backend_without_the_binding_names_the_debian_package(plugin_cop
     plugin = started()
     config = {"backend": "libvirt", "xl_path": str(xl)}
     base_pb2_grpc.BasePluginStub(plugin.channel).SetConfig(
-        base_pb2.SetConfigRequest(msgpack_config=cty.encode(config, PLUGIN_SCHEMA.cty_type), plugin_api_version="0.1.0"),
+        base_pb2.SetConfigRequest(
+            msgpack_config=cty.encode(config, PLUGIN_SCHEMA.cty_type), plugin_api_version="0.1.0"
+        ),
         timeout=30,
     )
     stream = driver_pb2_grpc.DriverStub(plugin.channel).Fingerprint(driver_pb2.FingerprintRequest(), timeout=60)

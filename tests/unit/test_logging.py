@@ -55,8 +55,15 @@ def test_levels_map_onto_go_hclog_names(stream):
     except RuntimeError:
         log.exception("g")
     got = [(r["@message"], r["@level"]) for r in lines(stream)]
-    assert got == [("a", "trace"), ("b", "debug"), ("c", "info"), ("d", "warn"), ("e", "warn"), ("f", "error"),
-                   ("g", "error")]
+    assert got == [
+        ("a", "trace"),
+        ("b", "debug"),
+        ("c", "info"),
+        ("d", "warn"),
+        ("e", "warn"),
+        ("f", "error"),
+        ("g", "error"),
+    ]
     assert "RuntimeError: boom" in lines(stream)[-1]["traceback"]
 
 
@@ -125,11 +132,7 @@ def test_writes_survive_a_closed_pipe(tmp_path):
 
 
 def test_uncaught_exception_is_one_error_record():
-    code = (
-        "from xen_driver import logging as l\nl.configure()\n"
-        "def f():\n    raise ValueError('bad thing')\n"
-        "f()"
-    )
+    code = "from xen_driver import logging as l\nl.configure()\ndef f():\n    raise ValueError('bad thing')\nf()"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     out = [x for x in proc.stderr.splitlines() if x.strip()]

@@ -25,11 +25,15 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("target", help="job id, or allocation id (or an even-length prefix of one)")
-    p.add_argument("-address", "--address", default=None, help="Nomad HTTP address (default: $NOMAD_ADDR or http://127.0.0.1:4646)")
+    p.add_argument(
+        "-address", "--address", default=None, help="Nomad HTTP address (default: $NOMAD_ADDR or http://127.0.0.1:4646)"
+    )
     p.add_argument("-namespace", "--namespace", default=None, help="namespace (default: $NOMAD_NAMESPACE or default)")
     p.add_argument("--driver", default="xen", help='the task driver whose tasks to break down (default "xen")')
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--png", metavar="FILE", default=None, help="also draw a stacked-bar figure (needs the [plot] extra)")
+    p.add_argument(
+        "--png", metavar="FILE", default=None, help="also draw a stacked-bar figure (needs the [plot] extra)"
+    )
     p.add_argument(
         "--synced-clocks",
         action="store_true",

@@ -94,7 +94,9 @@ def parse_task(
         ph["scheduling"] = _ms(placed - eval_create)
         wait_until = str((evaluation or {}).get("WaitUntil") or "")
         if wait_until and not wait_until.startswith("0001-"):
-            row.notes.append(f"the evaluation was delayed until {wait_until} (reschedule policy): scheduling includes the delay")
+            row.notes.append(
+                f"the evaluation was delayed until {wait_until} (reschedule policy): scheduling includes the delay"
+            )
     begin = eval_create
     if (
         eval_create is not None
@@ -126,7 +128,11 @@ def parse_task(
         row.notes.append(f"restarted {row.restarts} time(s): the first start is shown")
     # A start path's own event before the timing event (a pool miss that started cold, say).
     path = next(
-        (e for e in events if e.get("Type") == "Driver" and not is_timing_event(e) and (e.get("Details") or {}).get("start_path")),
+        (
+            e
+            for e in events
+            if e.get("Type") == "Driver" and not is_timing_event(e) and (e.get("Details") or {}).get("start_path")
+        ),
         None,
     )
     if path is not None and (after is None or path.get("Time", 0) <= after):
@@ -167,7 +173,9 @@ def parse_task(
     row.started = started is not None
     if not row.started:
         why = _failure(events)
-        row.notes.append(f"never started ({why})" if why else f"not started (task state {state.get('State') or 'pending'})")
+        row.notes.append(
+            f"never started ({why})" if why else f"not started (task state {state.get('State') or 'pending'})"
+        )
 
     # ---- spans from the server's clock to the client's
     if same_clock:

@@ -26,14 +26,13 @@ def render_table(report: Report) -> str:
     if len(started) > 1:
         summary = report.summary()
         for stat in ("median", "p90"):
-            body.append(
-                [stat, "", f"n={len(started)}"]
-                + [_fmt((summary[p.name] or {}).get(stat)) for p in phases]
-            )
+            body.append([stat, "", f"n={len(started)}"] + [_fmt((summary[p.name] or {}).get(stat)) for p in phases])
     widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
 
     def line(cells: list[str]) -> str:
-        return "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
+        return "  ".join(
+            c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
 
     what = f"job {report.job_id}" if report.kind == "job" else f"allocation {report.target} (job {report.job_id})"
     out = [
@@ -92,17 +91,30 @@ def plot_stacked(
     bottoms = [0.0] * len(bars)
     for i, p in enumerate(stacked):
         heights = [(v.get(p.name) or 0.0) / scale for _, v in bars]
-        ax.bar(xs, heights, 0.6, bottom=bottoms, label=f"{p.name} ({p.clock})", color=cmap(i % 20), edgecolor="white", linewidth=0.5)
+        ax.bar(
+            xs,
+            heights,
+            0.6,
+            bottom=bottoms,
+            label=f"{p.name} ({p.clock})",
+            color=cmap(i % 20),
+            edgecolor="white",
+            linewidth=0.5,
+        )
         bottoms = [b + h for b, h in zip(bottoms, heights, strict=True)]
     for x, (_, values), top in zip(xs, bars, bottoms, strict=True):
         total = values.get("total")
         text = f"{total / scale:.2f} {unit}" if total is not None else f"Σ {top:.2f} {unit}"
         ax.annotate(text, (x, top), ha="center", va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points")
-    ax.set_xticks(xs, [label for label, _ in bars], rotation=30 if len(bars) > 6 else 0, ha="right" if len(bars) > 6 else "center")
+    ax.set_xticks(
+        xs, [label for label, _ in bars], rotation=30 if len(bars) > 6 else 0, ha="right" if len(bars) > 6 else "center"
+    )
     ax.set_ylabel(f"time ({unit})")
     ax.set_title(title + (f"\n{subtitle}" if subtitle else ""), fontsize=10)
     handles, labels = ax.get_legend_handles_labels()
-    ax.legend(handles[::-1], labels[::-1], loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, title="phase (clock)")
+    ax.legend(
+        handles[::-1], labels[::-1], loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, title="phase (clock)"
+    )
     ax.margins(y=0.08)
     fig.tight_layout()
     try:

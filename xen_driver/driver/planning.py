@@ -83,8 +83,10 @@ class DomainPlanning(LifecycleCore):
             self._check_cpus(cfg.cpus)
         if cfg.on_crash == "coredump-destroy" and not self.backend.can_dump_core:
             raise ConfigError(
-                TASK, "on_crash", cfg.on_crash,
-                f"the {self.backend.kind} backend cannot dump a guest's core; use \"destroy\" or \"preserve\"",
+                TASK,
+                "on_crash",
+                cfg.on_crash,
+                f'the {self.backend.kind} backend cannot dump a guest\'s core; use "destroy" or "preserve"',
             )
         dspec = DomainSpec(
             name=name,
@@ -118,9 +120,7 @@ class DomainPlanning(LifecycleCore):
             return
         highest = max(int(n) for n in re.findall(r"\d+", cpus))
         if highest >= self.host_cpus:
-            raise ConfigError(
-                TASK, "cpus", cpus, f"names CPU {highest}, but this host has CPUs 0-{self.host_cpus - 1}"
-            )
+            raise ConfigError(TASK, "cpus", cpus, f"names CPU {highest}, but this host has CPUs 0-{self.host_cpus - 1}")
 
     @property
     def host_limits(self) -> policy.HostLimits:
@@ -158,7 +158,6 @@ class DomainPlanning(LifecycleCore):
         self.host_cpu_mhz = self.host_cpu_mhz or facts.cpu_mhz
         if self.host_cpu_mhz is None:
             self._log.warn("the host does not say its CPU MHz; CPU is reported as percent only")
-
 
 
 def _task_field(spec_field: str) -> str:

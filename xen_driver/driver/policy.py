@@ -109,7 +109,7 @@ def resolve_vif_script(index: int, value: str, config: PluginConfig) -> str:
     allow = allowed_scripts(config)
     names = ", ".join(config.vif_scripts) or "none"
     hint = (
-        f'must be one of the hotplug scripts the plugin allows ({names}, in {config.vif_scripts_dir});'
+        f"must be one of the hotplug scripts the plugin allows ({names}, in {config.vif_scripts_dir});"
         ' an operator allows more with the plugin setting "vif_scripts"'
     )
     if not isinstance(value, str) or not value or "\x00" in value:
@@ -126,7 +126,10 @@ def resolve_vif_script(index: int, value: str, config: PluginConfig) -> str:
         st = os.stat(path)
     except OSError:
         raise ConfigError(
-            TASK, field, value, f"is allowed by the plugin but {path} does not exist on this host (is Xen's toolstack installed?)"
+            TASK,
+            field,
+            value,
+            f"is allowed by the plugin but {path} does not exist on this host (is Xen's toolstack installed?)",
         ) from None
     if not stat.S_ISREG(st.st_mode) or not os.access(path, os.X_OK):
         raise ConfigError(TASK, field, value, f"is allowed by the plugin but {path} is not an executable file")
@@ -189,7 +192,7 @@ def _too_big(field: str, given: object, size: int, limit: int) -> ConfigError:
         TASK,
         field,
         given,
-        f"is {size} bytes; at most {limit} bytes are allowed (plugin setting \"max_click_config_bytes\")",
+        f'is {size} bytes; at most {limit} bytes are allowed (plugin setting "max_click_config_bytes")',
     )
 
 
@@ -216,7 +219,10 @@ def read_click_config_file(rel: str, task_dir: str, config: PluginConfig) -> str
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         raise ConfigError(
-            TASK, field, rel, "must name a file in the task directory (none is there: is the template's destination the same?)"
+            TASK,
+            field,
+            rel,
+            "must name a file in the task directory (none is there: is the template's destination the same?)",
         ) from None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
@@ -253,9 +259,7 @@ def copy_into_task_dir(src: str, task_dir: str, filename: str) -> str:
         raise ValueError(f"not a plain file name: {filename!r}")
     dfd = os.open(task_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        out = os.open(
-            filename, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dfd
-        )
+        out = os.open(filename, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dfd)
         try:
             with open(src, "rb") as fh:
                 while chunk := fh.read(1 << 20):

@@ -189,7 +189,9 @@ class WarmPool(PoolStarts):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the loop must survive anything a build does
-                self._log.error("pool build failed unexpectedly", pool=prof.profile.name, error=f"{type(exc).__name__}: {exc}")
+                self._log.error(
+                    "pool build failed unexpectedly", pool=prof.profile.name, error=f"{type(exc).__name__}: {exc}"
+                )
 
     def _member_spec(self, profile: PoolProfile, name: str) -> DomainSpec:
         """The profile as a domain description, checked by the same policy as a job's values."""
@@ -257,6 +259,10 @@ class WarmPool(PoolStarts):
         prof.failures = 0
         prof.last_error = ""
         prof.ready.append(member)
-        log.info("pool member ready", domid=domid, ready=len(prof.ready), size=profile.size,
-                 build_ms=round((time.monotonic() - began) * 1000, 1))
-
+        log.info(
+            "pool member ready",
+            domid=domid,
+            ready=len(prof.ready),
+            size=profile.size,
+            build_ms=round((time.monotonic() - began) * 1000, 1),
+        )

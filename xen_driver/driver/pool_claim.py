@@ -67,13 +67,21 @@ class PoolStarts(PoolCore):
                 refuse("vif", f"{len(cfg.vif)} vif blocks", f"must be the {len(profile.vif)} vif(s) of {where}")
             for i, (mine, theirs) in enumerate(zip(cfg.vif, profile.vif, strict=True)):
                 if mine.mac is not None:
-                    refuse(f"vif[{i}].mac", mine.mac, f"cannot be chosen for a member of {where}: it has its MAC already")
+                    refuse(
+                        f"vif[{i}].mac", mine.mac, f"cannot be chosen for a member of {where}: it has its MAC already"
+                    )
                 if mine.bridge is not None and mine.bridge != (theirs.bridge or "xenbr0"):
-                    refuse(f"vif[{i}].bridge", mine.bridge, f"must be the bridge of {where} ({theirs.bridge or 'xenbr0'})")
+                    refuse(
+                        f"vif[{i}].bridge", mine.bridge, f"must be the bridge of {where} ({theirs.bridge or 'xenbr0'})"
+                    )
                 if mine.ip is not None and mine.ip != theirs.ip:
                     refuse(f"vif[{i}].ip", mine.ip, f"must be the address of {where} ({theirs.ip or 'none'})")
                 if mine.script is not None and self._script(mine.script) != self._script(theirs.script):
-                    refuse(f"vif[{i}].script", mine.script, f"must be the hotplug script of {where} ({theirs.script or 'the default'})")
+                    refuse(
+                        f"vif[{i}].script",
+                        mine.script,
+                        f"must be the hotplug script of {where} ({theirs.script or 'the default'})",
+                    )
 
     def _script(self, value: str | None) -> str | None:
         if value is None:
@@ -191,6 +199,3 @@ class PoolStarts(PoolCore):
         annotations = {**timer.annotations(), "start_path": "pool", "pool": profile.name}
         lc._event(task, f"Guest {name} (domid {domid}) booted from pool {profile.name}: {timer.summary()}", annotations)
         return lc._handle(task)
-
-
-

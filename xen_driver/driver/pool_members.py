@@ -81,8 +81,6 @@ class ProfileState:
     last_error: str = ""
 
 
-
-
 class PoolCore:
     """The pool's state (its profiles and their ready members) and what every part of it uses:
     the member records, destroying a member, and the gate that keeps refills out of a start's way."""
@@ -199,7 +197,10 @@ class PoolCore:
                     freed = await self.evict(need)
                     self._log.info(
                         "Xen is out of memory for a cold start: destroyed idle pool members to make room",
-                        domain=name, memory_mib=memory_mib, free_mib=free, freed_mib=freed,
+                        domain=name,
+                        memory_mib=memory_mib,
+                        free_mib=free,
+                        freed_mib=freed,
                     )
 
     def _idle_count(self) -> int:
@@ -236,7 +237,6 @@ class PoolCore:
         job.add_done_callback(self._bg.discard)
 
 
-
 def _kernel_stat(path: str) -> tuple[int, int] | None:
     try:
         st = os.stat(path)
@@ -257,4 +257,3 @@ def read_json(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
-

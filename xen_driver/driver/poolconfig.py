@@ -146,7 +146,9 @@ def parse_pools(
         cmdline = body.get("cmdline")
         cmdline = "" if cmdline is None else _xl_string(PLUGIN, f + "cmdline", cmdline, allow_empty=True)
         if len(cmdline) > MAX_CMDLINE_LEN:
-            raise ConfigError(PLUGIN, f + "cmdline", cmdline, f"is {len(cmdline)} bytes long; Xen passes at most {MAX_CMDLINE_LEN}")
+            raise ConfigError(
+                PLUGIN, f + "cmdline", cmdline, f"is {len(cmdline)} bytes long; Xen passes at most {MAX_CMDLINE_LEN}"
+            )
         memory = _integer(PLUGIN, f + "memory", _d(body, "memory"), MIN_POOL_MEMORY_MIB, MAX_MEMORY_MIB)
         vcpus = _integer(PLUGIN, f + "vcpus", _d(body, "vcpus"), 1, MAX_VCPUS)
         size = _integer(PLUGIN, f + "size", _d(body, "size"), 0, MAX_POOL_SIZE)
@@ -154,7 +156,12 @@ def parse_pools(
         if not isinstance(raw_vifs, (list, tuple)):
             raise ConfigError(PLUGIN, f + "vif", raw_vifs, "must be a list of vif blocks")
         if len(raw_vifs) > max_vifs:
-            raise ConfigError(PLUGIN, f + "vif", f"{len(raw_vifs)} vif blocks", f'at most {max_vifs} are allowed (plugin setting "max_vifs")')
+            raise ConfigError(
+                PLUGIN,
+                f + "vif",
+                f"{len(raw_vifs)} vif blocks",
+                f'at most {max_vifs} are allowed (plugin setting "max_vifs")',
+            )
         vifs = []
         for i, item in enumerate(raw_vifs):
             try:
@@ -166,17 +173,29 @@ def parse_pools(
                 raise ConfigError(PLUGIN, vf + ".mac", vif.mac, "must not be set: every member gets a MAC of its own")
             if vif.bridge is not None and vif.bridge not in vif_bridges:
                 raise ConfigError(
-                    PLUGIN, vf + ".bridge", vif.bridge, f"must be one of vif_bridges ({', '.join(vif_bridges) or 'none'})"
+                    PLUGIN,
+                    vf + ".bridge",
+                    vif.bridge,
+                    f"must be one of vif_bridges ({', '.join(vif_bridges) or 'none'})",
                 )
             if vif.script is not None:
                 path = vif.script if vif.script.startswith("/") else os.path.join(vif_scripts_dir, vif.script)
-                if "/" in vif.script and not vif.script.startswith("/") or os.path.realpath(path) not in allowed_scripts:
+                if (
+                    "/" in vif.script
+                    and not vif.script.startswith("/")
+                    or os.path.realpath(path) not in allowed_scripts
+                ):
                     raise ConfigError(
-                        PLUGIN, vf + ".script", vif.script, f"must be one of vif_scripts ({', '.join(vif_scripts) or 'none'})"
+                        PLUGIN,
+                        vf + ".script",
+                        vif.script,
+                        f"must be one of vif_scripts ({', '.join(vif_scripts) or 'none'})",
                     )
             vifs.append(vif)
         out.append(
-            PoolProfile(name=name, kernel=kernel, cmdline=cmdline, memory=memory, vcpus=vcpus, vif=tuple(vifs), size=size)
+            PoolProfile(
+                name=name, kernel=kernel, cmdline=cmdline, memory=memory, vcpus=vcpus, vif=tuple(vifs), size=size
+            )
         )
     return tuple(out)
 

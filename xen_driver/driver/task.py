@@ -61,7 +61,6 @@ def domain_name_for(spec: TaskSpec) -> str:
     return head[: 64 - len(tail)] + tail
 
 
-
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -91,7 +90,6 @@ class XenTask:
     @property
     def running(self) -> bool:
         return not self.exited.done()
-
 
 
 class LifecycleCore:
@@ -151,7 +149,6 @@ class LifecycleCore:
             )
         )
 
-
     def _handle(self, task: XenTask) -> TaskHandle:
         return TaskHandle(
             task_id=task.id,
@@ -160,4 +157,3 @@ class LifecycleCore:
             driver_state=task.state.encode(),
             network=task.state.network,
         )
-

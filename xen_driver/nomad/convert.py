@@ -88,7 +88,9 @@ def attribute(value: AttributeValue) -> structs_pb2.Attribute:
 
 
 def fingerprint(fp: Fingerprint) -> dpb.FingerprintResponse:
-    msg = dpb.FingerprintResponse(health=_wire(dpb.FingerprintResponse.HealthState, fp.health), health_description=fp.description, err=fp.err)
+    msg = dpb.FingerprintResponse(
+        health=_wire(dpb.FingerprintResponse.HealthState, fp.health), health_description=fp.description, err=fp.err
+    )
     for key, value in fp.attributes.items():
         msg.attributes[key].CopyFrom(attribute(value))
     return msg
@@ -166,7 +168,9 @@ def task_handle(handle: TaskHandle, config: dpb.TaskConfig) -> dpb.TaskHandle:
     """The handle Nomad persists; ``config`` echoes the StartTask request (its id is the key)."""
     if handle.version < 1:
         raise ValueError("task handle version must be >= 1 (0 marks pre-0.9 handles in Nomad)")
-    msg = dpb.TaskHandle(version=handle.version, state=_wire(dpb.TaskState, handle.state), driver_state=handle.driver_state)
+    msg = dpb.TaskHandle(
+        version=handle.version, state=_wire(dpb.TaskState, handle.state), driver_state=handle.driver_state
+    )
     msg.config.CopyFrom(config)
     if not msg.config.id:
         msg.config.id = handle.task_id

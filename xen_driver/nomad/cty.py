@@ -127,7 +127,7 @@ def parse_type_expr(text: str) -> CtyType:
     t = parser.type()
     parser.skip_ws()
     if parser.pos != len(text):
-        raise ValueError(f"unexpected {text[parser.pos:]!r} in type expression {text!r}")
+        raise ValueError(f"unexpected {text[parser.pos :]!r} in type expression {text!r}")
     return t
 
 

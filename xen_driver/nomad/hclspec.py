@@ -72,9 +72,7 @@ class Default(Node):
 
     def to_proto(self, implied_name: str = "") -> pb.Spec:
         # The implied name is not passed through Default by Nomad's converter: make it explicit.
-        return pb.Spec(
-            default=pb.Default(primary=self.primary.to_proto(implied_name), default=self.default.to_proto())
-        )
+        return pb.Spec(default=pb.Default(primary=self.primary.to_proto(implied_name), default=self.default.to_proto()))
 
     @property
     def cty_type(self) -> cty.CtyType:
@@ -147,7 +145,9 @@ class BlockMap(Node):
 
     def to_proto(self, implied_name: str = "") -> pb.Spec:
         return pb.Spec(
-            block_map=pb.BlockMap(name=self.name or implied_name, labels=list(self.labels), nested=self.nested.to_proto())
+            block_map=pb.BlockMap(
+                name=self.name or implied_name, labels=list(self.labels), nested=self.nested.to_proto()
+            )
         )
 
     @property

@@ -262,9 +262,7 @@ class DriverService(driver_pb2_grpc.DriverServicer):
 
     @unary
     async def StopTask(self, request, context):
-        await self.state.core.stop_task(
-            request.task_id, convert.duration_seconds(request.timeout), request.signal
-        )
+        await self.state.core.stop_task(request.task_id, convert.duration_seconds(request.timeout), request.signal)
         return driver_pb2.StopTaskResponse()
 
     @unary
@@ -294,7 +292,11 @@ class DriverService(driver_pb2_grpc.DriverServicer):
         return driver_pb2.ExecTaskResponse(stdout=stdout, stderr=stderr, result=convert.exit_result(result))
 
     async def ExecTaskStreaming(self, request_iterator, context):
-        await _abort(context, NotSupported("ExecTaskStreaming", "unikernels have no shell to run commands in"), "ExecTaskStreaming")
+        await _abort(
+            context,
+            NotSupported("ExecTaskStreaming", "unikernels have no shell to run commands in"),
+            "ExecTaskStreaming",
+        )
 
     @unary
     async def CreateNetwork(self, request, context):

@@ -64,7 +64,12 @@ def negotiate_version(config: HandshakeConfig, environ: Mapping[str, str]) -> in
 
 
 def handshake_line(
-    config: HandshakeConfig, network: str, address: str, app_version: int | None = None, *, multiplex: bool | None = None
+    config: HandshakeConfig,
+    network: str,
+    address: str,
+    app_version: int | None = None,
+    *,
+    multiplex: bool | None = None,
 ) -> str:
     """``CORE|APP|NETWORK|ADDR|grpc|`` plus a newline.
 

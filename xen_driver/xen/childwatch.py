@@ -34,5 +34,3 @@ def use_pidfd_child_watcher() -> bool:
         watcher.attach_loop(loop)  # one watcher per loop: it waits through the loop's readers
         policy.set_child_watcher(watcher)
     return True
-
-

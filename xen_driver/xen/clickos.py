@@ -129,7 +129,9 @@ async def push_config(
     return result
 
 
-async def read_config(xs: XenStore, domid: int, *, layout: ClickLayout = ClickLayout.COSMOS, router_id: int = 0) -> bytes:
+async def read_config(
+    xs: XenStore, domid: int, *, layout: ClickLayout = ClickLayout.COSMOS, router_id: int = 0
+) -> bytes:
     """Reassemble the configuration currently stored for a router (for checks and debugging)."""
     base = layout.base_path(domid, router_id)
     parts = []

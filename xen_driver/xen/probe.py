@@ -231,9 +231,7 @@ async def probe_host(
         return HostProbe(ProbeState.UNDETECTED, f"Xen toolstack not found: no executable {where}")
 
     try:
-        rc, out, err = await run(
-            [xl, "info"], timeout=timeout, env=dict(env) if env is not None else None
-        )
+        rc, out, err = await run([xl, "info"], timeout=timeout, env=dict(env) if env is not None else None)
     except OutOfFileDescriptors as exc:  # not a host problem: this process has no descriptor left
         return HostProbe(ProbeState.UNHEALTHY, str(exc), xl_path=xl)
     if rc is None:

@@ -107,7 +107,9 @@ class StatsSampler:
         self.last_error: str | None = None
 
     # ------------------------------------------------------------ interface
-    def subscribe(self, name: str, interval_s: float | None = None) -> asyncio.Queue[DomainSample | SamplerFailure | DomainGone]:
+    def subscribe(
+        self, name: str, interval_s: float | None = None
+    ) -> asyncio.Queue[DomainSample | SamplerFailure | DomainGone]:
         """A queue that always holds the newest sample of ``name`` (older ones are dropped), or a
         :class:`SamplerFailure` while listings keep failing.  ``interval_s``: how often the
         subscriber wants a sample; the sampler lists as often as the most demanding one asks."""
@@ -136,7 +138,10 @@ class StatsSampler:
 
     # -------------------------------------------------------------- sampling
     @staticmethod
-    def _offer(queue: asyncio.Queue[DomainSample | SamplerFailure | DomainGone], item: DomainSample | SamplerFailure | DomainGone) -> None:
+    def _offer(
+        queue: asyncio.Queue[DomainSample | SamplerFailure | DomainGone],
+        item: DomainSample | SamplerFailure | DomainGone,
+    ) -> None:
         if queue.full():
             queue.get_nowait()
         queue.put_nowait(item)

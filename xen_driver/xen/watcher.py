@@ -159,7 +159,9 @@ class DomainWatcher:
                 return entry.future
             if not entry.future.done():
                 # A new incarnation was subscribed before the old one's exit was seen.
-                self._finish(entry, DomainExit(name, entry.domid, self._vanished_reason(entry), entry.requested, entry.last))
+                self._finish(
+                    entry, DomainExit(name, entry.domid, self._vanished_reason(entry), entry.requested, entry.last)
+                )
         fut: asyncio.Future[DomainExit] = asyncio.get_running_loop().create_future()
         self._subscriptions += 1
         self._tracked[name] = _Tracked(name=name, domid=domid, future=fut, since=self._subscriptions)
@@ -274,7 +276,10 @@ class DomainWatcher:
             if entry.future.done() or entry.since > horizon:
                 continue
             if value is None or value.decode("utf-8", "replace") != entry.name:
-                self._finish(entry, DomainExit(entry.name, entry.domid, self._vanished_reason(entry), entry.requested, entry.last))
+                self._finish(
+                    entry,
+                    DomainExit(entry.name, entry.domid, self._vanished_reason(entry), entry.requested, entry.last),
+                )
 
     async def _check_present(self) -> None:
         """Which tracked domains no longer exist, from one XenStore directory of /local/domain."""
@@ -286,7 +291,10 @@ class DomainWatcher:
             if entry.future.done() or entry.since > horizon or entry.domid is None:
                 continue
             if entry.domid not in present:
-                self._finish(entry, DomainExit(entry.name, entry.domid, self._vanished_reason(entry), entry.requested, entry.last))
+                self._finish(
+                    entry,
+                    DomainExit(entry.name, entry.domid, self._vanished_reason(entry), entry.requested, entry.last),
+                )
 
     async def rescan(self) -> list[DomainExit]:
         """List all domains once and resolve the futures of tracked domains that exited.
@@ -326,9 +334,7 @@ class DomainWatcher:
             entry.domid = info.domid
         if info.state is DomainState.SHUTDOWN:
             entry.last = info
-            return DomainExit(
-                entry.name, info.domid, info.shutdown_reason or ExitReason.UNKNOWN, entry.requested, info
-            )
+            return DomainExit(entry.name, info.domid, info.shutdown_reason or ExitReason.UNKNOWN, entry.requested, info)
         if info.state is DomainState.DYING:
             reason = info.shutdown_reason or self._vanished_reason(entry)
             entry.last = info

@@ -24,7 +24,12 @@ from xen_driver.logging import get_logger
 log = get_logger("xenctrl")
 
 #: Where Debian and upstream installs put the library, newest first after the linker's own pick.
-_CANDIDATES = ("libxenctrl.so", "/usr/lib/x86_64-linux-gnu/libxenctrl.so.4.*", "/usr/lib/libxenctrl.so.4.*", "/usr/lib64/libxenctrl.so.4.*")
+_CANDIDATES = (
+    "libxenctrl.so",
+    "/usr/lib/x86_64-linux-gnu/libxenctrl.so.4.*",
+    "/usr/lib/libxenctrl.so.4.*",
+    "/usr/lib64/libxenctrl.so.4.*",
+)
 
 
 class XenCtrlError(OSError):

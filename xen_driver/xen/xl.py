@@ -60,7 +60,9 @@ from xen_driver.xen.xllist import parse_xl_list
 
 log = structlog.get_logger(__name__)
 
-_NOT_FOUND_RE = re.compile(r"invalid domain identifier|not found|no such domain|unable to find domain info", re.IGNORECASE)
+_NOT_FOUND_RE = re.compile(
+    r"invalid domain identifier|not found|no such domain|unable to find domain info", re.IGNORECASE
+)
 _EXISTS_RE = re.compile(r"already exists", re.IGNORECASE)
 #: What libxl says when it will never build this domain, however often it is asked: the kernel is
 #: no loadable PV image, or a setting is impossible on this host.  Anything else (a timeout, a
@@ -305,7 +307,9 @@ class XlBackend:
         with phases.phase("render"):
             path = self.write_config(spec)
         with phases.phase("domain_build"):
-            await self.create(path, spec.name, paused=paused, describe=False, nice=BACKGROUND_NICE if background else None)
+            await self.create(
+                path, spec.name, paused=paused, describe=False, nice=BACKGROUND_NICE if background else None
+            )
         return CreatedDomain(name=spec.name, domid=None, config_file=str(path))
 
     async def unpause(self, name: str, *, domid: int | None = None) -> None:

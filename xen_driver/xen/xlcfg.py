@@ -60,9 +60,7 @@ def render(spec: DomainSpec) -> str:
     if spec.cpus is not None:
         lines.append(f"cpus = {quote('cpus', spec.cpus)}")
     if spec.vifs:
-        items = ", ".join(
-            quote(f"vifs[{i}]", vif_string(vif, i), in_vif=False) for i, vif in enumerate(spec.vifs)
-        )
+        items = ", ".join(quote(f"vifs[{i}]", vif_string(vif, i), in_vif=False) for i, vif in enumerate(spec.vifs))
         lines.append(f"vif = [ {items} ]")
     for key in ("on_poweroff", "on_reboot", "on_crash"):
         lines.append(f"{key} = {quote(key, getattr(spec, key))}")

@@ -12,7 +12,9 @@ from xen_driver.driver.errors import NotSupported
 from xen_driver.driver.models import ExitResult, Health, TaskEvent
 from xen_driver.xen.probe import HostProbe, ProbeState, XenHostInfo
 
-INFO = XenHostInfo(xen_version="4.17.5", xen_scheduler="credit2", free_memory_mib=1843, total_memory_mib=3071, nr_cpus=2)
+INFO = XenHostInfo(
+    xen_version="4.17.5", xen_scheduler="credit2", free_memory_mib=1843, total_memory_mib=3071, nr_cpus=2
+)
 
 
 def test_fingerprint_mapping():
@@ -116,7 +118,9 @@ def test_fingerprint_periodic_without_change():
         return HostProbe(ProbeState.UNDETECTED, "no xl")
 
     async def scenario():
-        core = DriverCore(PluginConfig(fingerprint_period=1.0), prober=prober, signature=lambda cfg: (), watch_interval=0.2)
+        core = DriverCore(
+            PluginConfig(fingerprint_period=1.0), prober=prober, signature=lambda cfg: (), watch_interval=0.2
+        )
         stream = core.fingerprints()
         loop = asyncio.get_running_loop()
         start = loop.time()

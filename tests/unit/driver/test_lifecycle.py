@@ -170,8 +170,13 @@ def make_spec(tmp_path: Path, task_id: str = "a1b2c3d4-0000-0000-0000-0000000000
 async def _lifecycle(config, fake, events=None):
     # The FIFO keeper is a real process; in these tests it goes away a second after its last use.
     keeper = FifoKeeperClient(config.state_dir, idle_exit_s=1.0)
-    lc = TaskLifecycle(config, (events.append if events is not None else (lambda e: None)), backend=fake,
-                       rescan_interval_s=0.05, fifo_keeper=keeper)
+    lc = TaskLifecycle(
+        config,
+        (events.append if events is not None else (lambda e: None)),
+        backend=fake,
+        rescan_interval_s=0.05,
+        fifo_keeper=keeper,
+    )
     return lc
 
 
@@ -327,7 +332,9 @@ async def test_recover_adopts_live_domain_and_resumes_console(host):
 
     lc2 = await _lifecycle(config, fake)
     try:
-        recovered = RecoveredTask(spec=spec, version=handle.version, state=handle.state, driver_state=handle.driver_state)
+        recovered = RecoveredTask(
+            spec=spec, version=handle.version, state=handle.state, driver_state=handle.driver_state
+        )
         await lc2.recover_task(recovered)
         await lc2.recover_task(recovered)  # idempotent
         assert (await lc2.inspect_task(spec.id)).state is TaskState.RUNNING
@@ -496,8 +503,6 @@ def test_failed_create_reports_the_cause_not_the_clean_up():
     assert "Non-existant" in str(XlError(["xl", "destroy", "d"], 1, "libxl: error: Domain 12:Non-existant domain\n"))
 
 
-
-
 async def test_clickos_start_reconnects_to_a_xenstored_that_refused_at_first(host):
     tmp_path, config, fake = host
     lc = await _lifecycle(config, fake)
@@ -509,8 +514,11 @@ async def test_clickos_start_reconnects_to_a_xenstored_that_refused_at_first(hos
         xenstored = await FakeXenstored(config.xenstored_socket).start()  # xenstored is back
         try:
             xenstored._ensure(xenstored.nodes, f"/local/domain/{fake.next_domid}")
-            spec = make_spec(tmp_path, task_id="a1b2c3d4-0000-0000-0000-000000000000/web/00000002",
-                             click_config="in :: FromDevice(0); in -> Discard;")
+            spec = make_spec(
+                tmp_path,
+                task_id="a1b2c3d4-0000-0000-0000-000000000000/web/00000002",
+                click_config="in :: FromDevice(0); in -> Discard;",
+            )
             await lc.start_task(spec)
             assert xenstored.nodes[f"/local/domain/{fake.next_domid - 1}/clickos/0/status"].value == b"Running"
         finally:
@@ -521,8 +529,16 @@ async def test_clickos_start_reconnects_to_a_xenstored_that_refused_at_first(hos
 
 @pytest.mark.parametrize(
     "cpus, ok",
-    [("all", True), ("0-1", True), ("1", True), ("0,^1", True),
-     ("2", False), ("0-3,^1", False), ("316", False), ("^1", False)],
+    [
+        ("all", True),
+        ("0-1", True),
+        ("1", True),
+        ("0,^1", True),
+        ("2", False),
+        ("0-3,^1", False),
+        ("316", False),
+        ("^1", False),
+    ],
 )
 async def test_cpus_pinning_is_checked_against_the_host(host, cpus, ok):
     """xl refuses a domain pinned only to CPUs the host lacks ("vcpu hard affinity map is empty")."""

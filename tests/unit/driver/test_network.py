@@ -34,7 +34,11 @@ ADVERTISED = [
     ((A, B), 1, 1),
     ((NO_IP, B), 1, 1),
     ((V6,), 0, 0),
-    ((A, B), 2, "got 2, must be the index of a vif block with an ip (this task has vif[0] with ip 10.0.0.2, vif[1] with ip 192.168.7.9)"),
+    (
+        (A, B),
+        2,
+        "got 2, must be the index of a vif block with an ip (this task has vif[0] with ip 10.0.0.2, vif[1] with ip 192.168.7.9)",
+    ),
     ((NO_IP, A), 0, "vif[0] has no ip (this task has vif[1] with ip 10.0.0.2)"),
     ((), 0, "(this task has no vif blocks)"),
     ((NO_IP, NO_IP), 1, "(none of this task's 2 vif blocks has an ip)"),
@@ -106,7 +110,9 @@ def test_an_advertised_guest_needs_a_to_for_every_port(ports):
     missing = [p for p in ports if p.to == 0][0]
     with pytest.raises(ConfigError) as err:
         network.plan((A,), None, ports)
-    assert str(err.value).startswith(f'network port "{missing.label}.to": got nothing, must be the port the guest serves on')
+    assert str(err.value).startswith(
+        f'network port "{missing.label}.to": got nothing, must be the port the guest serves on'
+    )
     assert "10.0.0.2" in str(err.value) and f"({missing.value})" in str(err.value)
     # Without an address nothing is advertised, so nothing is wrong with the ports either.
     assert network.plan((NO_IP,), None, ports) is None
@@ -209,7 +215,9 @@ async def test_a_port_without_to_on_an_advertised_guest_creates_nothing(host):
     lc = await _lifecycle(config, fake)
     lc.bridge_exists = {"xenbr0"}.__contains__
     try:
-        spec = _with_ports(make_spec(tmp_path, vif=[{"bridge": "xenbr0", "ip": "10.0.0.7"}]), PortMapping("admin", 23457))
+        spec = _with_ports(
+            make_spec(tmp_path, vif=[{"bridge": "xenbr0", "ip": "10.0.0.7"}]), PortMapping("admin", 23457)
+        )
         with pytest.raises(ConfigError) as err:
             await lc.start_task(spec)
         assert str(err.value).startswith('network port "admin.to"'), str(err.value)
@@ -244,9 +252,7 @@ async def test_a_derived_mac_avoids_those_of_running_guests(host, monkeypatch):
         taken = fake.specs[domain_name_for(first)].vifs[0].mac
         # Make the second task's own derivation land on the first guest's MAC.
         real = network.derive_mac
-        monkeypatch.setattr(
-            network, "derive_mac", lambda task_id, i, used=(): real(first.id, i, used)
-        )
+        monkeypatch.setattr(network, "derive_mac", lambda task_id, i, used=(): real(first.id, i, used))
         second = make_spec(tmp_path, task_id="a1b2c3d4-0000-0000-0000-000000000000/web/00000002", vif=[{}])
         await lc.start_task(second)
         assert fake.specs[domain_name_for(second)].vifs[0].mac not in (None, taken)
@@ -267,7 +273,9 @@ async def test_recovered_task_reports_the_same_network_and_macs(host):
     try:
         # Nomad hands back the handle; after an agent restart its ports may be gone: the state has them.
         await lc2.recover_task(
-            RecoveredTask(spec=_with_ports(spec), version=handle.version, state=handle.state, driver_state=handle.driver_state)
+            RecoveredTask(
+                spec=_with_ports(spec), version=handle.version, state=handle.state, driver_state=handle.driver_state
+            )
         )
         status = await lc2.inspect_task(spec.id)
         assert status.network == handle.network == NetworkOverride("10.0.0.7", {"http": 80}, True)
@@ -280,8 +288,19 @@ async def test_recovered_task_reports_the_same_network_and_macs(host):
 
 
 def _state(**extra) -> DriverState:
-    return DriverState(task_id="t", domain_name="d", domid=3, uuid="u", started_at_ns=1, backend="xl",
-                       config_path="/c", task_state_dir="/t", console_path="/l", console_offset=0, **extra)
+    return DriverState(
+        task_id="t",
+        domain_name="d",
+        domid=3,
+        uuid="u",
+        started_at_ns=1,
+        backend="xl",
+        config_path="/c",
+        task_state_dir="/t",
+        console_path="/l",
+        console_offset=0,
+        **extra,
+    )
 
 
 def test_state_keeps_the_network_and_macs():
@@ -294,7 +313,19 @@ def test_state_keeps_the_network_and_macs():
 
 
 def test_version_2_state_still_decodes_without_a_network():
-    v2 = {"v": 2, "task_id": "t", "domain_name": "d", "domid": 3, "uuid": "u", "started_at_ns": 1, "backend": "xl",
-          "config_path": "/c", "task_state_dir": "/t", "console_path": "/l", "console_offset": 0, "driver_config": b"x"}
+    v2 = {
+        "v": 2,
+        "task_id": "t",
+        "domain_name": "d",
+        "domid": 3,
+        "uuid": "u",
+        "started_at_ns": 1,
+        "backend": "xl",
+        "config_path": "/c",
+        "task_state_dir": "/t",
+        "console_path": "/l",
+        "console_offset": 0,
+        "driver_config": b"x",
+    }
     state = DriverState.decode(msgpack.packb(v2, use_bin_type=True))
     assert state.network is None and state.vif_macs == () and state.driver_config == b"x"

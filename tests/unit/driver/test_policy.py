@@ -355,7 +355,9 @@ async def test_every_job_field_reaching_the_host(host, field, good, bad):
     try:
         # Refused: a field-named ConfigError, before anything is created, and nothing left.
         with pytest.raises(ConfigError) as err:
-            await lc.start_task(make_spec(tmp_path, **ROW_CONTEXT.get(key, {}), **{key: _job_value(bad, tmp_path, task_dir)}))
+            await lc.start_task(
+                make_spec(tmp_path, **ROW_CONTEXT.get(key, {}), **{key: _job_value(bad, tmp_path, task_dir)})
+            )
         assert f'"{field}"' in str(err.value), str(err.value)
         assert fake.calls == [] and _leftovers(tmp_path, fake) == []
         # Accepted: the domain is built with the host value the policy resolved.

@@ -80,8 +80,17 @@ def plugin_config(tmp_path: Path, pools: dict | None = None) -> PluginConfig:
 
 
 def clickos_pool(tmp_path: Path, size: int = 2, **extra) -> dict:
-    return {"clickos": {"kernel": str(tmp_path / "images" / "clickos"), "cmdline": "-d standard", "memory": 16,
-                        "vcpus": 1, "size": size, "vif": [{"bridge": "xenbr0"}], **extra}}
+    return {
+        "clickos": {
+            "kernel": str(tmp_path / "images" / "clickos"),
+            "cmdline": "-d standard",
+            "memory": 16,
+            "vcpus": 1,
+            "size": size,
+            "vif": [{"bridge": "xenbr0"}],
+            **extra,
+        }
+    }
 
 
 def make_spec(tmp_path: Path, n: int = 1, memory_mb: int = 16, **cfg) -> TaskSpec:
@@ -91,17 +100,35 @@ def make_spec(tmp_path: Path, n: int = 1, memory_mb: int = 16, **cfg) -> TaskSpe
     raw = {"kernel": str(tmp_path / "images" / "clickos"), "boot_marker": "NDX-GUEST READY", "boot_timeout": "5s"}
     raw.update(cfg)
     return TaskSpec(
-        id=task_id, name="web", alloc_id=ALLOC, task_group="g", job_name="j", job_id="j", namespace="default",
-        node_id="n", node_name="n", env={}, memory_mb=memory_mb, memory_max_mb=0, cpu_shares=100,
-        alloc_dir=str(tmp_path / "alloc"), stdout_path=str(stdout), stderr_path=os.devnull,
+        id=task_id,
+        name="web",
+        alloc_id=ALLOC,
+        task_group="g",
+        job_name="j",
+        job_id="j",
+        namespace="default",
+        node_id="n",
+        node_name="n",
+        env={},
+        memory_mb=memory_mb,
+        memory_max_mb=0,
+        cpu_shares=100,
+        alloc_dir=str(tmp_path / "alloc"),
+        stdout_path=str(stdout),
+        stderr_path=os.devnull,
         config=TaskConfig.from_dict(raw),
     )
 
 
 def lifecycle(config: PluginConfig, fake: FakeXen, events: list | None = None) -> TaskLifecycle:
     keeper = FifoKeeperClient(config.state_dir, idle_exit_s=1.0)
-    lc = TaskLifecycle(config, events.append if events is not None else (lambda e: None), backend=fake,
-                       rescan_interval_s=0.05, fifo_keeper=keeper)
+    lc = TaskLifecycle(
+        config,
+        events.append if events is not None else (lambda e: None),
+        backend=fake,
+        rescan_interval_s=0.05,
+        fifo_keeper=keeper,
+    )
     lc.bridge_exists = {"xenbr0"}.__contains__
     return lc
 
@@ -149,8 +176,16 @@ def test_profiles_are_parsed_and_checked_against_the_operator_limits(tmp_path):
 def test_pool_blocks_decode_from_nomads_block_map(tmp_path):
     """Nomad sends ``pool "clickos" { ... }`` as a map from the label to an object."""
     value = {name: None for name, _ in PLUGIN_SCHEMA.cty_type.attributes}
-    value["pool"] = {"clickos": {"kernel": "/k", "cmdline": None, "memory": 16, "vcpus": None, "size": 3,
-                                 "vif": [{"bridge": "xenbr0", "mac": None, "ip": None, "script": None}]}}
+    value["pool"] = {
+        "clickos": {
+            "kernel": "/k",
+            "cmdline": None,
+            "memory": 16,
+            "vcpus": None,
+            "size": 3,
+            "vif": [{"bridge": "xenbr0", "mac": None, "ip": None, "script": None}],
+        }
+    }
     decoded = PLUGIN_SCHEMA.decode(cty.encode(value, PLUGIN_SCHEMA.cty_type))
     assert decoded["pool"]["clickos"]["size"] == 3
     proto = PLUGIN_SCHEMA.to_proto().object.attributes["pool"]
@@ -190,7 +225,9 @@ async def test_claim_takes_a_built_member_and_the_pool_refills(host):
         await until(lambda: lc.pool.ready("clickos") == 2, what="the refill")
         assert len(members(fake)) == 3 and len(set(members(fake))) == 3
         assert lc.pool.attributes(ATTR_PREFIX) == {
-            "driver.xen.pool.clickos.ready": 2, "driver.xen.pool.clickos.size": 2}
+            "driver.xen.pool.clickos.ready": 2,
+            "driver.xen.pool.clickos.size": 2,
+        }
 
         # The claimed guest is an ordinary task: stop and destroy remove it and its files.
         await lc.stop_task(spec.id, 1.0, "SIGTERM")
@@ -261,8 +298,9 @@ async def test_a_task_that_contradicts_its_profile_is_refused_naming_the_field(h
         assert f'task config "{field}"' in str(err.value) and 'pool "clickos"' in str(err.value), str(err.value)
         assert lc.pool.ready("clickos") == 1 and len(fake.domains) == 1  # nothing claimed, nothing built
         # The same task without the contradiction, or matching it exactly, is accepted.
-        ok = await lc.start_task(make_spec(tmp_path, 2, pool="clickos", cmdline="-d standard", memory=16,
-                                           vif=[{"bridge": "xenbr0"}]))
+        ok = await lc.start_task(
+            make_spec(tmp_path, 2, pool="clickos", cmdline="-d standard", memory=16, vif=[{"bridge": "xenbr0"}])
+        )
         assert DriverState.decode(ok.driver_state).domain_name.startswith(MEMBER_PREFIX)
     finally:
         await lc.close()
@@ -289,8 +327,9 @@ async def test_plugin_restart_readopts_members_none_leaked_none_duplicated(host)
     lc2 = lifecycle(config, fake)
     try:
         # RecoverTask and the pool's start-up may come in either order; recover first here.
-        await lc2.recover_task(RecoveredTask(spec=spec, version=handle.version, state=handle.state,
-                                             driver_state=handle.driver_state))
+        await lc2.recover_task(
+            RecoveredTask(spec=spec, version=handle.version, state=handle.state, driver_state=handle.driver_state)
+        )
         await asyncio.gather(lc2.pool.start(), lc2.pool.start())  # callers at once: one adoption
         assert sorted(lc2.pool.member_names()) == sorted(idle)  # re-adopted once, the claimed one not among them
         assert (await lc2.inspect_task(spec.id)).state is TaskState.RUNNING

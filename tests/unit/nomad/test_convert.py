@@ -52,7 +52,13 @@ def task_config(**driver_config) -> driver_pb2.TaskConfig:
 
 def test_task_spec_from_proto():
     spec = convert.task_spec(task_config(kernel="local/k", memory=16))
-    assert (spec.id, spec.name, spec.alloc_id, spec.task_group, spec.job_name) == ("5e1c/web/0a1b2c3d", "web", "5e1c", "g", "j")
+    assert (spec.id, spec.name, spec.alloc_id, spec.task_group, spec.job_name) == (
+        "5e1c/web/0a1b2c3d",
+        "web",
+        "5e1c",
+        "g",
+        "j",
+    )
     assert (spec.memory_mb, spec.memory_max_mb, spec.cpu_shares) == (32, 64, 500)
     assert spec.env == {"NOMAD_TASK_NAME": "web"}
     assert spec.config.kernel == "local/k" and spec.config.memory == 16
@@ -66,11 +72,20 @@ def test_bad_driver_config_is_a_config_error():
 
 def test_start_response_echoes_the_config():
     cfg = task_config()
-    handle = TaskHandle(task_id=cfg.id, version=1, state=TaskState.RUNNING, driver_state=b"\x81\xa1v\x01",
-                        network=NetworkOverride(addr="10.0.0.2", port_map={"http": 80}, auto_advertise=True))
+    handle = TaskHandle(
+        task_id=cfg.id,
+        version=1,
+        state=TaskState.RUNNING,
+        driver_state=b"\x81\xa1v\x01",
+        network=NetworkOverride(addr="10.0.0.2", port_map={"http": 80}, auto_advertise=True),
+    )
     msg = convert.start_response(handle, cfg)
     assert msg.handle.config == cfg and msg.handle.config.id == cfg.id
-    assert msg.handle.version == 1 and msg.handle.state == driver_pb2.RUNNING and msg.handle.driver_state == b"\x81\xa1v\x01"
+    assert (
+        msg.handle.version == 1
+        and msg.handle.state == driver_pb2.RUNNING
+        and msg.handle.driver_state == b"\x81\xa1v\x01"
+    )
     assert msg.network_override.addr == "10.0.0.2" and dict(msg.network_override.port_map) == {"http": 80}
     with pytest.raises(ValueError):
         convert.task_handle(TaskHandle(task_id="x", version=0, state=TaskState.RUNNING, driver_state=b""), cfg)
@@ -89,8 +104,9 @@ def test_wait_response_always_has_a_result():
 
 
 def test_inspect_fills_zero_times():
-    msg = convert.inspect_response(TaskStatus(id="x", name="web", state=TaskState.RUNNING,
-                                              started_at=dt.datetime(2024, 5, 1, tzinfo=dt.UTC)))
+    msg = convert.inspect_response(
+        TaskStatus(id="x", name="web", state=TaskState.RUNNING, started_at=dt.datetime(2024, 5, 1, tzinfo=dt.UTC))
+    )
     assert msg.task.started_at.seconds == 1714521600
     assert msg.task.completed_at.seconds == convert.ZERO_TIME_SECONDS
     assert msg.task.HasField("result")
@@ -101,8 +117,9 @@ def test_stats_always_have_timestamp_and_aggregate():
     msg = convert.stats_response(TaskStats(task_id="x", timestamp=now))
     assert msg.HasField("stats") and msg.stats.HasField("timestamp") and msg.stats.HasField("agg_resource_usage")
     assert list(msg.stats.agg_resource_usage.cpu.measured_fields) == []
-    msg = convert.stats_response(TaskStats(task_id="x", timestamp=now, cpu=CpuUsage(total_ticks=12.5, percent=1.0),
-                                           memory=MemoryUsage(rss=4096)))
+    msg = convert.stats_response(
+        TaskStats(task_id="x", timestamp=now, cpu=CpuUsage(total_ticks=12.5, percent=1.0), memory=MemoryUsage(rss=4096))
+    )
     cpu, mem = msg.stats.agg_resource_usage.cpu, msg.stats.agg_resource_usage.memory
     # total_ticks is sent (Nomad's MHz figure) but not listed: `nomad alloc status -stats` has
     # no column for it and would print the CPU Stats values under the wrong headings.
@@ -111,11 +128,17 @@ def test_stats_always_have_timestamp_and_aggregate():
     msg = convert.stats_response(TaskStats(task_id="x", timestamp=now, memory=MemoryUsage(rss=1, usage=1, max_usage=2)))
     mem = msg.stats.agg_resource_usage.memory
     assert (mem.rss, mem.usage, mem.max_usage) == (1, 1, 2)
-    assert list(mem.measured_fields) == [driver_pb2.MemoryUsage.RSS, driver_pb2.MemoryUsage.USAGE, driver_pb2.MemoryUsage.MAX_USAGE]
+    assert list(mem.measured_fields) == [
+        driver_pb2.MemoryUsage.RSS,
+        driver_pb2.MemoryUsage.USAGE,
+        driver_pb2.MemoryUsage.MAX_USAGE,
+    ]
 
 
 def test_fingerprint_attributes_have_exactly_one_value():
-    msg = convert.fingerprint(Fingerprint(Health.HEALTHY, "ok", {"a": 1, "b": 1.5, "c": "s", "d": True, "e": Attr(512, "MiB")}))
+    msg = convert.fingerprint(
+        Fingerprint(Health.HEALTHY, "ok", {"a": 1, "b": 1.5, "c": "s", "d": True, "e": Attr(512, "MiB")})
+    )
     assert msg.health == driver_pb2.FingerprintResponse.HEALTHY and msg.health_description == "ok"
     kinds = {k: v.WhichOneof("value") for k, v in msg.attributes.items()}
     assert kinds == {"a": "int_val", "b": "float_val", "c": "string_val", "d": "bool_val", "e": "int_val"}
@@ -130,7 +153,9 @@ def test_capabilities():
 
 
 def test_task_event_gets_a_timestamp():
-    msg = convert.task_event(TaskEvent(task_id="x", alloc_id="a", task_name="web", message="booted", annotations={"boot_ms": "31"}))
+    msg = convert.task_event(
+        TaskEvent(task_id="x", alloc_id="a", task_name="web", message="booted", annotations={"boot_ms": "31"})
+    )
     assert msg.timestamp.seconds > 0 and dict(msg.annotations) == {"boot_ms": "31"}
 
 
@@ -142,9 +167,19 @@ def test_recovery_after_a_client_restart_takes_the_job_config_from_driver_state(
     started = task_config(kernel="local/k", on_crash="preserve", memory=24)
     spec = convert.task_spec(started)
     assert spec.raw_config == started.msgpack_driver_config
-    state = DriverState(task_id=spec.id, domain_name="nomad-web-5e1c-0a1b2c3d", domid=7, uuid="u", started_at_ns=1,
-                        backend="xl", config_path="/c", task_state_dir="/t", console_path="/l", console_offset=0,
-                        driver_config=spec.raw_config)
+    state = DriverState(
+        task_id=spec.id,
+        domain_name="nomad-web-5e1c-0a1b2c3d",
+        domid=7,
+        uuid="u",
+        started_at_ns=1,
+        backend="xl",
+        config_path="/c",
+        task_state_dir="/t",
+        console_path="/l",
+        console_offset=0,
+        driver_config=spec.raw_config,
+    )
     restored = driver_pb2.TaskConfig()
     restored.CopyFrom(started)
     restored.msgpack_driver_config = b""  # what Nomad hands back after an agent restart
@@ -159,8 +194,19 @@ def test_version_1_driver_state_still_decodes():
 
     from xen_driver.driver.state import DriverState, stored_driver_config
 
-    v1 = {"v": 1, "task_id": "t", "domain_name": "d", "domid": 3, "uuid": "u", "started_at_ns": 1, "backend": "xl",
-          "config_path": "/c", "task_state_dir": "/t", "console_path": "/l", "console_offset": 0}
+    v1 = {
+        "v": 1,
+        "task_id": "t",
+        "domain_name": "d",
+        "domid": 3,
+        "uuid": "u",
+        "started_at_ns": 1,
+        "backend": "xl",
+        "config_path": "/c",
+        "task_state_dir": "/t",
+        "console_path": "/l",
+        "console_offset": 0,
+    }
     blob = msgpack.packb(v1, use_bin_type=True)
     assert DriverState.decode(blob).driver_config == b"" and stored_driver_config(blob) == b""
     assert stored_driver_config(b"junk") == b""
@@ -199,7 +245,9 @@ def test_ports_of_a_legacy_task_network_come_after_the_groups():
 def test_no_ports_no_network():
     spec = convert.task_spec(task_config())
     assert spec.ports == ()
-    msg = convert.start_response(TaskHandle(task_id="x", version=3, state=TaskState.RUNNING, driver_state=b"s"), task_config())
+    msg = convert.start_response(
+        TaskHandle(task_id="x", version=3, state=TaskState.RUNNING, driver_state=b"s"), task_config()
+    )
     assert not msg.HasField("network_override")
 
 
@@ -208,7 +256,9 @@ def test_inspect_reports_the_network():
     msg = convert.inspect_response(TaskStatus(id="x", name="web", state=TaskState.RUNNING, network=net))
     assert msg.network_override.addr == "fd00::7" and msg.network_override.auto_advertise is True
     assert dict(msg.network_override.port_map) == {"http": 80, "dns": 53}
-    assert not convert.inspect_response(TaskStatus(id="x", name="web", state=TaskState.RUNNING)).HasField("network_override")
+    assert not convert.inspect_response(TaskStatus(id="x", name="web", state=TaskState.RUNNING)).HasField(
+        "network_override"
+    )
 
 
 def test_capabilities_list_only_the_host_network_mode():

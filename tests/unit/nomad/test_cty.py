@@ -45,8 +45,18 @@ TABLE = [
     ("float64", b"\xcb" + struct.pack(">d", 1.5), N, 1.5),
     ("float64 integral", b"\xcb" + struct.pack(">d", 2.0), N, 2.0),
     ("float32 (never sent, tolerated)", b"\xca" + struct.pack(">f", 0.5), N, 0.5),
-    ("decimal string, huge integer", msgpack.packb("123456789012345678901234567890"), N, 123456789012345678901234567890),
-    ("decimal string, precise fraction", msgpack.packb("0.1000000000000000000001"), N, Decimal("0.1000000000000000000001")),
+    (
+        "decimal string, huge integer",
+        msgpack.packb("123456789012345678901234567890"),
+        N,
+        123456789012345678901234567890,
+    ),
+    (
+        "decimal string, precise fraction",
+        msgpack.packb("0.1000000000000000000001"),
+        N,
+        Decimal("0.1000000000000000000001"),
+    ),
     ("decimal string, negative", msgpack.packb("-42"), N, -42),
     ("+inf", b"\xcb" + struct.pack(">d", math.inf), N, math.inf),
     ("-inf", b"\xcb" + struct.pack(">d", -math.inf), N, -math.inf),
@@ -120,8 +130,14 @@ def test_wrong_shapes_are_refused(raw, cty_type):
 def test_plugin_config_every_number_width_reaches_the_same_config():
     # fingerprint_period is a string; the numbers here go through the task schema instead.
     base = {k: None for k, _ in TASK_SCHEMA.cty_type.attributes}
-    for vcpus_raw in (b"\x02", b"\xcc\x02", b"\xcd\x00\x02", b"\xd3" + struct.pack(">q", 2),
-                      b"\xcb" + struct.pack(">d", 2.0), msgpack.packb("2")):
+    for vcpus_raw in (
+        b"\x02",
+        b"\xcc\x02",
+        b"\xcd\x00\x02",
+        b"\xd3" + struct.pack(">q", 2),
+        b"\xcb" + struct.pack(">d", 2.0),
+        msgpack.packb("2"),
+    ):
         body = dict(base, kernel="k")
         packed = bytearray([0x80 | len(body)])  # a fixmap of every attribute, keys sorted like go-cty
         for key in sorted(body):
@@ -132,7 +148,9 @@ def test_plugin_config_every_number_width_reaches_the_same_config():
 
 
 def test_plugin_schema_roundtrip_with_defaults():
-    decoded = PLUGIN_SCHEMA.decode(cty.encode({"backend": "libvirt", "image_dirs": ["/srv/img"]}, PLUGIN_SCHEMA.cty_type))
+    decoded = PLUGIN_SCHEMA.decode(
+        cty.encode({"backend": "libvirt", "image_dirs": ["/srv/img"]}, PLUGIN_SCHEMA.cty_type)
+    )
     assert set(decoded) == {name for name, _ in PLUGIN_SCHEMA.cty_type.attributes}
     cfg = PluginConfig.from_dict(decoded)
     assert cfg.backend == "libvirt" and cfg.image_dirs == ("/srv/img",)

@@ -30,8 +30,10 @@ from xen_driver.xen.probe import ProbeState, probe_host
 from xen_driver.xen.xl import XlBackend
 
 REPO = Path(__file__).resolve().parents[3]
-XL_INFO = "xen_version            : 4.17.5\nxen_scheduler          : credit2\nfree_memory            : 1843\n" \
-          "total_memory           : 3071\nnr_cpus                : 2\n"
+XL_INFO = (
+    "xen_version            : 4.17.5\nxen_scheduler          : credit2\nfree_memory            : 1843\n"
+    "total_memory           : 3071\nnr_cpus                : 2\n"
+)
 FD_MESSAGE = r"out of file descriptors \((\d+) open, limit (\d+)\): raise LimitNOFILE"
 
 

@@ -34,7 +34,9 @@ def test_multiplex_field_only_when_asked():
         handshake_line(NOMAD_HANDSHAKE, "unix", "/a|b")
 
 
-@pytest.mark.parametrize("offered,ok", [("", True), ("2", True), ("1,2", True), (" 2 , 3", True), ("1", False), ("3,x", False)])
+@pytest.mark.parametrize(
+    "offered,ok", [("", True), ("2", True), ("1,2", True), (" 2 , 3", True), ("1", False), ("3,x", False)]
+)
 def test_version_negotiation(offered, ok):
     env = {"PLUGIN_PROTOCOL_VERSIONS": offered} if offered else {}
     if ok:

@@ -30,8 +30,10 @@ REPO = Path(__file__).resolve().parents[3]
 HANDSHAKE_RE = re.compile(r"^1\|2\|unix\|(/[^|]+)\|grpc\|(\|false)?\n$")
 TS_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 
-XL_INFO = "xen_version            : 4.17.5\nxen_scheduler          : credit2\nfree_memory            : 1843\n" \
-          "total_memory           : 3071\nnr_cpus                : 2\n"
+XL_INFO = (
+    "xen_version            : 4.17.5\nxen_scheduler          : credit2\nfree_memory            : 1843\n"
+    "total_memory           : 3071\nnr_cpus                : 2\n"
+)
 
 
 class Plugin:
@@ -104,7 +106,9 @@ def plugin(tmp_path):
 
 def set_config(plugin: Plugin, **config) -> None:
     base_pb2_grpc.BasePluginStub(plugin.channel).SetConfig(
-        base_pb2.SetConfigRequest(msgpack_config=cty.encode(config, PLUGIN_SCHEMA.cty_type), plugin_api_version="0.1.0"),
+        base_pb2.SetConfigRequest(
+            msgpack_config=cty.encode(config, PLUGIN_SCHEMA.cty_type), plugin_api_version="0.1.0"
+        ),
         timeout=10,
     )
 
@@ -262,7 +266,11 @@ def test_task_rpcs_answer_without_crashing(plugin):
     # A handle we did not make cannot be recovered; unikernels have no shell; no netns.
     task.msgpack_driver_config = cty.encode({"kernel": "/k"}, TASK_SCHEMA.cty_type)
     for call, req, code in [
-        (drv.RecoverTask, driver_pb2.RecoverTaskRequest(handle=driver_pb2.TaskHandle(version=1, config=task)), grpc.StatusCode.FAILED_PRECONDITION),
+        (
+            drv.RecoverTask,
+            driver_pb2.RecoverTaskRequest(handle=driver_pb2.TaskHandle(version=1, config=task)),
+            grpc.StatusCode.FAILED_PRECONDITION,
+        ),
         (drv.ExecTask, driver_pb2.ExecTaskRequest(task_id="x", command=["sh"]), grpc.StatusCode.UNIMPLEMENTED),
         (drv.CreateNetwork, driver_pb2.CreateNetworkRequest(alloc_id="a"), grpc.StatusCode.UNIMPLEMENTED),
     ]:

@@ -37,8 +37,11 @@ def test_missing_libvirt_binding_is_an_unhealthy_node_not_an_internal_error(tmp_
     (shadow / "libvirt" / "__init__.py").write_text("raise ImportError('no libvirt here')\n")
     import os
 
-    plugin = Plugin(tmp_path, PYTHONPATH=f"{shadow}{os.pathsep}{os.environ.get('PYTHONPATH', '')}{os.pathsep}"
-                    + str(Plugin.__init__.__globals__["REPO"]))
+    plugin = Plugin(
+        tmp_path,
+        PYTHONPATH=f"{shadow}{os.pathsep}{os.environ.get('PYTHONPATH', '')}{os.pathsep}"
+        + str(Plugin.__init__.__globals__["REPO"]),
+    )
     try:
         xl = fake_xl(tmp_path, f"cat <<'EOF'\n{XL_INFO}EOF\n")
         set_config(plugin, backend="libvirt", xl_path=xl)  # accepted: the config itself is valid

@@ -32,8 +32,13 @@ async def main(args: argparse.Namespace) -> None:
 
         pump = ConsolePump(tick_s=0.02)
         pump.start()
-        stream = pump.add(args.key, args.log, FifoSink(args.fifo), offset=read_offset(args.offset_file) or 0,
-                          on_commit=lambda pos: write_offset(args.offset_file, pos))
+        stream = pump.add(
+            args.key,
+            args.log,
+            FifoSink(args.fifo),
+            offset=read_offset(args.offset_file) or 0,
+            on_commit=lambda pos: write_offset(args.offset_file, pos),
+        )
         if gate := os.environ.get("XEN_DRIVER_TEST_COMMIT_GATE"):
             stream.before_commit = commit_gate(gate)
     print("ready", flush=True)

@@ -45,13 +45,25 @@ def test_implements_every_member_with_the_same_parameters(impl: type) -> None:
         why = f"{impl.__name__}.{name}{inspect.signature(got)} does not accept {inspect.signature(proto)}"
         assert have[: len(want)] == want, why
         # More is allowed only as optional keywords (a caller of the protocol never passes them).
-        assert all(kind is inspect.Parameter.KEYWORD_ONLY and default is not inspect.Parameter.empty
-                   for _n, kind, default in have[len(want):]), why
+        assert all(
+            kind is inspect.Parameter.KEYWORD_ONLY and default is not inspect.Parameter.empty
+            for _n, kind, default in have[len(want) :]
+        ), why
 
 
 def test_the_protocol_names_no_toolstack_specific_operation() -> None:
     """The driver may call only these; anything xl- or libvirt-specific stays in its backend."""
     assert sorted(n for n, v in vars(Backend).items() if inspect.isfunction(v) and not n.startswith("_")) == [
-        "close", "config_file", "create_domain", "destroy", "domain", "dump_core", "forget", "host_facts",
-        "list_domains", "shutdown", "unpause", "validate",
+        "close",
+        "config_file",
+        "create_domain",
+        "destroy",
+        "domain",
+        "dump_core",
+        "forget",
+        "host_facts",
+        "list_domains",
+        "shutdown",
+        "unpause",
+        "validate",
     ]

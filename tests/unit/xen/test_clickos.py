@@ -23,8 +23,15 @@ from xen_driver.xen.xenstore import XenStore
 
 @pytest.mark.parametrize(
     ("size", "chunk", "expected"),
-    [(0, 992, [0]), (1, 992, [1]), (992, 992, [992]), (993, 992, [992, 1]), (2500, 992, [992, 992, 516]),
-     (1024, 512, [512, 512]), (1025, 512, [512, 512, 1])],
+    [
+        (0, 992, [0]),
+        (1, 992, [1]),
+        (992, 992, [992]),
+        (993, 992, [992, 1]),
+        (2500, 992, [992, 992, 516]),
+        (1024, 512, [512, 512]),
+        (1025, 512, [512, 512, 1]),
+    ],
 )
 def test_split_chunks(size: int, chunk: int, expected: list[int]) -> None:
     data = bytes(range(256)) * (size // 256 + 1)

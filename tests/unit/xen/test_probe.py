@@ -145,7 +145,10 @@ def _root(tmp_path: Path, hv: str | None = "xen", caps: str | None = "control_d"
 @pytest.mark.parametrize(
     "layout,expected",
     [
-        (dict(hv=None, caps=None, socket=False), "not running under the Xen hypervisor: /sys/hypervisor/type reports no hypervisor"),
+        (
+            dict(hv=None, caps=None, socket=False),
+            "not running under the Xen hypervisor: /sys/hypervisor/type reports no hypervisor",
+        ),
         (dict(hv="kvm", caps=None), 'reports a "kvm" hypervisor'),
         (dict(caps=None), "/proc/xen is not mounted"),
         (dict(caps=""), "this is a Xen guest, not the control domain"),

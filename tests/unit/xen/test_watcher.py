@@ -25,7 +25,10 @@ def test_reasons_from_preserved_shutdown_states() -> None:
         be.set("reboot", 4, DomainState.SHUTDOWN, shutdown_reason=ExitReason.REBOOT)
         exits = await w.rescan()
         assert {e.name: e.reason for e in exits} == {
-            "off": ExitReason.POWEROFF, "crash": ExitReason.CRASH, "wd": ExitReason.WATCHDOG, "reboot": ExitReason.REBOOT,
+            "off": ExitReason.POWEROFF,
+            "crash": ExitReason.CRASH,
+            "wd": ExitReason.WATCHDOG,
+            "reboot": ExitReason.REBOOT,
         }
         assert futs["crash"].result().domid == 2 and not futs["crash"].result().requested
         assert not futs["live"].done()

@@ -43,11 +43,23 @@ XL_LIST_PLAIN = (
 def test_parse_xl_list_verbose() -> None:
     doms = {d.name: d for d in parse_xl_list(XL_LIST_V)}
     assert set(doms) == {
-        "Domain-0", "ndx-web-1a2b3c4d", "ndx-paused", "ndx-off", "ndx-crashed", "ndx-wd", "(null)",
+        "Domain-0",
+        "ndx-web-1a2b3c4d",
+        "ndx-paused",
+        "ndx-off",
+        "ndx-crashed",
+        "ndx-wd",
+        "(null)",
         "a-rather-long-domain-name-that-exceeds-forty-chars",
     }
     d0 = doms["Domain-0"]
-    assert (d0.domid, d0.state, d0.cpu_seconds, d0.memory_kib, d0.vcpus) == (0, DomainState.RUNNING, 123.4, 1024 * 1024, 2)
+    assert (d0.domid, d0.state, d0.cpu_seconds, d0.memory_kib, d0.vcpus) == (
+        0,
+        DomainState.RUNNING,
+        123.4,
+        1024 * 1024,
+        2,
+    )
     web = doms["ndx-web-1a2b3c4d"]
     assert web.state is DomainState.BLOCKED and web.shutdown_reason is None
     assert web.uuid == "6f1c5a3e-0b8a-4c43-9a57-2a1e6c0b1f00"
@@ -89,7 +101,7 @@ def test_state_flags(flags: str, state: DomainState, reason: ExitReason | None) 
 
 # ----------------------------------------------------------------- fake xl
 FAKE_XL = textwrap.dedent(
-    r'''
+    r"""
     #!PYTHON
     import json, os, re, sys, time
     here = os.path.dirname(os.path.abspath(__file__))
@@ -142,7 +154,7 @@ FAKE_XL = textwrap.dedent(
     elif cmd == "fail":
         sys.stderr.write("libxl: error: something\nxl: fatal: it broke\n")
         sys.exit(7)
-    '''
+    """
 ).lstrip()
 
 
@@ -165,7 +177,9 @@ def calls(xl: Path) -> list[list[str]]:
 SPEC = DomainSpec(name="ndx-t1", kernel="/img/k", memory_mb=16, cmdline="tick=1")
 
 
-def test_create_runs_xl_create_e_p_with_absolute_cfg(fake_xl: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_create_runs_xl_create_e_p_with_absolute_cfg(
+    fake_xl: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     async def main() -> None:
         be = XlBackend(tmp_path / "cfg", xl=str(fake_xl))
         timer = PhaseTimer()

@@ -43,6 +43,9 @@ def test_destroy_of_a_domain_vanishing_under_a_concurrent_destroy_is_success(tmp
 
 
 def test_other_destroy_failures_still_raise(tmp_path: Path) -> None:
-    be = XlBackend(tmp_path / "cfg", xl=str(_fake_xl(tmp_path, "libxl: error: libxl_domain.c:1500: destroy failed: Device or resource busy\n")))
+    be = XlBackend(
+        tmp_path / "cfg",
+        xl=str(_fake_xl(tmp_path, "libxl: error: libxl_domain.c:1500: destroy failed: Device or resource busy\n")),
+    )
     with pytest.raises(XlError):
         asyncio.run(be.destroy("ndx-busy"))

@@ -86,7 +86,7 @@ INJECTIONS = [
     (with_(cmdline="a\x1b[2J"), "cmdline", "control character"),
     (with_(cmdline="x" * 1024), "cmdline", "1023"),
     (with_(cmdline="caf\u00e9"), "cmdline", "non-ASCII"),
-    (with_(name="evil\"\nkernel=\"/x"), "name", "double quote"),
+    (with_(name='evil"\nkernel="/x'), "name", "double quote"),
     (with_(name="a" * 65), "name", "at most 64"),
     (with_(name="g\u00e4st"), "name", "non-ASCII"),
     (with_(name="\u0430pple"), "name", "non-ASCII"),  # Cyrillic a
@@ -163,7 +163,11 @@ def test_accepts_ordinary_values() -> None:
 @pytest.mark.parametrize(
     ("text", "prefix", "expected"),
     [
-        ("5f2c3a1e-aaaa-bbbb-cccc-0123456789ab/web/1a2b3c4d", "ndx-", "ndx-5f2c3a1e-aaaa-bbbb-cccc-0123456789ab-web-1a2b3c4d"),
+        (
+            "5f2c3a1e-aaaa-bbbb-cccc-0123456789ab/web/1a2b3c4d",
+            "ndx-",
+            "ndx-5f2c3a1e-aaaa-bbbb-cccc-0123456789ab-web-1a2b3c4d",
+        ),
         ("a//b  c", "", "a-b-c"),
         ("__x", "", "d__x"),
         ("-x", "", "x"),

@@ -50,7 +50,7 @@ def xl_settings(text: str) -> dict[str, object]:
     while pos < len(text):
         m = _TOKEN.match(text, pos)
         if not m:
-            raise ValueError(f"lexical error at {pos}: {text[pos:pos + 20]!r}")
+            raise ValueError(f"lexical error at {pos}: {text[pos : pos + 20]!r}")
         kind = m.lastgroup
         assert kind is not None
         if kind != "ws":

@@ -142,7 +142,10 @@ def _script_allowlist(value: Any) -> tuple[str, ...]:
             out.append(item)
         else:
             raise ConfigError(
-                PLUGIN, field, item, "must be a script name in vif_scripts_dir (letters, digits, '_', '.', '-') or an absolute path"
+                PLUGIN,
+                field,
+                item,
+                "must be a script name in vif_scripts_dir (letters, digits, '_', '.', '-') or an absolute path",
             )
     return tuple(out)
 

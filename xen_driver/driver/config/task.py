@@ -86,7 +86,9 @@ def _vif(index: int, item: Any) -> VifConfig:
     if script is not None:
         _xl_string(S, f"vif[{index}].script", script)
         if "," in script or "=" in script or " " in script:
-            raise ConfigError(S, f"vif[{index}].script", script, "must be a script name or path without ',', '=' or spaces")
+            raise ConfigError(
+                S, f"vif[{index}].script", script, "must be a script name or path without ',', '=' or spaces"
+            )
     return VifConfig(bridge=bridge, mac=mac, ip=ip, script=script)
 
 
@@ -149,7 +151,10 @@ class TaskConfig:
             click_config_file = _relative_path(S, "click_config_file", click_config_file)
         if click_config is not None and click_config_file is not None:
             raise ConfigError(
-                S, "click_config_file", click_config_file, 'must not be set together with "click_config"; use one of them'
+                S,
+                "click_config_file",
+                click_config_file,
+                'must not be set together with "click_config"; use one of them',
             )
         boot_marker = data.get("boot_marker")
         if boot_marker is not None:
@@ -173,10 +178,14 @@ class TaskConfig:
             vif=tuple(_vif(i, v) for i, v in enumerate(raw_vifs)),
             click_config=click_config,
             click_config_file=click_config_file,
-            click_router_id=_integer(S, "click_router_id", _get(data, "click_router_id", TASK_DEFAULTS), 0, MAX_ROUTER_ID),
+            click_router_id=_integer(
+                S, "click_router_id", _get(data, "click_router_id", TASK_DEFAULTS), 0, MAX_ROUTER_ID
+            ),
             on_crash=_choice(S, "on_crash", _get(data, "on_crash", TASK_DEFAULTS), ON_CRASH),
             boot_marker=boot_marker,
-            boot_timeout=_duration(S, "boot_timeout", _get(data, "boot_timeout", TASK_DEFAULTS), 0.001, MAX_BOOT_TIMEOUT),
+            boot_timeout=_duration(
+                S, "boot_timeout", _get(data, "boot_timeout", TASK_DEFAULTS), 0.001, MAX_BOOT_TIMEOUT
+            ),
             pool=_task_pool(data.get("pool")),
             advertise_vif=advertise_vif,
         )
