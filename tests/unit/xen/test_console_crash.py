@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.xen.test_fifokeeper import _read_all, keeper_pids, kill_keepers, until
+from tests.unit.xen.test_fifokeeper import _read_all, gone, keeper_pids, kill_keepers, until
 from xen_driver.xen.fifokeeper import COMMIT_GATE_ENV, SOCKET_NAME, read_offset
 from xen_driver.xen.keeperclient import FifoKeeperClient
 
@@ -130,7 +130,7 @@ def test_keeper_killed_in_the_window_repeats_at_most_that_piece(tmp_path: Path) 
             assert task.read() == b"committed\nin flight\n"
             (pid,) = keeper_pids(task.socket)
             os.kill(pid, 9)
-            await until(lambda: not keeper_pids(task.socket))
+            await until(lambda: gone(pid))
             task.gate.unlink()
             client._spawned_at = None  # the first keeper started a moment ago; a real one died later
             assert await client.check() == ["g"]

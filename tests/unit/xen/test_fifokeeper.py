@@ -383,6 +383,16 @@ def keeper_pids(socket_path: str) -> list[int]:
     return pids
 
 
+def gone(pid: int) -> bool:
+    """The process has finished exiting (a zombie or reaped): its descriptors, the keeper's
+    listening socket among them, are closed.  (Its command line empties earlier than that.)"""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
 def kill_keepers(socket_path: str) -> None:
     for pid in keeper_pids(socket_path):
         try:
@@ -439,7 +449,7 @@ async def _keeper_restart(tmp_path):
         await until(lambda: read_offset(str(off)) == 7)
         (pid,) = keeper_pids(sock)
         os.kill(pid, 9)
-        await until(lambda: not keeper_pids(sock))
+        await until(lambda: gone(pid))
         got += _read_all(rfd)
         assert not _eof(rfd)  # the plugin's own descriptor: logmon does not see end-of-file
         with open(log, "ab") as f:
