@@ -16,8 +16,9 @@ import shutil
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from testbed.vm import Testbed
 
@@ -42,6 +43,31 @@ def host_nomad_binary() -> Path:
     return Path(out.strip().splitlines()[-1])
 
 
+#: The plugin's toolstacks; a test module runs over both with
+#: ``pytest.mark.parametrize("backend", BACKENDS, scope="module")`` (tests/xen/conftest.py's fixture).
+BACKENDS = ("xl", "libvirt")
+
+#: Every domain libvirtd knows, one name a line (python3-libvirt is in dom0).
+LIBVIRT_LIST = (
+    "import libvirt; libvirt.registerErrorHandler(lambda *a: None, None); c = libvirt.open('xen:///system');"
+    " print('\\n'.join(d.name() for d in c.listAllDomains(0)))"
+)
+#: Destroy and undefine libvirt's nomad-* domains, when libvirtd runs (an earlier module's).
+LIBVIRT_PURGE = (
+    "pgrep -x libvirtd >/dev/null && python3 -c \"import libvirt; libvirt.registerErrorHandler(lambda *a: None, None);"
+    " c = libvirt.open('xen:///system'); ds = [d for d in c.listAllDomains(0) if d.name().startswith('nomad-')];"
+    " [d.destroy() for d in ds if d.isActive()]; [d.undefine() for d in ds if d.isPersistent()]\" || true"
+)
+
+
+def agent_config(backend: str = "xl") -> str:
+    """nomad-jobs/agent.hcl with the plugin's ``backend`` set."""
+    text = (REPO / "nomad-jobs" / "agent.hcl").read_text()
+    line = 'backend            = "xl"'
+    assert line in text, "nomad-jobs/agent.hcl no longer has the backend line the testbed replaces"
+    return text.replace(line, f'backend            = "{backend}"')
+
+
 def plugin_pids(tb) -> list[int]:
     """The long-lived plugin: the single file in plugin_dir run without arguments
     (``/usr/bin/python3 -sE /opt/nomad/plugins/nomad-driver-xen``), or ``python3 -m xen_driver``
@@ -52,12 +78,16 @@ def plugin_pids(tb) -> list[int]:
 
 
 class NomadDom0:
-    """Install, start, stop and query one Nomad agent in dom0."""
+    """Install, start, stop and query one Nomad agent in dom0.
 
-    def __init__(self, tb: Testbed, run_dir: Path, unikernel: str):
+    ``backend`` is the plugin's toolstack (``"xl"`` or ``"libvirt"``): the example agent config
+    with its ``backend`` line set to it; for libvirt, libvirtd (libxl driver) is started first."""
+
+    def __init__(self, tb: Testbed, run_dir: Path, unikernel: str, backend: str = "xl"):
         self.tb = tb
         self.run_dir = run_dir
         self.unikernel = unikernel
+        self.backend = backend
         self.pid: int | None = None
         self.addr = f"http://127.0.0.1:{tb.host_port(4646)}"
 
@@ -83,8 +113,10 @@ class NomadDom0:
             " mountpoint -q /sys/fs/cgroup || mount -t cgroup2 none /sys/fs/cgroup || true",
             timeout=120,
         )
-        # Agent config: the example, with nothing changed but where the agent logs go.
-        self.tb.write_file(f"{NOMAD_DIR}/agent.hcl", (REPO / "nomad-jobs" / "agent.hcl").read_text())
+        # Agent config: the example, with nothing changed but the backend.
+        self.tb.write_file(f"{NOMAD_DIR}/agent.hcl", agent_config(self.backend))
+        if self.backend == "libvirt":
+            self.tb.ensure_libvirtd()
 
     def reset(self) -> None:
         """A clean slate for this module's agent, as on a freshly installed host.
@@ -100,6 +132,7 @@ class NomadDom0:
             "pkill -x nomad || true; pkill -f '[n]omad-driver-xen' || true; pkill -f '[f]ifokeeper' || true;"
             " for i in $(seq 1 100); do pgrep -x nomad >/dev/null || pgrep -f '[n]omad-driver-xen' >/dev/null || break;"
             " sleep 0.1; done; pkill -9 -x nomad || true; pkill -9 -f '[n]omad-driver-xen' || true;"
+            f" {LIBVIRT_PURGE};"
             " for d in $(xl list | awk 'NR > 1 && $1 != \"Domain-0\" {print $1}'); do xl destroy $d || true; done;"
             f" rm -rf {DATA_DIR} {STATE_DIR}/tasks {STATE_DIR}/domains {STATE_DIR}/pool;"
             f" rm -f {CONSOLE_DIR}/guest-*",
@@ -191,13 +224,22 @@ class NomadDom0:
         return [line.split()[0] for line in out if line.split() and line.split()[0] != "Domain-0"]
 
     def leftovers(self) -> list[str]:
-        """Files a finished task must not leave behind (rendered configs, task state, consoles)."""
+        """Files a finished task must not leave behind (rendered configs, task state, consoles),
+        and with the libvirt backend the persistent definitions libvirt keeps (``libvirt:<name>``)."""
         r = self.tb.run(
             f"ls -1 {STATE_DIR}/domains {STATE_DIR}/tasks 2>/dev/null | grep -v ':$' | grep -v '^$';"
             f" ls -1 {CONSOLE_DIR} | grep '^guest-nomad-' || true",
             check=False,
         )
-        return [line for line in r.stdout.splitlines() if line.strip()]
+        found = [line for line in r.stdout.splitlines() if line.strip()]
+        if self.backend == "libvirt":
+            found += [f"libvirt:{name}" for name in self.libvirt_domains()]
+        return found
+
+    def libvirt_domains(self) -> list[str]:
+        """Every domain libvirtd knows (running or only defined), but Domain-0."""
+        r = self.tb.run(["python3", "-c", LIBVIRT_LIST], timeout=60)
+        return [n for n in r.stdout.split() if n != "Domain-0"]
 
     def task_events(self, alloc: dict, task: str) -> list[dict]:
         return (alloc.get("TaskStates") or {}).get(task, {}).get("Events") or []

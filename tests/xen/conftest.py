@@ -128,10 +128,18 @@ def _booted_testbed(images: Path, testbed_run_dir: Path, testbed_report: list[st
 
 
 @pytest.fixture(scope="module")
-def nomad(testbed, testbed_run_dir, unikernel):
-    """A Nomad agent in dom0 with the example agent config (nomad-jobs/agent.hcl), fresh for each
-    module that asks for one; a module that needs another agent config defines its own."""
-    agent = NomadDom0(testbed, testbed_run_dir, unikernel)
+def backend() -> str:
+    """The plugin's ``backend`` for this module's agent: ``"xl"`` unless the module parametrizes
+    ``backend`` (module scope, so each backend gets its own fresh agent)."""
+    return "xl"
+
+
+@pytest.fixture(scope="module")
+def nomad(testbed, testbed_run_dir, unikernel, backend):
+    """A Nomad agent in dom0 with the example agent config (nomad-jobs/agent.hcl, its ``backend``
+    set to the module's), fresh for each module (and backend) that asks for one; a module that needs
+    another agent config defines its own."""
+    agent = NomadDom0(testbed, testbed_run_dir, unikernel, backend=backend)
     agent.install()
     agent.start()
     yield agent
