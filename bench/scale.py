@@ -53,13 +53,13 @@ sys.path.insert(0, str(REPO))
 import grpc  # noqa: E402
 from google.protobuf import duration_pb2  # noqa: E402
 
+from tests.fakes.domains import DomainTable  # noqa: E402
+from tests.fakes.logmon import Logmon  # noqa: E402
 from xen_driver._proto.goplugin import controller_pb2, controller_pb2_grpc  # noqa: E402
 from xen_driver._proto.nomad import base_pb2, base_pb2_grpc, driver_pb2, driver_pb2_grpc  # noqa: E402
 from xen_driver.nomad import cty  # noqa: E402
 from xen_driver.nomad.schemas import PLUGIN_SCHEMA, TASK_SCHEMA  # noqa: E402
 from xen_driver.plugin.handshake import NOMAD_HANDSHAKE  # noqa: E402
-from tests.fakes.domains import DomainTable  # noqa: E402
-from tests.fakes.logmon import Logmon  # noqa: E402
 
 FAKE_XL = REPO / "tests" / "fakes" / "xl"
 RESULTS = REPO / "bench" / "results" / "scale.json"
@@ -145,7 +145,9 @@ class Rig:
         self.env = env
         self.xenstored = subprocess.Popen(
             [sys.executable, "-m", "tests.fakes.xenstored", "--socket", self.xs_socket, "--domains", str(self.xen_dir)],
-            env=env, stdout=subprocess.PIPE, cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            cwd=REPO,
         )
         assert self.xenstored.stdout is not None
         if self.xenstored.stdout.readline().strip() != b"ready":
@@ -167,8 +169,12 @@ class Rig:
 
         self.stderr = open(self.tmp / "plugin.stderr", "wb")
         self.plugin = subprocess.Popen(
-            [sys.executable, "-m", "xen_driver"], env=plugin_env, stdout=subprocess.PIPE, stderr=self.stderr,
-            preexec_fn=limit, cwd=REPO,
+            [sys.executable, "-m", "xen_driver"],
+            env=plugin_env,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            preexec_fn=limit,
+            cwd=REPO,
         )
         assert self.plugin.stdout is not None
         line = self.plugin.stdout.readline().decode()
@@ -187,7 +193,9 @@ class Rig:
             "image_dirs": [str(self.images)],
         }
         base_pb2_grpc.BasePluginStub(channel).SetConfig(
-            base_pb2.SetConfigRequest(msgpack_config=cty.encode(config, PLUGIN_SCHEMA.cty_type), plugin_api_version="0.1.0"),
+            base_pb2.SetConfigRequest(
+                msgpack_config=cty.encode(config, PLUGIN_SCHEMA.cty_type), plugin_api_version="0.1.0"
+            ),
             timeout=30,
         )
 
@@ -216,7 +224,9 @@ class Rig:
         domains = DomainTable(str(self.xen_dir)).snapshot()
         left = {
             "domains": len(domains),
-            "configs": len(list((self.state_dir / "domains").glob("*.cfg"))) if (self.state_dir / "domains").exists() else 0,
+            "configs": len(list((self.state_dir / "domains").glob("*.cfg")))
+            if (self.state_dir / "domains").exists()
+            else 0,
             "task_dirs": len(list((self.state_dir / "tasks").iterdir())) if (self.state_dir / "tasks").exists() else 0,
             "console_logs": len(list(self.console_dir.iterdir())),
         }
@@ -283,8 +293,9 @@ def keeper_pids(state_dir: Path) -> list[int]:
 
 
 # ------------------------------------------------------------------ one run
-async def run(n: int, *, concurrency: int, stop_concurrency: int, idle_s: float, warmup_s: float,
-              nofile_soft: int | None) -> dict:
+async def run(
+    n: int, *, concurrency: int, stop_concurrency: int, idle_s: float, warmup_s: float, nofile_soft: int | None
+) -> dict:
     rig = Rig(nofile_soft)
     result: dict = {"n": n, "nofile_soft_limit": nofile_soft, "concurrency": concurrency}
     try:
@@ -316,9 +327,14 @@ async def run(n: int, *, concurrency: int, stop_concurrency: int, idle_s: float,
             c0, k0, w0 = cpu_s(rig.pid), keeper_cpu_s(rig.state_dir), time.monotonic()
             await asyncio.gather(*(start(t) for t in chunk))
             c1, k1, w1 = cpu_s(rig.pid), keeper_cpu_s(rig.state_dir), time.monotonic()
-            deciles.append({"starts": len(chunk), "cpu_ms_per_start": round((c1 - c0) * 1000 / len(chunk), 2),
-                            "keeper_cpu_ms_per_start": round((k1 - k0) * 1000 / len(chunk), 2),
-                            "wall_ms_per_start": round((w1 - w0) * 1000 / len(chunk), 1)})
+            deciles.append(
+                {
+                    "starts": len(chunk),
+                    "cpu_ms_per_start": round((c1 - c0) * 1000 / len(chunk), 2),
+                    "keeper_cpu_ms_per_start": round((k1 - k0) * 1000 / len(chunk), 2),
+                    "wall_ms_per_start": round((w1 - w0) * 1000 / len(chunk), 1),
+                }
+            )
         per = [d["cpu_ms_per_start"] for d in deciles]
         result["start"] = {
             "wall_s": round(time.monotonic() - t0, 1),
@@ -342,7 +358,9 @@ async def run(n: int, *, concurrency: int, stop_concurrency: int, idle_s: float,
         stat_calls = []
 
         async def consume(tid: str) -> None:
-            call = drv.TaskStats(driver_pb2.TaskStatsRequest(task_id=tid, collection_interval=duration_pb2.Duration(seconds=1)))
+            call = drv.TaskStats(
+                driver_pb2.TaskStatsRequest(task_id=tid, collection_interval=duration_pb2.Duration(seconds=1))
+            )
             stat_calls.append(call)
             try:
                 async for _msg in call:
@@ -363,7 +381,9 @@ async def run(n: int, *, concurrency: int, stop_concurrency: int, idle_s: float,
             "stats_messages_per_s": round((m1 - m0) / (w1 - w0), 1),
             **snapshot(rig.pid),
         }
-        consoles_missing = sum(1 for t in tasks if t.id in started and b"booted" not in rig.logmon.received(t.stdout_path))
+        consoles_missing = sum(
+            1 for t in tasks if t.id in started and b"booted" not in rig.logmon.received(t.stdout_path)
+        )
 
         # ---- 3. wrongly reported dead
         early = [tid for tid, w in waits.items() if w.done()]
@@ -378,11 +398,16 @@ async def run(n: int, *, concurrency: int, stop_concurrency: int, idle_s: float,
         async def stop(tid: str) -> None:
             async with stop_sem:
                 try:
-                    await drv.StopTask(driver_pb2.StopTaskRequest(task_id=tid, timeout=duration_pb2.Duration(seconds=5), signal="SIGTERM"), timeout=60)
+                    await drv.StopTask(
+                        driver_pb2.StopTaskRequest(
+                            task_id=tid, timeout=duration_pb2.Duration(seconds=5), signal="SIGTERM"
+                        ),
+                        timeout=60,
+                    )
                     res = await asyncio.wait_for(waits[tid], 30)
                     exit_codes[res.result.exit_code] = exit_codes.get(res.result.exit_code, 0) + 1
                     await drv.DestroyTask(driver_pb2.DestroyTaskRequest(task_id=tid, force=True), timeout=60)
-                except (grpc.aio.AioRpcError, asyncio.TimeoutError) as exc:
+                except (TimeoutError, grpc.aio.AioRpcError) as exc:
                     stop_errors.append(f"{tid}: {exc!r}"[:200])
 
         c0, k0, t0 = cpu_s(rig.pid), keeper_cpu_s(rig.state_dir), time.monotonic()
@@ -426,22 +451,28 @@ def verdict(run_: dict) -> dict:
     return {
         "wrongly_reported_dead": run_["wrongly_reported_dead"] <= GOALS["wrongly_reported_dead"],
         "start_cpu_ms_median": s["cpu_ms_per_start_median_decile"] <= GOALS["start_cpu_ms_median"],
-        "start_cpu_last_over_first_decile": (s["last_over_first_decile"] or 0) <= GOALS["start_cpu_last_over_first_decile"],
+        "start_cpu_last_over_first_decile": (s["last_over_first_decile"] or 0)
+        <= GOALS["start_cpu_last_over_first_decile"],
         "idle_cpu_percent": run_["idle"]["cpu_percent_of_one_core"] <= GOALS["idle_cpu_percent"],
         "rss_mb": run_["idle"]["rss_mb"] <= GOALS["rss_mb"],
-        "leftovers": run_["leftovers"]["total"] <= GOALS["leftovers"] and run_["stop"]["errors"] == 0
+        "leftovers": run_["leftovers"]["total"] <= GOALS["leftovers"]
+        and run_["stop"]["errors"] == 0
         and run_["start"]["failed"] == 0,
     }
 
 
 def table(runs: list[dict]) -> str:
-    head = f"{'N':>5} {'nofile':>7} {'start ms/decile (first..last)':>32} {'med':>6} {'keeper':>6} {'idle %':>7} {'keeper':>6} {'RSS MB':>7} {'fds':>5} {'thr':>4} {'proc':>4} {'dead':>4} {'left':>4}"
+    head = (
+        f"{'N':>5} {'nofile':>7} {'start ms/decile (first..last)':>32} {'med':>6} {'keeper':>6} "
+        f"{'idle %':>7} {'keeper':>6} {'RSS MB':>7} {'fds':>5} {'thr':>4} {'proc':>4} {'dead':>4} {'left':>4}"
+    )
     lines = [head]
     for r in runs:
         per = r["start"]["cpu_ms_per_start_by_decile"]
         lines.append(
             f"{r['n']:>5} {str(r['nofile_soft_limit'] or '-'):>7} {per[0]:>15.2f} .. {per[-1]:<13.2f} "
-            f"{r['start']['cpu_ms_per_start_median_decile']:>6.2f} {r['start'].get('keeper_cpu_ms_per_start_mean', 0):>6.2f} "
+            f"{r['start']['cpu_ms_per_start_median_decile']:>6.2f} "
+            f"{r['start'].get('keeper_cpu_ms_per_start_mean', 0):>6.2f} "
             f"{r['idle']['cpu_percent_of_one_core']:>7.1f} {r['idle'].get('keeper_cpu_percent_of_one_core', 0):>6.1f} "
             f"{r['idle']['rss_mb']:>7.1f} {r['idle']['fds']:>5} {r['idle']['threads']:>4} {r['idle']['processes']:>4} "
             f"{r['wrongly_reported_dead']:>4} {r['leftovers']['total']:>4}"
@@ -452,7 +483,9 @@ def table(runs: list[dict]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, nargs="+", default=[10, 100, 1000])
-    ap.add_argument("--nofile-run", type=int, default=1000, help="N of the run under a soft open-file limit of 1024 (0: none)")
+    ap.add_argument(
+        "--nofile-run", type=int, default=1000, help="N of the run under a soft open-file limit of 1024 (0: none)"
+    )
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--stop-concurrency", type=int, default=32)
     ap.add_argument("--idle-s", type=float, default=20.0)
@@ -467,21 +500,39 @@ def main() -> None:
     plan = [(n, None) for n in args.n] + ([(args.nofile_run, 1024)] if args.nofile_run else [])
     for n, nofile in plan:
         print(f"N={n} nofile={nofile or '-'} ...", flush=True)
-        r = asyncio.run(run(n, concurrency=args.concurrency, stop_concurrency=args.stop_concurrency,
-                            idle_s=args.idle_s, warmup_s=args.warmup_s, nofile_soft=nofile))
+        r = asyncio.run(
+            run(
+                n,
+                concurrency=args.concurrency,
+                stop_concurrency=args.stop_concurrency,
+                idle_s=args.idle_s,
+                warmup_s=args.warmup_s,
+                nofile_soft=nofile,
+            )
+        )
         r["goals_met"] = verdict(r)
         runs.append(r)
         print(json.dumps(r, indent=1), flush=True)
     print(table(runs))
 
     doc = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    doc.setdefault("what", "bench/scale.py: the real plugin process and the fake toolstack of tests/fakes; plugin CPU, and (runs with keeper_* fields) the fifo keeper's CPU separately")
+    doc.setdefault(
+        "what",
+        "bench/scale.py: the real plugin process and the fake toolstack of tests/fakes; plugin CPU, "
+        "and (runs with keeper_* fields) the fifo keeper's CPU separately",
+    )
     doc["goals_at_1000"] = GOALS
     doc.setdefault("runs", {})[args.label] = {
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip(),
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip(),
         "note": args.note,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_avg_at_start": os.getloadavg()[0]},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_avg_at_start": os.getloadavg()[0],
+        },
         "results": runs,
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -48,28 +48,27 @@ class ConsoleAttachment(DomainPlanning):
         except (FileNotFoundError, ValueError):
             return state.console_offset
 
-    def _console_handoffs(self) -> dict[str, asyncio.Task[None]]:
-        """Copy requests on their way to the keeper, by domain name."""
-        return self.__dict__.setdefault("_handoffs", {})
-
     def _attach_console(
-        self, spec: TaskSpec, name: str, console_path: str, task_dir: Path, offset: int, *, boot: bool = True
-    ) -> ConsoleStream | None:
+        self, spec: TaskSpec, name: str, console_path: str, task_dir: Path, offset: int
+    ) -> ConsoleStream:
+        """Hand the console to the keeper (:meth:`_hand_console`) and return a stream of the
+        plugin's own, without a sink, to wait for the boot marker on; :meth:`_console_booted`
+        drops it."""
+        self._hand_console(spec, name, console_path, task_dir, offset)
+        return self._pump.add(name, console_path, NullSink(), offset=offset)
+
+    def _hand_console(self, spec: TaskSpec, name: str, console_path: str, task_dir: Path, offset: int) -> None:
         """Ask the keeper (in the background) to copy the console into the task's FIFO from
         ``offset`` on (or from where its own ``console.offset`` says, for a task it copies or
-        copied already).  With ``boot``, return a stream of the plugin's own, without a sink, to
-        wait for the boot marker on; :meth:`_console_booted` drops it."""
+        copied already)."""
         fifo = spec.stdout_path or os.devnull
-        handoffs = self._console_handoffs()
+        handoffs = self._console_handoffs
         job = asyncio.get_running_loop().create_task(
             self._hand_to_keeper(spec.id, name, fifo, console_path, offset, self._offset_file(task_dir)),
             name=f"console-{name}",
         )
         handoffs[name] = job
         job.add_done_callback(lambda j: handoffs.pop(name, None) if handoffs.get(name) is j else None)
-        if not boot:
-            return None
-        return self._pump.add(name, console_path, NullSink(), offset=offset)
 
     async def _hand_to_keeper(
         self, task_id: str, name: str, fifo: str, console_path: str, offset: int, offset_file: Path
@@ -99,21 +98,21 @@ class ConsoleAttachment(DomainPlanning):
     async def _drain_console(self, name: str, timeout_s: float) -> bool:
         """Have everything the guest printed reach its FIFO (bounded by ``timeout_s``): when the
         guest is gone, before :meth:`_release_console`.  False if that did not happen in time."""
-        job = self._console_handoffs().get(name)
+        job = self._console_handoffs.get(name)
         if job is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(job), timeout_s)
             except Exception:  # noqa: BLE001 - timed out or failed: drain what can be drained
                 pass
         if _self_copy(name) in self._pump:
-            return await self._pump.drain(_self_copy(name), timeout_s)
-        return await self._keeper.drain(name, timeout_s)
+            return bool(await self._pump.drain(_self_copy(name), timeout_s))
+        return bool(await self._keeper.drain(name, timeout_s))
 
     def _release_console(self, name: str) -> None:
         """The task is over: the copy stops and Nomad's logmon sees end-of-file (after a copy
         request still on its way, so the keeper is not left copying)."""
         self._pump.detach(name)
-        job = self._console_handoffs().pop(name, None)
+        job = self._console_handoffs.pop(name, None)
         own = self._pump.detach(_self_copy(name))
         if own is not None:
             asyncio.get_running_loop().create_task(own.sink.close())

@@ -14,23 +14,21 @@ import contextlib
 import os
 import signal as signal_mod
 
+from xen_driver.driver import policy
+from xen_driver.driver.consoles import DRAIN_TIMEOUT_S, ConsoleAttachment
 from xen_driver.driver.errors import (
     NotSupported,
 )
-from xen_driver.driver import policy
 from xen_driver.driver.models import (
     ExitResult,
 )
+from xen_driver.driver.task import XenTask, utcnow
 from xen_driver.xen.backend import (
     ExitReason,
     XenBackendError,
 )
 from xen_driver.xen.watcher import DomainExit
 from xen_driver.xen.xenstore import XenStoreError
-
-from xen_driver.driver.consoles import DRAIN_TIMEOUT_S, ConsoleAttachment
-from xen_driver.driver.task import XenTask, utcnow
-
 
 #: Signals that mean "shut down gracefully" (ACPI-style power button for a PV guest).
 GRACEFUL_SIGNALS = {"", "SIGTERM", "SIGINT", "SIGQUIT", "TERM", "INT", "QUIT"}
@@ -43,7 +41,6 @@ def _signal_number(name: str) -> int:
     if not name.startswith("SIG"):
         name = "SIG" + name
     return int(getattr(signal_mod, name, signal_mod.SIGTERM))
-
 
 
 class ExitHandling(ConsoleAttachment):
@@ -210,4 +207,3 @@ class ExitHandling(ConsoleAttachment):
             f"signal {signal!r} cannot be delivered to a Xen PV guest; only SIGTERM/SIGINT/SIGQUIT "
             "(a graceful shutdown request) are supported",
         )
-

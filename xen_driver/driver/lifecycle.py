@@ -33,15 +33,16 @@ import asyncio
 import contextlib
 import datetime as dt
 import signal as signal_mod
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import AsyncIterator, Callable
 
+from xen_driver.driver import network, policy
 from xen_driver.driver.config import PluginConfig
+from xen_driver.driver.consoles import DRAIN_TIMEOUT_S
 from xen_driver.driver.errors import (
     HostUnavailable,
     RecoverableError,
 )
-from xen_driver.driver import network, policy
 from xen_driver.driver.models import (
     CpuUsage,
     ExitResult,
@@ -52,7 +53,10 @@ from xen_driver.driver.models import (
     TaskStats,
     TaskStatus,
 )
+from xen_driver.driver.pool import WarmPool
+from xen_driver.driver.starting import StartSteps
 from xen_driver.driver.state import DriverState, DriverStateError
+from xen_driver.driver.task import XenTask, domain_name_for, utcnow
 from xen_driver.logging import get_logger
 from xen_driver.xen.backend import (
     Backend,
@@ -64,15 +68,10 @@ from xen_driver.xen.backend import (
     open_backend,
 )
 from xen_driver.xen.console import ConsolePump
-from xen_driver.xen.fifokeeper import FifoKeeperClient
+from xen_driver.xen.keeperclient import FifoKeeperClient
 from xen_driver.xen.stats import DomainGone, SamplerFailure, StatsSampler
 from xen_driver.xen.watcher import DomainWatcher
 from xen_driver.xen.xenstore import XenStore, XenStoreError
-
-from xen_driver.driver.consoles import DRAIN_TIMEOUT_S
-from xen_driver.driver.pool import WarmPool
-from xen_driver.driver.starting import StartSteps
-from xen_driver.driver.task import XenTask, domain_name_for, utcnow
 
 __all__ = ["TaskLifecycle", "XenTask", "domain_name_for"]
 
@@ -116,6 +115,7 @@ class TaskLifecycle(StartSteps):
         self._started = False
         self._start_lock = asyncio.Lock()
         self._exit_tasks: set[asyncio.Task[None]] = set()
+        self._console_handoffs: dict[str, asyncio.Task[None]] = {}
         #: Pre-built domains for tasks with ``pool`` (xen_driver/driver/pool.py).
         self.pool = WarmPool(self)
 
@@ -182,12 +182,10 @@ class TaskLifecycle(StartSteps):
                 await self._xenstore.close()
         self._started = False
 
-
     # ------------------------------------------------------------------ WaitTask
     async def wait_task(self, task_id: str) -> ExitResult:
         task = self._get(task_id)
         return await asyncio.shield(task.exited)
-
 
     # ------------------------------------------------------------------ DestroyTask
     async def destroy_task(self, task_id: str, force: bool) -> None:
@@ -266,7 +264,7 @@ class TaskLifecycle(StartSteps):
                 percent, mhz = sample.cpu_percent, self.host_cpu_mhz
                 yield TaskStats(
                     task_id=task.id,
-                    timestamp=dt.datetime.fromtimestamp(sample.timestamp_ns / 1e9, dt.timezone.utc),
+                    timestamp=dt.datetime.fromtimestamp(sample.timestamp_ns / 1e9, dt.UTC),
                     cpu=CpuUsage(
                         percent=percent,
                         total_ticks=percent / 100.0 * mhz if percent is not None and mhz else None,
@@ -296,7 +294,7 @@ class TaskLifecycle(StartSteps):
             info: DomainInfo | None = await self.backend.domain(state.domain_name)
         except DomainNotFound:
             info = None
-        started = dt.datetime.fromtimestamp(state.started_at_ns / 1e9, dt.timezone.utc)
+        started = dt.datetime.fromtimestamp(state.started_at_ns / 1e9, dt.UTC)
         task = XenTask(spec=spec, state=state, started_at=started)
         self._tasks[spec.id] = task
         self._by_domain[state.domain_name] = task
@@ -312,7 +310,9 @@ class TaskLifecycle(StartSteps):
             task.exited.set_result(ExitResult(exit_code=1, signal=int(signal_mod.SIGKILL), err=why))
             self._event(task, f"Recovery: {why}")
             # What the guest printed while nobody was streaming still belongs in Nomad's logs.
-            self._attach_console(spec, state.domain_name, state.console_path, Path(state.task_state_dir), self._read_offset(state), boot=False)
+            self._hand_console(
+                spec, state.domain_name, state.console_path, Path(state.task_state_dir), self._read_offset(state)
+            )
             with contextlib.suppress(Exception):
                 await self._drain_console(state.domain_name, DRAIN_TIMEOUT_S)
             with contextlib.suppress(Exception):
@@ -321,7 +321,7 @@ class TaskLifecycle(StartSteps):
             await self._remove_files(state.domain_name, Path(state.task_state_dir), state.console_path)
             return
         offset = self._read_offset(state)
-        self._attach_console(spec, state.domain_name, state.console_path, Path(state.task_state_dir), offset, boot=False)
+        self._hand_console(spec, state.domain_name, state.console_path, Path(state.task_state_dir), offset)
         self._watcher.subscribe(state.domain_name, state.domid)
         log.info(
             "task recovered",
@@ -330,5 +330,3 @@ class TaskLifecycle(StartSteps):
             domain_state=info.state.value,
             network=network.describe(state.network),
         )
-
-

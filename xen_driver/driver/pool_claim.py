@@ -9,7 +9,6 @@ falls back to a cold start of the same configuration and says so in a task event
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from dataclasses import replace
@@ -163,13 +162,7 @@ class PoolStarts(PoolCore):
                 self._drop_record(name)
                 exit_future = lc._watcher.subscribe(name, domid)
                 stream = lc._attach_console(spec, name, console_path, task_dir, 0)
-            if click_text is not None:
-                with timer.phase("clickos_push"):
-                    await lc._push_click(spec, domid, click_text)
-            with timer.phase("unpause"):
-                await lc.backend.unpause(name, domid=domid)
-            with timer.phase("boot"):
-                await lc._wait_boot(spec, stream, exit_future)
+            await lc._configure_and_boot(spec, name, domid, click_text, stream, exit_future, timer, paused=True)
             state = DriverState(
                 task_id=spec.id,
                 domain_name=name,
@@ -187,13 +180,7 @@ class PoolStarts(PoolCore):
         except BaseException as exc:
             await lc._undo_start(name, True, task_dir, console_path, stream)
             self._drop_record(name)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            log.error("pool claim failed", error=str(exc), timings=timer.as_dict())
-            err = lc.start_error(exc, "the pooled Xen domain")
-            if err is exc:
-                raise
-            raise err from exc
+            lc._fail_start(exc, log, timer, "the pooled Xen domain")
         task = lc.register_started(spec, state, timer, exit_future)
         log.info("task started from the pool", domid=domid, timings=task.timings, summary=timer.summary())
         annotations = {**timer.annotations(), "start_path": "pool", "pool": profile.name}

@@ -18,19 +18,23 @@ import re
 import shutil
 import time
 from pathlib import Path
+from typing import NoReturn
 
+from xen_driver.driver import network
 from xen_driver.driver.errors import (
     DriverError,
     RecoverableError,
     TaskAlreadyExists,
 )
-from xen_driver.driver import network
+from xen_driver.driver.exits import ExitHandling
 from xen_driver.driver.models import (
     TaskHandle,
     TaskSpec,
 )
 from xen_driver.driver.state import DriverState
+from xen_driver.driver.task import XenTask, domain_name_for, utcnow
 from xen_driver.driver.timing import PhaseTimer
+from xen_driver.logging import XenBoundLogger
 from xen_driver.xen import clickos, fdlimit
 from xen_driver.xen.backend import (
     DomainRefused,
@@ -39,9 +43,6 @@ from xen_driver.xen.backend import (
 from xen_driver.xen.console import ConsolePump, ConsoleStream
 from xen_driver.xen.watcher import DomainExit
 from xen_driver.xen.xenstore import XenStoreError
-
-from xen_driver.driver.exits import ExitHandling
-from xen_driver.driver.task import XenTask, domain_name_for, utcnow
 
 
 class StartSteps(ExitHandling):
@@ -83,6 +84,39 @@ class StartSteps(ExitHandling):
         if isinstance(exc, (XenBackendError, clickos.ClickOSError, XenStoreError, OSError)):
             return RecoverableError(f"starting {what} failed: {exc}")
         return exc
+
+    def _fail_start(self, exc: BaseException, log: XenBoundLogger, timer: PhaseTimer, what: str) -> NoReturn:
+        """Raise what StartTask reports for a start that failed half-way (after its undo)."""
+        if isinstance(exc, asyncio.CancelledError):
+            raise exc
+        log.error("task start failed", what=what, error=str(exc), timings=timer.as_dict())
+        err = self.start_error(exc, what)
+        if err is exc:
+            raise exc
+        raise err from exc
+
+    async def _configure_and_boot(
+        self,
+        spec: TaskSpec,
+        name: str,
+        domid: int,
+        click_text: str | None,
+        stream: ConsoleStream,
+        exit_future: asyncio.Future[DomainExit],
+        timer: PhaseTimer,
+        *,
+        paused: bool,
+    ) -> None:
+        """The steps of every start path once the domain exists and is followed: its Click
+        configuration through XenStore, unpause (when it was built paused), the boot marker."""
+        if click_text is not None:
+            with timer.phase("clickos_push"):
+                await self._push_click(spec, domid, click_text)
+        if paused:
+            with timer.phase("unpause"):
+                await self.backend.unpause(name, domid=domid)
+        with timer.phase("boot"):
+            await self._wait_boot(spec, stream, exit_future)
 
     def register_started(
         self, spec: TaskSpec, state: DriverState, timer: PhaseTimer, exit_future: asyncio.Future[DomainExit]
@@ -135,13 +169,7 @@ class StartSteps(ExitHandling):
                 domid = created.domid if created.domid is not None else await self._domid(name)
             exit_future = self._watcher.subscribe(name, domid)
             stream = self._attach_console(spec, name, console_path, task_dir, 0)
-            if paused:
-                with timer.phase("clickos_push"):
-                    await self._push_click(spec, domid, click_text or "")
-                with timer.phase("unpause"):
-                    await self.backend.unpause(name, domid=domid)
-            with timer.phase("boot"):
-                await self._wait_boot(spec, stream, exit_future)
+            await self._configure_and_boot(spec, name, domid, click_text, stream, exit_future, timer, paused=paused)
             state = DriverState(
                 task_id=spec.id,
                 domain_name=name,
@@ -159,17 +187,16 @@ class StartSteps(ExitHandling):
             )
         except BaseException as exc:
             await self._undo_start(name, attempted, task_dir, console_path, stream)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            log.error("task start failed", error=str(exc), timings=timer.as_dict())
-            err = self.start_error(exc, "the Xen domain")
-            if err is exc:
-                raise
-            raise err from exc
+            self._fail_start(exc, log, timer, "the Xen domain")
 
         task = self.register_started(spec, state, timer, exit_future)
-        log.info("task started", domid=state.domid, timings=task.timings, summary=timer.summary(),
-                 network=network.describe(net))
+        log.info(
+            "task started",
+            domid=state.domid,
+            timings=task.timings,
+            summary=timer.summary(),
+            network=network.describe(net),
+        )
         self._event(task, f"Guest {name} (domid {state.domid}) booted: {timer.summary()}", timer.annotations())
         if net is not None:
             self._event(task, f"Guest {name} advertised at {network.describe(net)}")
@@ -192,15 +219,14 @@ class StartSteps(ExitHandling):
             raise RecoverableError(f"domain {name} was created but has no domain id (is it running?)")
         return info.domid
 
-    async def _wait_boot(
-        self, spec: TaskSpec, stream: ConsoleStream, exit_future: asyncio.Future[DomainExit]
-    ) -> None:
+    async def _wait_boot(self, spec: TaskSpec, stream: ConsoleStream, exit_future: asyncio.Future[DomainExit]) -> None:
         marker = spec.config.boot_marker
         pattern: bytes | re.Pattern[bytes] = marker.encode() if marker else re.compile(rb"\S")
-        booted = asyncio.ensure_future(stream.wait_for(pattern, spec.config.boot_timeout))
-        died = asyncio.ensure_future(asyncio.shield(exit_future))
+        booted: asyncio.Future[int] = asyncio.ensure_future(stream.wait_for(pattern, spec.config.boot_timeout))
+        died: asyncio.Future[DomainExit] = asyncio.ensure_future(asyncio.shield(exit_future))
+        either: set[asyncio.Future[int] | asyncio.Future[DomainExit]] = {booted, died}
         try:
-            done, _ = await asyncio.wait({booted, died}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
             if booted in done:
                 try:
                     booted.result()
@@ -248,4 +274,3 @@ class StartSteps(ExitHandling):
         shutil.rmtree(task_dir, ignore_errors=True)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(console_path)
-

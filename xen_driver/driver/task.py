@@ -28,17 +28,16 @@ from xen_driver.driver.models import (
     TaskState,
 )
 from xen_driver.driver.state import STATE_VERSION, DriverState
+from xen_driver.logging import XenBoundLogger
 from xen_driver.xen.backend import (
     Backend,
 )
 from xen_driver.xen.console import ConsolePump
-from xen_driver.xen.fifokeeper import FifoKeeperClient
+from xen_driver.xen.keeperclient import FifoKeeperClient
 from xen_driver.xen.watcher import DomainWatcher
 from xen_driver.xen.xenstore import XenStore
 
 if TYPE_CHECKING:
-    from structlog.typing import FilteringBoundLogger as BoundLogger
-
     from xen_driver.driver.pool import WarmPool
 
 
@@ -109,7 +108,7 @@ class LifecycleCore:
     host_cpu_mhz: float | None
     _host_facts_asked: float
     _emit: Callable[[TaskEvent], None]
-    _log: BoundLogger
+    _log: XenBoundLogger
     _state_dir: Path
     _tasks: dict[str, XenTask]
     _by_domain: dict[str, XenTask]
@@ -118,6 +117,8 @@ class LifecycleCore:
     _pump: ConsolePump
     _keeper: FifoKeeperClient
     _exit_tasks: set[asyncio.Task[None]]
+    #: Console copy requests on their way to the keeper, by domain name.
+    _console_handoffs: dict[str, asyncio.Task[None]]
 
     async def _ensure_started(self) -> None:
         """Open XenStore and start the shared loops on first use (TaskLifecycle)."""

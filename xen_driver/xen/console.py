@@ -296,7 +296,7 @@ class ConsolePump:
         self._dirty.clear()
         self._polled.clear()
 
-    async def __aenter__(self) -> "ConsolePump":
+    async def __aenter__(self) -> ConsolePump:
         self.start()
         return self
 

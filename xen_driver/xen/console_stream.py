@@ -62,7 +62,9 @@ class ConsoleStream:
         self.before_commit: Callable[[int], Awaitable[None]] | None = None
 
     # ---------------------------------------------------------------- waiting
-    async def wait_for(self, pattern: bytes | str | re.Pattern[bytes], timeout_s: float, *, since: int | None = None) -> int:
+    async def wait_for(
+        self, pattern: bytes | str | re.Pattern[bytes], timeout_s: float, *, since: int | None = None
+    ) -> int:
         """Wait until ``pattern`` appears in the console at or after file offset ``since``.
 
         ``since`` defaults to the offset the stream started at.  Returns the file offset just

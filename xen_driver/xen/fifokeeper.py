@@ -66,6 +66,13 @@ import stat
 import sys
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from xen_driver.xen.console import ConsolePump, ConsoleStream
+
+#: One request or answer of the keeper's protocol (a JSON object).
+Message = dict[str, Any]
 
 SOCKET_NAME = "fifo-keeper.sock"
 #: The keeper exits after holding nothing, with no plugin connected, for this long.
@@ -79,14 +86,6 @@ RESPAWN_AFTER_S = 30.0
 #: Test hook (environment of the keeper): while the file it names exists, every commit waits
 #: after its write, and ``<file>.reached`` says one is waiting — the window a crash duplicates.
 COMMIT_GATE_ENV = "XEN_DRIVER_TEST_COMMIT_GATE"
-
-
-def __getattr__(name: str):  # the client lives in its own module; old imports keep working
-    if name == "FifoKeeperClient":
-        from xen_driver.xen.keeperclient import FifoKeeperClient
-
-        return FifoKeeperClient
-    raise AttributeError(name)
 
 
 # ---------------------------------------------------------------------------- offsets
@@ -144,7 +143,7 @@ class Copy:
     fifo: str
     log: str
     offset_file: str | None
-    stream: object  # ConsoleStream
+    stream: ConsoleStream
 
 
 class Keeper:
@@ -154,7 +153,7 @@ class Keeper:
         *,
         idle_exit_s: float = IDLE_EXIT_S,
         sweep_s: float = SWEEP_S,
-        pump=None,  # type: ignore[no-untyped-def]
+        pump: ConsolePump | None = None,
         gate: str | None = None,
     ):
         from xen_driver.xen.console import ConsolePump
@@ -196,16 +195,17 @@ class Keeper:
             os.close(entry[1])
 
     # ------------------------------------------------------------ copy
-    async def copy(self, key: str, fifo: str, log_path: str, offset: int, offset_file: str | None) -> dict:
+    async def copy(self, key: str, fifo: str, log_path: str, offset: int, offset_file: str | None) -> Message:
         from xen_driver.xen.sinks import FifoSink
 
         cur = self.copies.get(key)
         if cur is not None and cur.fifo == fifo and cur.log == log_path:
             # A restarted plugin re-adopting its task: our own progress stands.  (If Nomad made
             # the FIFO anew meanwhile, e.g. an agent restart, write into the new one from now on.)
-            self._follow_new_fifo(cur.stream.sink, fifo)  # type: ignore[attr-defined]
-            return {"ok": True, "offset": cur.stream.offset, "resumed": False,  # type: ignore[attr-defined]
-                    "fifo_open": cur.stream.sink.is_open}  # type: ignore[attr-defined]
+            sink = cur.stream.sink
+            assert isinstance(sink, FifoSink)
+            self._follow_new_fifo(sink, fifo)
+            return {"ok": True, "offset": cur.stream.offset, "resumed": False, "fifo_open": sink.is_open}
         if offset < 0:
             raise ValueError("offset must be >= 0")
         try:
@@ -247,12 +247,12 @@ class Keeper:
             except OSError:
                 sink._reset()  # no reader on the new one yet: the next write retries by path
 
-    async def drain(self, key: str, timeout_s: float) -> dict:
+    async def drain(self, key: str, timeout_s: float) -> Message:
         cur = self.copies.get(key)
         if cur is None:
             return {"ok": False, "error": f"no console copy under {key!r}"}
         caught_up = await self.pump.drain(key, timeout_s)
-        return {"ok": True, "caught_up": caught_up, "offset": cur.stream.offset}  # type: ignore[attr-defined]
+        return {"ok": True, "caught_up": caught_up, "offset": cur.stream.offset}
 
     async def _drop_copy(self, key: str) -> None:
         if self.copies.pop(key, None) is not None:
@@ -267,23 +267,23 @@ class Keeper:
         was removed and delivered, and (``unattended``: no plugin connected for ``idle_exit_s``)
         copies into anything but a FIFO — no logmon reads those, and a plugin that comes back
         sends them again, resuming from console.offset."""
-        for key, (_path, fd) in list(self.fds.items()):
+        for key, (_path, held) in list(self.fds.items()):
             try:
-                gone = os.fstat(fd).st_nlink == 0
+                gone = os.fstat(held).st_nlink == 0
             except OSError:
                 gone = True
             if gone:
                 self._release_hold(key)
         for key, cur in list(self.copies.items()):
             stream = cur.stream
-            fd = stream.sink.fd  # type: ignore[attr-defined]
+            fd: int | None = getattr(stream.sink, "fd", None)  # a FifoSink's descriptor (None while closed)
             try:
                 gone = os.fstat(fd).st_nlink == 0 if fd is not None else not os.path.lexists(cur.fifo)
             except OSError:
                 gone = True
             # A console log that existed, was removed (the plugin cleans up a destroyed task's
             # files) and is fully delivered: nothing will ever come, even into /dev/null or a file.
-            log_gone = stream.inode is not None and not os.path.exists(cur.log) and stream.caught_up  # type: ignore[attr-defined]
+            log_gone = stream.inode is not None and not os.path.exists(cur.log) and stream.caught_up
             if gone or log_gone or (unattended and not _is_fifo(fd, cur.fifo)):
                 await self._drop_copy(key)
 
@@ -291,13 +291,16 @@ class Keeper:
         return sorted(set(self.fds) | set(self.copies))
 
     # ------------------------------------------------------------ protocol
-    async def answer(self, req: dict) -> dict:
+    async def answer(self, req: Message) -> Message:
         op = req.get("op")
         try:
             if op == "hold":
                 if req.get("log") is not None:
                     return await self.copy(
-                        str(req["key"]), str(req["path"]), str(req["log"]), int(req.get("offset") or 0),
+                        str(req["key"]),
+                        str(req["path"]),
+                        str(req["log"]),
+                        int(req.get("offset") or 0),
                         str(req["offset_file"]) if req.get("offset_file") else None,
                     )
                 self.hold(str(req["key"]), str(req["path"]))

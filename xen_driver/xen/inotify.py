@@ -13,8 +13,15 @@ IN_MOVED_FROM, IN_MOVED_TO, IN_CREATE, IN_DELETE = 0x40, 0x80, 0x100, 0x200
 IN_DELETE_SELF, IN_MOVE_SELF, IN_Q_OVERFLOW, IN_IGNORED = 0x400, 0x800, 0x4000, 0x8000
 IN_NONBLOCK, IN_CLOEXEC = os.O_NONBLOCK, os.O_CLOEXEC
 _WATCH_MASK = (
-    IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE
-    | IN_DELETE_SELF | IN_MOVE_SELF
+    IN_MODIFY
+    | IN_ATTRIB
+    | IN_CLOSE_WRITE
+    | IN_MOVED_FROM
+    | IN_MOVED_TO
+    | IN_CREATE
+    | IN_DELETE
+    | IN_DELETE_SELF
+    | IN_MOVE_SELF
 )
 _EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of NUL-padded name
 
@@ -43,7 +50,7 @@ class Inotify:
         self._dirs: dict[int, str] = {}
 
     def add(self, directory: str) -> int:
-        wd = self._add(self.fd, os.fsencode(directory), _WATCH_MASK)
+        wd = int(self._add(self.fd, os.fsencode(directory), _WATCH_MASK))
         if wd < 0:
             err = ctypes.get_errno()
             raise OSError(err, f"inotify_add_watch {directory}: {os.strerror(err)}")

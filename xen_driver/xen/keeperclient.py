@@ -32,6 +32,7 @@ from xen_driver.xen.fifokeeper import (
     IDLE_EXIT_S,
     RESPAWN_AFTER_S,
     SOCKET_NAME,
+    Message,
 )
 
 log = structlog.get_logger("xen_driver.xen.fifokeeper")
@@ -68,7 +69,7 @@ class FifoKeeperClient:
         self._lock = asyncio.Lock()
         self._jobs: set[asyncio.Task[None]] = set()
         #: key -> the copy request the keeper accepted (sent again if the keeper lost it)
-        self.copies: dict[str, dict] = {}
+        self.copies: dict[str, Message] = {}
         #: key -> our own idle write descriptor on the task's FIFO
         self._held: dict[str, int] = {}
         self._supervisor: asyncio.Task[None] | None = None
@@ -93,8 +94,15 @@ class FifoKeeperClient:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
         try:
             subprocess.Popen(
-                [self.python, "-m", "xen_driver.xen.fifokeeper", "--socket", self.socket_path,
-                 "--idle-exit", str(self.idle_exit_s)],
+                [
+                    self.python,
+                    "-m",
+                    "xen_driver.xen.fifokeeper",
+                    "--socket",
+                    self.socket_path,
+                    "--idle-exit",
+                    str(self.idle_exit_s),
+                ],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -126,16 +134,17 @@ class FifoKeeperClient:
         return self._conn
 
     @staticmethod
-    async def _exchange(conn: tuple[asyncio.StreamReader, asyncio.StreamWriter], req: dict) -> dict:
+    async def _exchange(conn: tuple[asyncio.StreamReader, asyncio.StreamWriter], req: Message) -> Message:
         reader, writer = conn
         writer.write(json.dumps(req).encode() + b"\n")
         await writer.drain()
         line = await reader.readline()
         if not line:
             raise ConnectionResetError("the keeper closed the connection")
-        return json.loads(line)
+        answer: Message = json.loads(line)
+        return answer
 
-    async def request(self, req: dict, *, spawn: bool = True) -> dict:
+    async def request(self, req: Message, *, spawn: bool = True) -> Message:
         """Send one request; without ``spawn`` a keeper that is not running is not started."""
         async with self._lock:
             for attempt in (1, 2):
@@ -156,7 +165,7 @@ class FifoKeeperClient:
             self._conn = None
 
     # ------------------------------------------------------------ hold only (no copy)
-    async def _safe(self, req: dict, spawn: bool = True) -> None:
+    async def _safe(self, req: Message, spawn: bool = True) -> None:
         try:
             resp = await self.request(req, spawn=spawn)
         except (FileNotFoundError, ConnectionRefusedError):
@@ -176,7 +185,9 @@ class FifoKeeperClient:
         self._background(self._safe({"op": "hold", "key": key, "path": path}))
 
     # ------------------------------------------------------------ copy
-    async def copy(self, key: str, fifo: str, log_path: str, *, offset: int = 0, offset_file: str | None = None) -> dict:
+    async def copy(
+        self, key: str, fifo: str, log_path: str, *, offset: int = 0, offset_file: str | None = None
+    ) -> Message:
         """Have the keeper copy ``log_path`` into ``fifo`` (see the keeper's ``hold`` with ``log``).
 
         Returns the keeper's answer (``ok`` false with its ``error`` when it refused, e.g. the
@@ -186,8 +197,13 @@ class FifoKeeperClient:
         try:
             resp = await self.request(req)
         except (OSError, ValueError) as exc:
-            log.warning("fifo keeper unreachable; the plugin copies the console itself, "
-                        "and a plugin crash may repeat or stop it", error=str(exc), key=key, path=fifo)
+            log.warning(
+                "fifo keeper unreachable; the plugin copies the console itself, "
+                "and a plugin crash may repeat or stop it",
+                error=str(exc),
+                key=key,
+                path=fifo,
+            )
             raise OSError(f"fifo keeper unreachable: {exc}") from exc
         if not resp.get("ok"):
             log.warning("fifo keeper refused", error=resp.get("error"), op="hold", key=key, path=fifo)

@@ -81,7 +81,9 @@ class FifoSink:
                 if exc.errno in (errno.ENXIO, errno.ENOENT):
                     raise SinkUnavailable(f"{self.path}: {exc.strerror}") from None
                 if exc.errno == errno.ELOOP:
-                    raise SinkUnavailable(f"{self.path}: is a symbolic link; console output is not written through it") from None
+                    raise SinkUnavailable(
+                        f"{self.path}: is a symbolic link; console output is not written through it"
+                    ) from None
                 raise
             self._take(fd)
         assert self._fd is not None
@@ -148,4 +150,3 @@ class NullSink:
 
     async def close(self) -> None:
         pass
-

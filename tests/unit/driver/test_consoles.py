@@ -13,7 +13,8 @@ from xen_driver.driver.lifecycle import TaskLifecycle
 from xen_driver.driver.models import TaskSpec
 from xen_driver.driver.state import DriverState
 from xen_driver.xen.backend import ExitReason
-from xen_driver.xen.fifokeeper import SOCKET_NAME, FifoKeeperClient
+from xen_driver.xen.fifokeeper import SOCKET_NAME
+from xen_driver.xen.keeperclient import FifoKeeperClient
 
 
 async def test_after_boot_only_the_keeper_reads_the_console(host):  # noqa: F811

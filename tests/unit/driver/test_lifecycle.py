@@ -28,7 +28,7 @@ from xen_driver.xen.backend import (
     HostFacts,
     PhaseRecorder,
 )
-from xen_driver.xen.fifokeeper import FifoKeeperClient
+from xen_driver.xen.keeperclient import FifoKeeperClient
 from xen_driver.xen.spec import DomainSpec
 
 

@@ -23,7 +23,7 @@ from xen_driver.driver.state import DriverState
 from xen_driver.nomad import cty
 from xen_driver.nomad.schemas import PLUGIN_SCHEMA
 from xen_driver.xen.backend import CreatedDomain, DomainState, ExitReason, PhaseRecorder, XenBackendError
-from xen_driver.xen.fifokeeper import FifoKeeperClient
+from xen_driver.xen.keeperclient import FifoKeeperClient
 from xen_driver.xen.spec import DomainSpec
 
 ALLOC = "a1b2c3d4-0000-0000-0000-000000000000"

@@ -20,7 +20,7 @@ from tests.fakes.xenstored import FakeXenstored, guest_side
 from tests.unit.driver.test_lifecycle import make_spec
 from xen_driver.driver.config import PluginConfig
 from xen_driver.driver.lifecycle import TaskLifecycle
-from xen_driver.xen.fifokeeper import FifoKeeperClient
+from xen_driver.xen.keeperclient import FifoKeeperClient
 
 FAKE_XL = Path(__file__).resolve().parents[2] / "fakes" / "xl"
 

@@ -268,7 +268,9 @@ def test_drain_delivers_everything_before_remove(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
-def test_idle_consoles_are_not_read_and_a_write_reads_only_its_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_idle_consoles_are_not_read_and_a_write_reads_only_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The pump reads a console when inotify says it changed, not every file every tick."""
     from xen_driver.xen import console
 

@@ -53,9 +53,26 @@ class Task:
     def plugin(self, mode: str) -> subprocess.Popen[bytes]:
         env = dict(os.environ, PYTHONPATH=str(REPO), **{COMMIT_GATE_ENV: str(self.gate)})
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.unit.xen.console_plugin", "--mode", mode, "--state-dir", str(self.dir),
-             "--key", "g", "--fifo", str(self.fifo), "--log", str(self.log), "--offset-file", str(self.offset_file)],
-            env=env, cwd=REPO, stdout=subprocess.PIPE,
+            [
+                sys.executable,
+                "-m",
+                "tests.unit.xen.console_plugin",
+                "--mode",
+                mode,
+                "--state-dir",
+                str(self.dir),
+                "--key",
+                "g",
+                "--fifo",
+                str(self.fifo),
+                "--log",
+                str(self.log),
+                "--offset-file",
+                str(self.offset_file),
+            ],
+            env=env,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
         )
         self.procs.append(proc)
         return proc
@@ -118,8 +135,7 @@ def test_keeper_killed_in_the_window_repeats_at_most_that_piece(tmp_path: Path) 
 
     async def main() -> bytes:
         task = Task(tmp_path)
-        client = FifoKeeperClient(tmp_path, idle_exit_s=2.0, supervise_s=3600,
-                                  env={COMMIT_GATE_ENV: str(task.gate)})
+        client = FifoKeeperClient(tmp_path, idle_exit_s=2.0, supervise_s=3600, env={COMMIT_GATE_ENV: str(task.gate)})
         try:
             task.append(b"committed\n")
             assert (await client.copy("g", str(task.fifo), str(task.log), offset_file=str(task.offset_file)))["ok"]

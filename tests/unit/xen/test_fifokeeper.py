@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from xen_driver.xen.console import ConsolePump
-from xen_driver.xen.fifokeeper import SOCKET_NAME, FifoKeeperClient, Keeper, read_offset
+from xen_driver.xen.fifokeeper import SOCKET_NAME, Keeper, read_offset
+from xen_driver.xen.keeperclient import FifoKeeperClient
 
 
 def _reader(path) -> int:
@@ -108,7 +109,9 @@ def test_keeper_lets_go_of_fifos_whose_file_was_removed(tmp_path):
         keeper.pump.start()
         try:
             await keeper.answer({"op": "hold", "key": "gone", "path": str(fifo)})
-            await keeper.answer({"op": "hold", "key": "gone2", "path": str(copied), "log": str(tmp_path / "guest-gone2.log")})
+            await keeper.answer(
+                {"op": "hold", "key": "gone2", "path": str(copied), "log": str(tmp_path / "guest-gone2.log")}
+            )
             await keeper.sweep()
             assert (await keeper.answer({"op": "keys"}))["keys"] == ["gone", "gone2"]
             os.unlink(fifo)  # Nomad garbage-collected the allocation
@@ -177,8 +180,14 @@ def test_unattended_keeper_drops_copies_into_anything_but_a_fifo(tmp_path):
 
 
 def _copy_req(key: str, fifo: Path, log: Path, offset: int = 0, offset_file: Path | None = None) -> dict:
-    return {"op": "hold", "key": key, "path": str(fifo), "log": str(log), "offset": offset,
-            "offset_file": str(offset_file) if offset_file else None}
+    return {
+        "op": "hold",
+        "key": key,
+        "path": str(fifo),
+        "log": str(log),
+        "offset": offset,
+        "offset_file": str(offset_file) if offset_file else None,
+    }
 
 
 def test_hold_with_a_log_copies_from_the_offset_and_commits_progress(tmp_path):
