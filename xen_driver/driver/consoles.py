@@ -10,7 +10,7 @@ not yet recorded (at least once).
 
 The plugin reads a guest's console itself only while it waits for the boot marker (a stream of
 its own without a sink, dropped once the guest booted: :meth:`_console_booted`), asks the keeper
-to copy (:meth:`_attach_console`), to finish the copy when the guest exited
+to copy (:meth:`_hand_console`), to finish the copy when the guest exited
 (:meth:`_drain_console`) and to let go (:meth:`_release_console`).  When no keeper can be
 reached the plugin copies the console itself, as it did before the keeper copied (a plugin
 crash may then repeat the piece it had written but not recorded).

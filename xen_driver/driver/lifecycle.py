@@ -16,15 +16,15 @@ The toolstack is reached only through the :class:`~xen_driver.xen.backend.Backen
 
 * **Recovery.**  Everything needed to re-adopt a guest is in the handle's ``driver_state``
   (:mod:`xen_driver.driver.state`) plus a per-task directory under ``state_dir`` that records
-  how far the console has been streamed, so a restarted plugin resumes the console exactly
-  where the previous one stopped.
+  how far the console has been copied.
 * **Plugin exit never touches guests.**  :meth:`TaskLifecycle.close` stops our loops and
   closes FIFOs; domains keep running and are re-adopted by RecoverTask.
 * **Nor Nomad's log collection.**  Nomad's logmon stops reading a task's stdout FIFO at the
   first end-of-file, which a FIFO reports when its last writer closes, and after a plugin crash
   Nomad does not restart that reader.  A small keeper process
-  (:mod:`xen_driver.xen.fifokeeper`) therefore holds every task's FIFO open for writing until
-  the task ends, so a crashed plugin's successor finds logmon still reading.
+  (:mod:`xen_driver.xen.fifokeeper`) therefore copies every console into its task's FIFO and
+  holds the FIFO open until the task ends, so a plugin crash neither stops nor repeats the
+  console in ``nomad alloc logs`` (:mod:`xen_driver.driver.consoles`).
 """
 
 from __future__ import annotations
