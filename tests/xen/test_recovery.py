@@ -20,6 +20,13 @@ Scenarios, in order (they share the agent and the recovery job):
 6. a property-based sweep of task configs through the real decoding path, the valid ones
    checked by ``xl create -n`` in dom0.
 
+The module runs once per backend (``backend = "xl"``, then ``"libvirt"``, each with a fresh
+agent).  With libvirt it runs the recovery scenarios that do not depend on the toolstack's own
+files (plugin SIGKILL, agent stop + start, agent SIGKILL + start, job stop), plus one of its own:
+libvirtd restarted while the guests run.  The faults, the guest destroyed behind Nomad's back
+(``xl destroy``) and the sweep (``xl create -n``) are xl's and are skipped there, to keep
+``make test`` short; their rows carry the backend's name in the table.
+
 The module prints a summary table (also in the pytest terminal summary) and writes it to
 ``bench/results/recovery.json``.
 """
@@ -39,9 +46,19 @@ from pathlib import Path
 
 import pytest
 
-from testbed.nomad import CONSOLE_DIR, IMAGE_DIR, REPO, NomadDom0, plugin_pids
+from testbed.nomad import BACKENDS, CONSOLE_DIR, IMAGE_DIR, REPO, NomadDom0, plugin_pids
 
-pytestmark = [pytest.mark.xen, pytest.mark.nomad, pytest.mark.slow]
+pytestmark = [
+    pytest.mark.xen,
+    pytest.mark.nomad,
+    pytest.mark.slow,
+    pytest.mark.parametrize("backend", BACKENDS, scope="module"),
+]
+
+
+def xl_only(backend: str, why: str) -> None:
+    if backend != "xl":
+        pytest.skip(f"run with the xl backend only: {why}")
 
 RESULTS = REPO / "bench" / "results" / "recovery.json"
 KERNEL = f"{IMAGE_DIR}/ndx-unikernel"
@@ -155,6 +172,7 @@ job "{name}" {{
 @dataclass
 class Row:
     scenario: str
+    backend: str = "xl"
     guests_before: int = 0
     guests_after: int = 0
     lost_guests: int = 0
@@ -172,10 +190,11 @@ class Row:
 class Summary:
     rows: list[Row] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
+    backend: str = "xl"  # the agent's backend now (the nomad fixture sets it)
 
     @contextlib.contextmanager
     def scenario(self, name: str):
-        row = Row(scenario=name)
+        row = Row(scenario=name if self.backend == "xl" else f"{name} [{self.backend}]", backend=self.backend)
         self.rows.append(row)
         t0 = time.monotonic()
         try:
@@ -213,7 +232,7 @@ class Summary:
     def write(self, nomad_version: str) -> None:
         doc = {
             "issue": "recovery after plugin crash, agent restart and Xen-side faults",
-            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "nomad_version": nomad_version,
             "guests_per_recovery_scenario": GUESTS,
             "module_seconds": round(time.monotonic() - self.started, 1),
@@ -316,7 +335,7 @@ def expected_files(domains) -> set[str]:
     """The driver files a running task owns (what NomadDom0.leftovers() lists)."""
     out = set()
     for name in domains:
-        out |= {f"{name}.cfg", name, f"guest-{name}.log"}
+        out |= {f"{name}.cfg", name, f"guest-{name}.log", f"libvirt:{name}"}
     return out
 
 
@@ -343,10 +362,11 @@ def summary(testbed_report):
 
 
 @pytest.fixture(scope="module")
-def nomad(testbed, testbed_run_dir, unikernel, summary):
-    agent = NomadDom0(testbed, testbed_run_dir, unikernel)
+def nomad(testbed, testbed_run_dir, unikernel, summary, backend):
+    agent = NomadDom0(testbed, testbed_run_dir, unikernel, backend=backend)
     agent.install()
     agent.start()
+    summary.backend = backend
     summary.nomad_version = agent.cli("version").stdout.split("\n")[0].strip()
     jobs: list[str] = []
     agent.jobs = jobs  # type: ignore[attr-defined]
@@ -501,7 +521,34 @@ def test_agent_sigkill_reattaches_to_the_surviving_plugin(nomad, testbed, recove
         assert plugin_pids(testbed) == before.plugin, "the agent should have reattached to the same plugin"
 
 
-def test_guest_destroyed_while_plugin_down_is_reported_and_restarted(nomad, testbed, recovery_job, summary):
+def test_libvirtd_restart_keeps_every_guest(backend, nomad, testbed, recovery_job, summary):
+    """libvirtd is killed and started again while the guests run: the plugin re-opens its
+    connection, keeps following the same domains (same domids, console exactly once, stats
+    again), and the node's fingerprint says the connection was lost and re-opened."""
+    if backend != "libvirt":
+        pytest.skip("libvirt backend only")
+    with summary.scenario("libvirtd restart") as row:
+        before = snapshot(nomad, testbed, recovery_job)
+        pid = testbed.ensure_libvirtd()
+        testbed.kill(pid, 9, group=False)
+        nomad.wait_until(lambda: testbed.poll(pid) is not None, 30, "libvirtd to be gone", every=0.5)
+        time.sleep(3)  # guests print while libvirtd is away
+        testbed.ensure_libvirtd()
+        back = dom0_now_ns(testbed)
+        check_recovered(nomad, testbed, before, back, row)
+        assert plugin_pids(testbed) == before.plugin, "the plugin must live through a libvirtd restart"
+
+        def says_reconnected() -> str | None:
+            xen = (nomad.node().get("Drivers") or {}).get("xen") or {}
+            text = xen.get("HealthDescription") or ""
+            return text if xen.get("Healthy") and "reconnected at" in text else None
+
+        # (the fingerprint runs every fingerprint_period, 30 s in the example agent config)
+        row.note = nomad.wait_until(says_reconnected, 90, "the fingerprint to say libvirt was reconnected", every=2)[:160]
+
+
+def test_guest_destroyed_while_plugin_down_is_reported_and_restarted(backend, nomad, testbed, recovery_job, summary):
+    xl_only(backend, "the guest is destroyed with `xl destroy`, behind the toolstack's back")
     with summary.scenario("guest destroyed while down") as row:
         before = snapshot(nomad, testbed, recovery_job)
         row.guests_before = len(before.domains)
@@ -572,8 +619,9 @@ def _heal_faults(tb) -> None:
 
 
 @pytest.fixture(scope="module")
-def bystander(nomad, testbed):
+def bystander(backend, nomad, testbed):
     """A guest that runs through every fault and must keep running and logging."""
+    xl_only(backend, "the toolstack faults are injected on the xl path")
     run_job(nomad, "bystander", batch_job("bystander", _config("tick=1"), job_type="service"))
     alloc = nomad.wait_alloc("bystander", {"running", "failed"}, timeout=300)
     assert alloc["ClientStatus"] == "running", events_text(nomad, alloc)
@@ -893,7 +941,8 @@ def sweep_configs(root: Path, max_examples: int = 1200, host_cpus: int | None = 
     return counts, rendered
 
 
-def test_bad_input_sweep_never_crashes_and_never_injects(testbed, unikernel, tmp_path_factory, summary):
+def test_bad_input_sweep_never_crashes_and_never_injects(backend, testbed, unikernel, tmp_path_factory, summary):
+    xl_only(backend, "the valid configs are checked by `xl create -n`")
     """Hypothesis generates task configs (wrong types, huge/negative numbers, unicode, quotes,
     newlines, ``#``, path traversal, long names) and feeds them through the decoding path of
     StartTask: cty-msgpack → TaskConfig → domain spec → xl.cfg.  Each ends in a validation error
