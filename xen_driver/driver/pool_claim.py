@@ -14,9 +14,10 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from xen_driver.driver import network
 from xen_driver.driver.config import TASK, VifConfig
 from xen_driver.driver.errors import ConfigError
-from xen_driver.driver.models import TaskHandle, TaskSpec
+from xen_driver.driver.models import NetworkOverride, TaskHandle, TaskSpec
 from xen_driver.driver.poolconfig import PoolProfile
 from xen_driver.driver.state import DriverState
 from xen_driver.driver.timing import PhaseTimer
@@ -111,6 +112,9 @@ class PoolStarts(PoolCore):
         async with self.starting():  # (the lifecycle checked the descriptor budget)
             with timer.phase("validate"):
                 self.check_task(spec, prof.profile)
+                # The guest's addresses are the profile's vifs (a task may only repeat them).
+                vifs = self._cold_config(spec, prof.profile).config.vif
+                net = network.plan(vifs, spec.config.advertise_vif, spec.ports)
                 click_text = await lc._click_config_to_push(spec)
                 await self.start()
             member = await self._take(prof)
@@ -119,7 +123,7 @@ class PoolStarts(PoolCore):
                 if prof.last_error:
                     why += f"; last build failed: {prof.last_error}"
                 return await self._cold(spec, prof.profile, why)
-            return await self._claim(spec, prof.profile, member, click_text, timer)
+            return await self._claim(spec, prof.profile, member, click_text, net, timer)
 
     async def _cold(self, spec: TaskSpec, profile: PoolProfile | None, why: str) -> TaskHandle:
         self._log.info("pool miss: cold start", task_id=spec.id, reason=why)
@@ -145,7 +149,13 @@ class PoolStarts(PoolCore):
         return None
 
     async def _claim(
-        self, spec: TaskSpec, profile: PoolProfile, member: Member, click_text: str | None, timer: PhaseTimer
+        self,
+        spec: TaskSpec,
+        profile: PoolProfile,
+        member: Member,
+        click_text: str | None,
+        net: NetworkOverride | None,
+        timer: PhaseTimer,
     ) -> TaskHandle:
         lc = self.lc
         assert lc._watcher is not None
@@ -175,6 +185,7 @@ class PoolStarts(PoolCore):
                 console_path=console_path,
                 console_offset=0,
                 driver_config=spec.raw_config,
+                network=net,
             )
             write_json(claim, {"domid": domid, "state": "claimed", "task_id": spec.id})
         except BaseException as exc:
@@ -185,4 +196,5 @@ class PoolStarts(PoolCore):
         log.info("task started from the pool", domid=domid, timings=task.timings, summary=timer.summary())
         annotations = {**timer.annotations(), "start_path": "pool", "pool": profile.name}
         lc._event(task, f"Guest {name} (domid {domid}) booted from pool {profile.name}: {timer.summary()}", annotations)
+        lc._announce_network(task)
         return lc._handle(task)

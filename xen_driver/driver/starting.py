@@ -198,15 +198,21 @@ class StartSteps(ExitHandling):
             network=network.describe(net),
         )
         self._event(task, f"Guest {name} (domid {state.domid}) booted: {timer.summary()}", timer.annotations())
+        self._announce_network(task)
+        return self._handle(task)
+
+    def _announce_network(self, task: XenTask) -> None:
+        """Tell the job's author, in a task event, where the guest is advertised, or that its
+        allocation's ports reach nothing (every start path)."""
+        net, name = task.state.network, task.name
         if net is not None:
             self._event(task, f"Guest {name} advertised at {network.describe(net)}")
-        elif unreachable := network.unreachable_ports(net, spec.ports):
+        elif unreachable := network.unreachable_ports(net, task.spec.ports):
             self._event(
                 task,
                 f"Guest {name} has no vif with an ip, so nothing is advertised: the allocation's ports "
                 f"({', '.join(unreachable)}) stay on the host, which does not forward them into the guest",
             )
-        return self._handle(task)
 
     async def _domid(self, name: str) -> int:
         """The new domain's id: from XenStore when we can (milliseconds), else from the toolstack."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from xen_driver.driver.config import PluginConfig, TaskConfig
 from xen_driver.driver.core import ATTR_PREFIX
 from xen_driver.driver.errors import ConfigError
 from xen_driver.driver.lifecycle import TaskLifecycle
-from xen_driver.driver.models import RecoveredTask, TaskSpec, TaskState
+from xen_driver.driver.models import PortMapping, RecoveredTask, TaskSpec, TaskState
 from xen_driver.driver.pool import CLAIM_FILE, MEMBER_PREFIX, parse_member_name
 from xen_driver.driver.poolconfig import PoolProfile
 from xen_driver.driver.state import DriverState
@@ -458,3 +459,23 @@ def test_out_of_memory_is_recognised_in_all_of_xls_stderr():
     assert is_out_of_memory(XlError(["xl", "create"], 3, "libxl: error: failed to free memory for the domain\n"))
     assert not is_out_of_memory(XlError(["xl", "create"], 3, "libxl: error: Could not find bridge device xenbr9\n"))
     assert not is_out_of_memory(RuntimeError("Out of memory"))
+
+
+async def test_a_claimed_guest_is_advertised_at_its_profiles_address(host):
+    """A pooled task's network comes from the profile's vif (the task may only repeat it), as a
+    cold task's comes from its own: the handle advertises it and an event says where."""
+    tmp_path, fake = host
+    events: list = []
+    pools = clickos_pool(tmp_path, size=1, vif=[{"bridge": "xenbr0", "ip": "10.0.0.7"}])
+    lc = lifecycle(plugin_config(tmp_path, pools), fake, events)
+    try:
+        await lc.pool.start()
+        await until(lambda: lc.pool.ready("clickos") == 1, what="a ready member")
+        spec = replace(make_spec(tmp_path, pool="clickos"), ports=(PortMapping("http", 24000, to=80),))
+        handle = await lc.start_task(spec)
+        assert DriverState.decode(handle.driver_state).domain_name.startswith(MEMBER_PREFIX)  # a claim
+        assert handle.network is not None and handle.network.addr == "10.0.0.7"
+        assert handle.network.port_map == {"http": 80}
+        assert [e.message for e in events if "advertised at 10.0.0.7" in e.message]
+    finally:
+        await lc.close()
