@@ -7,8 +7,9 @@ the Nomad layer maps them to gRPC statuses in one place.
 
 Implemented here: host fingerprinting (via :mod:`xen_driver.xen.probe`), capabilities and the
 task-event broadcast. Task methods are delegated to a lifecycle object built by
-``tasks_factory(config, emit_event)``; without one they raise :class:`NotSupported`, which
-Nomad sees as UNIMPLEMENTED. :func:`make_core` is the single place that wires the two.
+``tasks_factory(config, emit_event)``; a core built without one (fingerprint-only tests)
+raises :class:`NotSupported`, which Nomad sees as UNIMPLEMENTED. :func:`make_core` is the single
+place that wires the two.
 """
 
 from __future__ import annotations
@@ -269,7 +270,7 @@ class DriverCore:
 
     def _tasks(self, operation: str) -> TaskOps:
         if self.tasks is None:
-            raise NotSupported(operation, "the Xen task lifecycle is not implemented yet")
+            raise NotSupported(operation, "this driver core was built without a task lifecycle (fingerprint only)")
         return self.tasks
 
     async def start_task(self, spec: TaskSpec) -> TaskHandle:
