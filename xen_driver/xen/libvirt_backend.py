@@ -1,7 +1,9 @@
 """The libvirt backend: the same :class:`~xen_driver.xen.backend.Backend` through libvirt's libxl driver.
 
 For hosts managed by libvirt (``xen:///system``), where domains created behind libvirtd's back
-would confuse it.  Tests run against libvirt's built-in ``test:///default`` hypervisor.
+would confuse it.  Unit tests run against libvirt's built-in ``test:///default`` hypervisor; the
+testbed runs the task lifecycle and recovery tests through a real Nomad agent on libvirtd's
+libxl driver (tests/xen/test_nomad_lifecycle.py, tests/xen/test_recovery.py, both backends).
 
 Design decisions:
 
