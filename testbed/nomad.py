@@ -54,9 +54,9 @@ LIBVIRT_LIST = (
 )
 #: Destroy and undefine libvirt's nomad-* domains, when libvirtd runs (an earlier module's).
 LIBVIRT_PURGE = (
-    "pgrep -x libvirtd >/dev/null && python3 -c \"import libvirt; libvirt.registerErrorHandler(lambda *a: None, None);"
+    'pgrep -x libvirtd >/dev/null && python3 -c "import libvirt; libvirt.registerErrorHandler(lambda *a: None, None);'
     " c = libvirt.open('xen:///system'); ds = [d for d in c.listAllDomains(0) if d.name().startswith('nomad-')];"
-    " [d.destroy() for d in ds if d.isActive()]; [d.undefine() for d in ds if d.isPersistent()]\" || true"
+    ' [d.destroy() for d in ds if d.isActive()]; [d.undefine() for d in ds if d.isPersistent()]" || true'
 )
 
 
@@ -193,7 +193,9 @@ class NomadDom0:
             if value:
                 return value
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; agent log: {self.run_dir / 'nomad-agent.log'}")
+                raise AssertionError(
+                    f"timed out after {timeout:.0f}s waiting for {what}; agent log: {self.run_dir / 'nomad-agent.log'}"
+                )
             time.sleep(every)
 
     def wait_alloc(self, job: str, statuses: set[str], timeout: float = 180) -> dict:

@@ -114,7 +114,8 @@ def _booted_testbed(images: Path, testbed_run_dir: Path, testbed_report: list[st
     marks = tb.boot_timings
     testbed_report.append(
         f"boot: toolstack up {marks.get('toolstack')} s, agent {marks.get('agent')} s after QEMU start"
-        f" ({'kvm' if tb.kvm else 'tcg'}); serial console: {tb.serial_log}")
+        f" ({'kvm' if tb.kvm else 'tcg'}); serial console: {tb.serial_log}"
+    )
     try:
         yield tb
     finally:

@@ -83,15 +83,27 @@ def test_clickos_job_runs_logs_and_stops_cleanly(nomad, testbed, testbed_report)
     timing = [e for e in nomad.task_events(alloc, "firewall") if "boot_ms" in (e.get("Details") or {})]
     assert timing, _events(nomad, alloc, "firewall")
     details = timing[0]["Details"]
-    for phase in ("validate_ms", "render_ms", "domain_build_ms", "clickos_push_ms", "unpause_ms", "boot_ms", "total_ms"):
+    for phase in (
+        "validate_ms",
+        "render_ms",
+        "domain_build_ms",
+        "clickos_push_ms",
+        "unpause_ms",
+        "boot_ms",
+        "total_ms",
+    ):
         assert float(details[phase]) >= 0, details
     assert float(details["total_ms"]) >= float(details["domain_build_ms"]) + float(details["boot_ms"])
-    testbed_report.append(f"clickos.nomad start ({nomad.backend}): " + ", ".join(f"{k} {v}" for k, v in details.items()))
+    testbed_report.append(
+        f"clickos.nomad start ({nomad.backend}): " + ", ".join(f"{k} {v}" for k, v in details.items())
+    )
 
     # Stats in Nomad's own API: the guest's memory, from whichever toolstack runs it.
     def stats() -> dict | None:
         usage = nomad.api(f"/v1/client/allocation/{alloc_id}/stats")
-        mem = (((usage or {}).get("Tasks") or {}).get("firewall", {}).get("ResourceUsage") or {}).get("MemoryStats") or {}
+        mem = (((usage or {}).get("Tasks") or {}).get("firewall", {}).get("ResourceUsage") or {}).get(
+            "MemoryStats"
+        ) or {}
         return usage if int(mem.get("RSS") or 0) > 0 else None
 
     nomad.wait_until(stats, 60, "task stats with the guest's memory in /v1/client/allocation/<id>/stats")
@@ -147,7 +159,11 @@ def test_crash_with_coredump_destroy_dumps_through_the_toolstack(nomad, testbed,
     assert alloc["ClientStatus"] == "failed", events
     terminated = [e for e in nomad.task_events(alloc, "compute") if e["Type"] == "Terminated"]
     assert terminated and terminated[-1]["Details"]["exit_code"] == "1", events
-    dumps = [e["DisplayMessage"] for e in nomad.task_events(alloc, "compute") if "Crash dump of" in (e.get("DisplayMessage") or "")]
+    dumps = [
+        e["DisplayMessage"]
+        for e in nomad.task_events(alloc, "compute")
+        if "Crash dump of" in (e.get("DisplayMessage") or "")
+    ]
     assert dumps, events
     cores = testbed.run(f"ls {DATA_DIR}/alloc/{alloc['ID']}/compute/ | grep '[.]core$' || true").stdout.split()
     if "written to" in dumps[-1]:

@@ -60,6 +60,7 @@ def xl_only(backend: str, why: str) -> None:
     if backend != "xl":
         pytest.skip(f"run with the xl backend only: {why}")
 
+
 RESULTS = REPO / "bench" / "results" / "recovery.json"
 KERNEL = f"{IMAGE_DIR}/ndx-unikernel"
 GUESTS = 5
@@ -225,8 +226,8 @@ class Summary:
             )
             for r in self.rows
         ]
-        widths = [max(len(x) for x in col) for col in zip(head, *body)]
-        fmt = lambda cols: "  ".join(c.ljust(w) for c, w in zip(cols, widths))  # noqa: E731
+        widths = [max(len(x) for x in col) for col in zip(head, *body, strict=True)]
+        fmt = lambda cols: "  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))  # noqa: E731
         return [fmt(head), fmt(tuple("-" * w for w in widths))] + [fmt(b) for b in body]
 
     def write(self, nomad_version: str) -> None:
@@ -476,7 +477,9 @@ def check_recovered(nomad: NomadDom0, tb, before: Before, back_ns: int, row: Row
         return all(stats_timestamp(nomad, a) > back_ns and stats_rss(nomad, a) > 0 for a in before.allocs)
 
     t0 = time.monotonic()
-    nomad.wait_until(stats_fresh, 180, "fresh task stats of every recovered allocation in /v1/client/allocation/<id>/stats")
+    nomad.wait_until(
+        stats_fresh, 180, "fresh task stats of every recovered allocation in /v1/client/allocation/<id>/stats"
+    )
     row.note = f"stats fresh in Nomad's API for {len(before.allocs)}/{len(before.allocs)} allocs {time.monotonic() - t0:.0f} s after the consoles caught up"
 
 
@@ -544,7 +547,9 @@ def test_libvirtd_restart_keeps_every_guest(backend, nomad, testbed, recovery_jo
             return text if xen.get("Healthy") and "reconnected at" in text else None
 
         # (the fingerprint runs every fingerprint_period, 30 s in the example agent config)
-        row.note = nomad.wait_until(says_reconnected, 90, "the fingerprint to say libvirt was reconnected", every=2)[:160]
+        row.note = nomad.wait_until(says_reconnected, 90, "the fingerprint to say libvirt was reconnected", every=2)[
+            :160
+        ]
 
 
 def test_guest_destroyed_while_plugin_down_is_reported_and_restarted(backend, nomad, testbed, recovery_job, summary):
@@ -687,15 +692,23 @@ def test_fault_xenstored_stalled_during_start(nomad, testbed, bystander, summary
         click = '        click_config = "in :: FromDevice(0); in -> Discard;"\n'
         testbed.run(["pkill", "-STOP", "-x", "xenstored"])
         try:
-            run_job(nomad, "fault-xenstored", batch_job("fault-xenstored", _config("clickos tick=1", click), job_type="service"))
+            run_job(
+                nomad,
+                "fault-xenstored",
+                batch_job("fault-xenstored", _config("clickos tick=1", click), job_type="service"),
+            )
             time.sleep(15)
         finally:
             testbed.run(["pkill", "-CONT", "-x", "xenstored"])
         alloc, events = check_fault(nomad, testbed, row, bystander, "fault-xenstored", "running")
-        logs = raw_get(nomad, f"/v1/client/fs/logs/{alloc['ID']}?task={TASK}&type=stdout&origin=start&offset=0&plain=true")
+        logs = raw_get(
+            nomad, f"/v1/client/fs/logs/{alloc['ID']}?task={TASK}&type=stdout&origin=start&offset=0&plain=true"
+        )
         assert b"status=Running" in logs, logs[-500:]
         nomad.stop_job("fault-xenstored", purge=False)
-        nomad.wait_until(lambda: not domain_of(xl_domains(testbed), alloc["ID"]), 120, "the stalled-start guest to stop")
+        nomad.wait_until(
+            lambda: not domain_of(xl_domains(testbed), alloc["ID"]), 120, "the stalled-start guest to stop"
+        )
         row.note = "start waited for xenstored and succeeded; ClickOS config pushed"
 
 
@@ -721,9 +734,15 @@ def test_fault_xenstored_refuses_a_restarted_plugin(nomad, testbed, bystander, s
         failure = [e for e in nomad.task_events(alloc, TASK) if e["Type"] == "Driver Failure"]
         assert failure and "xenstored is not reachable" in failure[-1].get("DisplayMessage", ""), events
         row.note = failure[-1]["DisplayMessage"][:160]
-        run_job(nomad, "fault-refused-after", batch_job("fault-refused-after", _config("clickos tick=1 poweroff_after=2", click)))
+        run_job(
+            nomad,
+            "fault-refused-after",
+            batch_job("fault-refused-after", _config("clickos tick=1 poweroff_after=2", click)),
+        )
         alloc, events = check_fault(nomad, testbed, row, bystander, "fault-refused-after", "complete")
-        logs = raw_get(nomad, f"/v1/client/fs/logs/{alloc['ID']}?task={TASK}&type=stdout&origin=start&offset=0&plain=true")
+        logs = raw_get(
+            nomad, f"/v1/client/fs/logs/{alloc['ID']}?task={TASK}&type=stdout&origin=start&offset=0&plain=true"
+        )
         assert b"status=Running" in logs, logs[-500:]
 
 
@@ -756,8 +775,22 @@ def test_normal_job_still_starts_after_the_faults(nomad, testbed, bystander, sum
 # ---------------------------------------------------------------- bad input sweep
 
 SWEEP_CAP = 100  # configs given to `xl create -n` (about 0.25 s each under TCG)
-XL_KEYS = {"type", "name", "uuid", "kernel", "ramdisk", "cmdline", "memory", "maxmem", "vcpus", "cpus", "vif",
-           "on_poweroff", "on_reboot", "on_crash"}
+XL_KEYS = {
+    "type",
+    "name",
+    "uuid",
+    "kernel",
+    "ramdisk",
+    "cmdline",
+    "memory",
+    "maxmem",
+    "vcpus",
+    "cpus",
+    "vif",
+    "on_poweroff",
+    "on_reboot",
+    "on_crash",
+}
 _LINE = re.compile(r'^([a-z_]+) = (?:"([^"\\\n#]*)"|(\d+)|\[ ("[^"\\\n#]*"(?:, "[^"\\\n#]*")*) \])$')
 
 
@@ -769,68 +802,134 @@ def _strategies(images: str, scripts: str):
         is one more chance to be refused; without this almost nothing would reach xl)."""
         return st.integers(0, 9).flatmap(lambda i: bad if i < bad_in_10 else good)
 
-    specials = ['"', "'", "\\", "\n", "\r", "#", "\x00", "\t", " ", "=", ",", "[", "]", ";", "é", "\u202e", "🙂",
-                "../", "$(id)", "`id`", "${x}", "\x7f"]
+    specials = [
+        '"',
+        "'",
+        "\\",
+        "\n",
+        "\r",
+        "#",
+        "\x00",
+        "\t",
+        " ",
+        "=",
+        ",",
+        "[",
+        "]",
+        ";",
+        "é",
+        "\u202e",
+        "🙂",
+        "../",
+        "$(id)",
+        "`id`",
+        "${x}",
+        "\x7f",
+    ]
     nasty = st.lists(st.one_of(st.text(max_size=6), st.sampled_from(specials)), max_size=6).map("".join)
     hcl_converted = st.one_of(st.integers(-10, 10**6).map(str), st.sampled_from(["true", "false"]))
     strings = st.one_of(nasty, hcl_converted, st.text(max_size=40))
     numbers = st.one_of(
-        st.integers(-(2**70), 2**70), st.integers(-2, 70), st.floats(allow_nan=False),
+        st.integers(-(2**70), 2**70),
+        st.integers(-2, 70),
+        st.floats(allow_nan=False),
         st.decimals(allow_nan=False, allow_infinity=False, places=4),
     )
     kernel = mostly(
-        st.sampled_from([f"{images}/ndx-unikernel", "ndx-unikernel", "./ndx-unikernel", f"{images}//ndx-unikernel",
-                         f"{images}/../images/ndx-unikernel"]),
+        st.sampled_from(
+            [
+                f"{images}/ndx-unikernel",
+                "ndx-unikernel",
+                "./ndx-unikernel",
+                f"{images}//ndx-unikernel",
+                f"{images}/../images/ndx-unikernel",
+            ]
+        ),
         st.one_of(
-            st.sampled_from(["/etc/passwd", "../../../../etc/passwd", f"{images}/../../../../etc/passwd", "",
-                             f"{images}/ndx-unikernel\nmemory = 4096", f'{images}/ndx-unikernel" memory="4096',
-                             f"{images}/ndx-unikernel#x", "/" + "a" * 5000]),
+            st.sampled_from(
+                [
+                    "/etc/passwd",
+                    "../../../../etc/passwd",
+                    f"{images}/../../../../etc/passwd",
+                    "",
+                    f"{images}/ndx-unikernel\nmemory = 4096",
+                    f'{images}/ndx-unikernel" memory="4096',
+                    f"{images}/ndx-unikernel#x",
+                    "/" + "a" * 5000,
+                ]
+            ),
             nasty.map(lambda s: f"{images}/ndx-unikernel{s}"),
             strings,
         ),
     )
     cmdline = mostly(
-        st.one_of(st.sampled_from(["tick=1", "clickos", "", "a" * 1023, "console=hvc0 x=1,2 y=[3]"]),
-                  st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7e,
-                                                 blacklist_characters="\"'\\#"), max_size=60)),
+        st.one_of(
+            st.sampled_from(["tick=1", "clickos", "", "a" * 1023, "console=hvc0 x=1,2 y=[3]"]),
+            st.text(
+                alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E, blacklist_characters="\"'\\#"),
+                max_size=60,
+            ),
+        ),
         st.one_of(st.sampled_from(['x" on_crash="preserve', "x\nmemory = 4096", "a" * 1024, "# comment"]), strings),
     )
-    mac = mostly(st.sampled_from(["00:16:3e:00:00:01", "00:16:3E:AB:cd:02"]),
-                 st.one_of(st.sampled_from(["01:16:3e:00:00:01", "zz:16:3e:00:00:01", "00:16:3e:00:00:01,bridge=br1"]),
-                           strings))
-    vif = st.fixed_dictionaries({}, optional={
-        "bridge": mostly(st.sampled_from(["xenbr0", "br-0.1", "a" * 15]),
-                         st.one_of(st.sampled_from(["a" * 16, "xenbr0,script=/bin/sh"]), strings)),
-        "mac": mac,
-        "ip": mostly(st.sampled_from(["10.0.0.2", "10.0.0.2 fd00::2"]),
-                     st.one_of(st.sampled_from(["10.0.0.300", "10.0.0.2,x"]), strings)),
-        "script": mostly(st.sampled_from(["vif-bridge", f"{scripts}/vif-route", "/etc/xen/scripts/vif-nat"]),
-                         st.one_of(st.sampled_from(["vif bridge", "vif=x"]), strings)),
-    })
-    config = st.fixed_dictionaries({"kernel": kernel}, optional={
-        "cmdline": cmdline,
-        "memory": mostly(st.sampled_from([8, 16, 32, 16.0, "24"]).map(lambda v: Decimal(v) if isinstance(v, str) else v),
-                         numbers),
-        "vcpus": mostly(st.sampled_from([1, 2, 4, 1.0]), numbers),
-        "cpus": mostly(st.sampled_from(["all", "0", "0-1", "0-3,^1", "nodes:0"]),
-                       st.one_of(st.sampled_from(["1-", "0,,1", "all,0"]), strings)),
-        "vif": st.lists(vif, max_size=2),
-        "on_crash": mostly(st.sampled_from(["destroy", "preserve", "coredump-destroy"]),
-                           st.one_of(st.sampled_from(["restart", "Destroy", "destroy\n"]), strings)),
-        "boot_timeout": mostly(st.sampled_from(["30s", "1h1m", "1.5m", "500ms"]),
-                               st.one_of(st.sampled_from(["0", "-1s", "999999h", "5"]), strings)),
-        "boot_marker": mostly(st.sampled_from(["NDX-GUEST READY", "ready"]), strings),
-        "click_config": mostly(st.text(max_size=200).filter(lambda t: "\x00" not in t and t), strings),
-        "click_router_id": mostly(st.integers(0, 2**31 - 1), numbers),
-        "ramdisk": mostly(st.just(f"{images}/ndx-unikernel"), strings),
-    })
+    mac = mostly(
+        st.sampled_from(["00:16:3e:00:00:01", "00:16:3E:AB:cd:02"]),
+        st.one_of(st.sampled_from(["01:16:3e:00:00:01", "zz:16:3e:00:00:01", "00:16:3e:00:00:01,bridge=br1"]), strings),
+    )
+    vif = st.fixed_dictionaries(
+        {},
+        optional={
+            "bridge": mostly(
+                st.sampled_from(["xenbr0", "br-0.1", "a" * 15]),
+                st.one_of(st.sampled_from(["a" * 16, "xenbr0,script=/bin/sh"]), strings),
+            ),
+            "mac": mac,
+            "ip": mostly(
+                st.sampled_from(["10.0.0.2", "10.0.0.2 fd00::2"]),
+                st.one_of(st.sampled_from(["10.0.0.300", "10.0.0.2,x"]), strings),
+            ),
+            "script": mostly(
+                st.sampled_from(["vif-bridge", f"{scripts}/vif-route", "/etc/xen/scripts/vif-nat"]),
+                st.one_of(st.sampled_from(["vif bridge", "vif=x"]), strings),
+            ),
+        },
+    )
+    config = st.fixed_dictionaries(
+        {"kernel": kernel},
+        optional={
+            "cmdline": cmdline,
+            "memory": mostly(
+                st.sampled_from([8, 16, 32, 16.0, "24"]).map(lambda v: Decimal(v) if isinstance(v, str) else v), numbers
+            ),
+            "vcpus": mostly(st.sampled_from([1, 2, 4, 1.0]), numbers),
+            "cpus": mostly(
+                st.sampled_from(["all", "0", "0-1", "0-3,^1", "nodes:0"]),
+                st.one_of(st.sampled_from(["1-", "0,,1", "all,0"]), strings),
+            ),
+            "vif": st.lists(vif, max_size=2),
+            "on_crash": mostly(
+                st.sampled_from(["destroy", "preserve", "coredump-destroy"]),
+                st.one_of(st.sampled_from(["restart", "Destroy", "destroy\n"]), strings),
+            ),
+            "boot_timeout": mostly(
+                st.sampled_from(["30s", "1h1m", "1.5m", "500ms"]),
+                st.one_of(st.sampled_from(["0", "-1s", "999999h", "5"]), strings),
+            ),
+            "boot_marker": mostly(st.sampled_from(["NDX-GUEST READY", "ready"]), strings),
+            "click_config": mostly(st.text(max_size=200).filter(lambda t: "\x00" not in t and t), strings),
+            "click_router_id": mostly(st.integers(0, 2**31 - 1), numbers),
+            "ramdisk": mostly(st.just(f"{images}/ndx-unikernel"), strings),
+        },
+    )
     # What Nomad would never send (its HCL layer converts or refuses first): a few raw type errors.
-    raw_wrong = st.fixed_dictionaries({"kernel": st.one_of(st.integers(-(2**63), 2**63 - 1), st.booleans(),
-                                                           st.lists(st.text(), max_size=2))},
-                                      optional={"vcpus": st.one_of(st.text(max_size=5), st.booleans())})
+    raw_wrong = st.fixed_dictionaries(
+        {"kernel": st.one_of(st.integers(-(2**63), 2**63 - 1), st.booleans(), st.lists(st.text(), max_size=2))},
+        optional={"vcpus": st.one_of(st.text(max_size=5), st.booleans())},
+    )
     task_name = mostly(st.just("web"), st.one_of(st.text(min_size=1, max_size=300), st.just("x" * 300 + "/../é")), 3)
-    case = st.integers(0, 19).flatmap(lambda i: raw_wrong.map(lambda c: (c, True)) if i == 0
-                                      else config.map(lambda c: (c, False)))
+    case = st.integers(0, 19).flatmap(
+        lambda i: raw_wrong.map(lambda c: (c, True)) if i == 0 else config.map(lambda c: (c, False))
+    )
     return st.tuples(case, task_name)
 
 
@@ -886,10 +985,15 @@ def sweep_configs(root: Path, max_examples: int = 1200, host_cpus: int | None = 
         (scripts / script).write_text("#!/bin/sh\n")
         (scripts / script).chmod(0o755)
     lifecycle = TaskLifecycle(
-        PluginConfig.from_dict({
-            "image_dirs": [str(images)], "state_dir": str(root / "state"), "vif_scripts_dir": str(scripts),
-            "vif_scripts": ["vif-bridge", "vif-route"], "vif_bridges": ["xenbr0", "br-0.1", "a" * 15],
-        }),
+        PluginConfig.from_dict(
+            {
+                "image_dirs": [str(images)],
+                "state_dir": str(root / "state"),
+                "vif_scripts_dir": str(scripts),
+                "vif_scripts": ["vif-bridge", "vif-route"],
+                "vif_bridges": ["xenbr0", "br-0.1", "a" * 15],
+            }
+        ),
         lambda e: None,
     )
     lifecycle.host_cpus = host_cpus  # what StartTask learns from `xl info` on the real host
@@ -898,8 +1002,13 @@ def sweep_configs(root: Path, max_examples: int = 1200, host_cpus: int | None = 
     rendered: dict[str, tuple] = {}
     texts: set[str] = set()
 
-    @settings(max_examples=max_examples, derandomize=True, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=max_examples,
+        derandomize=True,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(_strategies(str(images), str(scripts)))
     def sweep(case):
         (raw, wrong_type), task_name = case
@@ -914,10 +1023,25 @@ def sweep_configs(root: Path, max_examples: int = 1200, host_cpus: int | None = 
             return
         task_id = f"0b1c2d3e-0000-4000-8000-000000000000/{task_name}/1a2b3c4d"
         try:
-            spec = TaskSpec(id=task_id, name=task_name, alloc_id=task_id.split("/")[0], task_group="g",
-                            job_name="j", job_id="j", namespace="default", node_id="n", node_name="n", env={},
-                            memory_mb=16, memory_max_mb=0, cpu_shares=100, alloc_dir=str(alloc),
-                            stdout_path="/dev/null", stderr_path="/dev/null", config=TaskConfig.from_dict(data))
+            spec = TaskSpec(
+                id=task_id,
+                name=task_name,
+                alloc_id=task_id.split("/")[0],
+                task_group="g",
+                job_name="j",
+                job_id="j",
+                namespace="default",
+                node_id="n",
+                node_name="n",
+                env={},
+                memory_mb=16,
+                memory_max_mb=0,
+                cpu_shares=100,
+                alloc_dir=str(alloc),
+                stdout_path="/dev/null",
+                stderr_path="/dev/null",
+                config=TaskConfig.from_dict(data),
+            )
             name = domain_name_for(spec)
             dspec = lifecycle.domain_spec(spec, name)
             text = render(dspec)
@@ -949,7 +1073,10 @@ def test_bad_input_sweep_never_crashes_and_never_injects(backend, testbed, unike
     naming a field, or in an xl.cfg that xl itself (``xl create -n``) parses to exactly our values."""
     with summary.scenario("bad input sweep") as row:
         root = tmp_path_factory.mktemp("sweep")
-        info = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in testbed.run(["xl", "info"]).stdout.splitlines())}
+        info = {
+            k.strip(): v.strip()
+            for k, _, v in (line.partition(":") for line in testbed.run(["xl", "info"]).stdout.splitlines())
+        }
         counts, rendered = sweep_configs(root, host_cpus=int(info["nr_cpus"]))
         assert counts["refused"] > 50 and counts["rendered"] > 20, counts
 
@@ -957,8 +1084,10 @@ def test_bad_input_sweep_never_crashes_and_never_injects(backend, testbed, unike
         # back exactly our values.
         sweep_dir = "/var/lib/ndx-tests/sweep"
         images, task_dir = root / "images", root / "alloc" / "web"
-        testbed.run(f"rm -rf {sweep_dir}; mkdir -p {sweep_dir} {images} {task_dir};"
-                    f" cp {unikernel} {images}/ndx-unikernel; cp {unikernel} {task_dir}/ndx-unikernel")
+        testbed.run(
+            f"rm -rf {sweep_dir}; mkdir -p {sweep_dir} {images} {task_dir};"
+            f" cp {unikernel} {images}/ndx-unikernel; cp {unikernel} {task_dir}/ndx-unikernel"
+        )
         for fname, (_, text) in rendered.items():
             testbed.write_file(f"{sweep_dir}/{fname}", text, mode=0o600)
         script = (
@@ -977,9 +1106,11 @@ def test_bad_input_sweep_never_crashes_and_never_injects(backend, testbed, unike
             dspec, text = rendered[fname]
             assert rc == 0, f"xl create -n refused {fname}:\n{text}\n{err}"
             check_xl_json(json.loads(out), dspec, text)
-        row.note = (f"{counts['examples']} configs: {counts['refused']} refused naming the field, "
-                    f"{counts['type errors']} raw type errors, {counts['rendered']} rendered; "
-                    f"{len(results)} distinct ones parsed by xl create -n to exactly our values")
+        row.note = (
+            f"{counts['examples']} configs: {counts['refused']} refused naming the field, "
+            f"{counts['type errors']} raw type errors, {counts['rendered']} rendered; "
+            f"{len(results)} distinct ones parsed by xl create -n to exactly our values"
+        )
 
 
 def check_xl_json(doc: dict, dspec, text: str) -> None:
@@ -996,13 +1127,22 @@ def check_xl_json(doc: dict, dspec, text: str) -> None:
     assert (b_info.get("ramdisk") or None) == dspec.ramdisk, where
     nics = cfg.get("nics") or []
     assert len(nics) == len(dspec.vifs), where
-    for nic, vif in zip(nics, dspec.vifs):
+    for nic, vif in zip(nics, dspec.vifs, strict=True):
         assert nic.get("bridge") == vif.bridge and nic.get("ip") == vif.ip, where
         assert (nic.get("mac") or "").lower() == (vif.mac or "").lower(), where  # xl prints MACs in lower case
         if vif.script is not None:
             assert nic.get("script") in (vif.script, f"/etc/xen/scripts/{vif.script}"), where
         else:
             assert "script" not in nic, where
-    extra = set(cfg) - {"c_info", "b_info", "nics", "on_poweroff", "on_reboot", "on_crash", "on_watchdog",
-                        "on_soft_reset", "num_nics"}
+    extra = set(cfg) - {
+        "c_info",
+        "b_info",
+        "nics",
+        "on_poweroff",
+        "on_reboot",
+        "on_crash",
+        "on_watchdog",
+        "on_soft_reset",
+        "num_nics",
+    }
     assert not {"disks", "pcidevs", "p9s", "vfbs", "vkbs", "dtdevs", "channels", "usbctrls"} & extra, where
