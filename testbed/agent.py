@@ -116,9 +116,14 @@ class Agent:
         stdin = base64.b64decode(req["stdin"]) if req.get("stdin") is not None else None
         started = time.monotonic()
         proc = subprocess.Popen(
-            cmd, shell=shell, env=env_of(req), cwd=req.get("cwd") or "/",
+            cmd,
+            shell=shell,
+            env=env_of(req),
+            cwd=req.get("cwd") or "/",
             stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
         )
         timed_out = False
         try:
@@ -136,8 +141,11 @@ class Agent:
                 proc.wait()
                 out, err = b"", b"(output lost: a background process kept the pipes open)\n"
         return {
-            "rc": proc.returncode, "stdout": b64(out), "stderr": b64(err),
-            "timed_out": timed_out, "duration": time.monotonic() - started,
+            "rc": proc.returncode,
+            "stdout": b64(out),
+            "stderr": b64(err),
+            "timed_out": timed_out,
+            "duration": time.monotonic() - started,
         }
 
     def op_spawn(self, req: dict) -> dict:
@@ -147,8 +155,13 @@ class Agent:
             os.makedirs(os.path.dirname(log) or "/", exist_ok=True)
         with open(log, "ab", buffering=0) as out:
             proc = subprocess.Popen(
-                cmd, shell=shell, env=env_of(req), cwd=req.get("cwd") or "/",
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                cmd,
+                shell=shell,
+                env=env_of(req),
+                cwd=req.get("cwd") or "/",
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         with self.lock:

@@ -39,6 +39,7 @@ AGENT_PORT = 7100  # dom0 side; the host side is a free loopback port
 EXIT_MARKER = re.compile(r"NDX-TESTBED EXIT: (-?\d+)")
 INIT_MARKER = re.compile(r"ndx-init: (step \S+|toolstack-up|start|FAILED step=\S+ rc=\d+|poweroff)")
 
+
 class TestbedError(RuntimeError):
     """The testbed could not be built, booted or reached. Says which step and where its log is."""
 
@@ -60,8 +61,7 @@ class CommandError(RuntimeError):
         self.result = result
         what = "timed out" if result.timed_out else f"exited {result.rc}"
         super().__init__(
-            f"dom0 command {cmd!r} {what}\n--- stdout:\n{result.stdout[-4000:]}"
-            f"\n--- stderr:\n{result.stderr[-4000:]}"
+            f"dom0 command {cmd!r} {what}\n--- stdout:\n{result.stdout[-4000:]}\n--- stderr:\n{result.stderr[-4000:]}"
         )
 
 
@@ -69,8 +69,9 @@ class AgentError(RuntimeError):
     """The dom0 agent could not carry out a request (bad request, a failing file operation...)."""
 
 
-_OS_ERRORS = {e.__name__: e for e in (FileNotFoundError, FileExistsError, PermissionError,
-                                      IsADirectoryError, NotADirectoryError)}
+_OS_ERRORS = {
+    e.__name__: e for e in (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
+}
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,7 @@ class Result:
 # --------------------------------------------------------------------------------------------
 # images
 # --------------------------------------------------------------------------------------------
+
 
 def host_lock_path() -> Path:
     """The host-wide lock that lets one testbed run at a time (in the project's cache directory)."""
@@ -145,6 +147,7 @@ def _failed_build_step(log_path) -> str | None:
 # --------------------------------------------------------------------------------------------
 # the QEMU machine
 # --------------------------------------------------------------------------------------------
+
 
 def _free_loopback_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -224,8 +227,8 @@ class Machine:
             f"dom0_max_vcpus={self.cpus} loglvl=all guest_loglvl=all noreboot bootscrub=0"
         )
         dom0_args = " ".join(
-            ["root=/dev/vda", "ro", "rootfstype=ext4", "init=/sbin/ndx-init", "console=hvc0",
-             "earlyprintk=xen"] + self.cmdline
+            ["root=/dev/vda", "ro", "rootfstype=ext4", "init=/sbin/ndx-init", "console=hvc0", "earlyprintk=xen"]
+            + self.cmdline
         )
         if self.kvm:
             accel = ["-enable-kvm", "-cpu", "host"]
@@ -235,25 +238,44 @@ class Machine:
             f",hostfwd=tcp:127.0.0.1:{h}-:{g}" for h, g in sorted(self.port_forwards.items())
         )
         return [
-            qemu, "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-            *accel, "-m", self.memory, "-smp", str(self.cpus),
-            "-chardev", f"file,id=serial0,path={_qemu_opt(self.serial_log)}",
-            "-serial", "chardev:serial0",
-            "-kernel", str(img / "xen"), "-append", xen_args,
-            "-initrd", f"{img / 'vmlinuz'} {dom0_args},{img / 'initrd.img'}",
-            "-drive", f"file={_qemu_opt(img / 'dom0.ext4')},if=virtio,format=raw,snapshot=on,cache=unsafe",
-            "-virtfs", f"local,path={_qemu_opt(self.src_dir)},mount_tag=src,security_model=none,readonly=on,id=src",
-            "-virtfs", f"local,path={_qemu_opt(self.scratch_dir)},mount_tag=host,security_model=none,id=host",
-            "-netdev", netdev, "-device", "virtio-net-pci,netdev=net0",
+            qemu,
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+            *accel,
+            "-m",
+            self.memory,
+            "-smp",
+            str(self.cpus),
+            "-chardev",
+            f"file,id=serial0,path={_qemu_opt(self.serial_log)}",
+            "-serial",
+            "chardev:serial0",
+            "-kernel",
+            str(img / "xen"),
+            "-append",
+            xen_args,
+            "-initrd",
+            f"{img / 'vmlinuz'} {dom0_args},{img / 'initrd.img'}",
+            "-drive",
+            f"file={_qemu_opt(img / 'dom0.ext4')},if=virtio,format=raw,snapshot=on,cache=unsafe",
+            "-virtfs",
+            f"local,path={_qemu_opt(self.src_dir)},mount_tag=src,security_model=none,readonly=on,id=src",
+            "-virtfs",
+            f"local,path={_qemu_opt(self.scratch_dir)},mount_tag=host,security_model=none,id=host",
+            "-netdev",
+            netdev,
+            "-device",
+            "virtio-net-pci,netdev=net0",
         ]
 
     # -- lifecycle ------------------------------------------------------------------------------
     def launch(self) -> None:
         qemu = shutil.which("qemu-system-x86_64")
         if qemu is None:
-            raise TestbedError(
-                "qemu", "qemu-system-x86_64 is not installed (testbed/build.sh installs it)", None
-            )
+            raise TestbedError("qemu", "qemu-system-x86_64 is not installed (testbed/build.sh installs it)", None)
         if self.kvm and not os.access("/dev/kvm", os.R_OK | os.W_OK):
             raise TestbedError("qemu", "--kvm asked for, but /dev/kvm is not usable", None)
         cmd = self.command(qemu)
@@ -273,8 +295,12 @@ class Machine:
                     preexec = _die_with_parent
             self.progress = BootProgress(started=time.monotonic())
             self.proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=qlog, stderr=subprocess.STDOUT,
-                preexec_fn=preexec, cwd=str(self.scratch_dir),
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=qlog,
+                stderr=subprocess.STDOUT,
+                preexec_fn=preexec,
+                cwd=str(self.scratch_dir),
             )
         self._tail_stop.clear()
         self._tail_thread = threading.Thread(target=self._tail, name="testbed-serial", daemon=True)
@@ -495,11 +521,16 @@ class Testbed:
         for attempt in range(3):
             self._ports = {p: _free_loopback_port() for p in [AGENT_PORT, *self.forwards]}
             self._machine = Machine(
-                self.image_dir, self.scratch_dir,
+                self.image_dir,
+                self.scratch_dir,
                 cmdline=["ndx.mode=service", f"ndx.agent_port={AGENT_PORT}"],
                 port_forwards={h: g for g, h in self._ports.items()},
-                kvm=self.kvm, src_dir=self.src_dir, serial_log=self.log_path,
-                qemu_log=self.qemu_log_path, memory=self.memory, dom0_memory=self.dom0_memory,
+                kvm=self.kvm,
+                src_dir=self.src_dir,
+                serial_log=self.log_path,
+                qemu_log=self.qemu_log_path,
+                memory=self.memory,
+                dom0_memory=self.dom0_memory,
                 cpus=self.cpus,
             )
             _LIVE.add(self)
@@ -542,7 +573,8 @@ class Testbed:
             raise boot_error("panic on the console")
         if not ok:
             raise boot_error(
-                "QEMU ended before dom0 was up" if not m.running()
+                "QEMU ended before dom0 was up"
+                if not m.running()
                 else f"no progress past '{p.last_step}' within the boot timeout"
             )
         # 2. the agent answers through the port forward
@@ -666,8 +698,7 @@ class Testbed:
     ) -> int:
         """Start ``cmd`` in the background in dom0 (own session); stdout+stderr go to log_path
         (a dom0 path). Returns its dom0 pid."""
-        resp = self._request({"op": "spawn", **_cmd_fields(cmd), "env": dict(env or {}),
-                              "cwd": cwd, "log": log_path})
+        resp = self._request({"op": "spawn", **_cmd_fields(cmd), "env": dict(env or {}), "cwd": cwd, "log": log_path})
         return resp["pid"]
 
     def poll(self, pid: int) -> int | None:
@@ -708,8 +739,11 @@ class Testbed:
             "    time.sleep(0.02)\n"
             "sys.exit(1)\n"
         )
-        r = self.run(["python3", "-c", script, f"/var/log/xen/console/guest-{name}.log", text,
-                      str(timeout)], timeout=timeout + 30, check=False)
+        r = self.run(
+            ["python3", "-c", script, f"/var/log/xen/console/guest-{name}.log", text, str(timeout)],
+            timeout=timeout + 30,
+            check=False,
+        )
         if r.rc != 0:
             raise TimeoutError(
                 f"guest {name!r} did not print {text!r} within {timeout} s; console so far:\n"
@@ -720,8 +754,10 @@ class Testbed:
     def save_dom0_logs(self, name: str = "dom0-logs") -> Path:
         """Copy dom0's logs (Xen consoles, xl monitors, hotplug, libvirtd) into the scratch dir,
         where they outlive the machine; returns that host directory."""
-        script = ('rm -rf "$1" && mkdir -p "$1" && cp -a /var/log/xen "$1"/ &&'
-                  ' { cp /var/log/libvirtd.log "$1"/ 2>/dev/null; dmesg > "$1"/dmesg.txt; true; }')
+        script = (
+            'rm -rf "$1" && mkdir -p "$1" && cp -a /var/log/xen "$1"/ &&'
+            ' { cp /var/log/libvirtd.log "$1"/ 2>/dev/null; dmesg > "$1"/dmesg.txt; true; }'
+        )
         self.run(["sh", "-c", script, "sh", f"/host/{name}"], timeout=60)
         return self.scratch_dir / name
 
@@ -742,10 +778,10 @@ class Testbed:
             rc = self.poll(pid)
             if rc is not None or time.monotonic() > deadline:
                 why = f"exited {rc}" if rc is not None else f"no xen:///system after {timeout} s"
-                errors = self.run("grep -E ' (error|warning) : ' /var/log/libvirtd.log | tail -n 5",
-                                  check=False).stdout
-                raise TestbedError("libvirtd", f"{why}: {r.stderr.strip()[-300:]}\n{errors}",
-                                   "dom0:/var/log/libvirtd.log")
+                errors = self.run("grep -E ' (error|warning) : ' /var/log/libvirtd.log | tail -n 5", check=False).stdout
+                raise TestbedError(
+                    "libvirtd", f"{why}: {r.stderr.strip()[-300:]}\n{errors}", "dom0:/var/log/libvirtd.log"
+                )
             time.sleep(0.5)
 
     # -- transport -------------------------------------------------------------------------------
@@ -759,10 +795,12 @@ class Testbed:
         except (OSError, ConnectionError, ValueError) as exc:
             m = self._machine
             if m is not None and not m.running():
-                raise TestbedError("dom0 agent", f"the machine is gone (QEMU exited "
-                                   f"{m.proc.returncode}) during {req.get('op')}", self.log_path) from exc
-            raise TestbedError("dom0 agent", f"{req.get('op')}: {type(exc).__name__}: {exc}",
-                               self.log_path) from exc
+                raise TestbedError(
+                    "dom0 agent",
+                    f"the machine is gone (QEMU exited {m.proc.returncode}) during {req.get('op')}",
+                    self.log_path,
+                ) from exc
+            raise TestbedError("dom0 agent", f"{req.get('op')}: {type(exc).__name__}: {exc}", self.log_path) from exc
         if not resp.get("ok"):
             kind, error = resp.get("kind"), resp.get("error")
             if kind in _OS_ERRORS:  # read_file of a missing file raises FileNotFoundError, as locally
@@ -807,6 +845,7 @@ def _cmd_fields(cmd: str | Sequence[str]) -> dict:
 # one-shot mode: testbed/run.sh
 # --------------------------------------------------------------------------------------------
 
+
 def run_oneshot(
     script: str | os.PathLike,
     *,
@@ -836,8 +875,13 @@ def run_oneshot(
     os.chmod(scratch / name, 0o755)
     words = ["ndx.mode=oneshot", f"ndx.script=/host/{name}"] + (["ndx.shell"] if shell else [])
     machine = Machine(
-        Path(image_dir), scratch, cmdline=words, port_forwards=forwards, kvm=kvm,
-        serial_log=serial_log, qemu_log=scratch / "qemu.log",
+        Path(image_dir),
+        scratch,
+        cmdline=words,
+        port_forwards=forwards,
+        kvm=kvm,
+        serial_log=serial_log,
+        qemu_log=scratch / "qemu.log",
         echo=(lambda s: (sys.stdout.write(s), sys.stdout.flush())) if echo else None,
     )
     _install_signal_handlers()
@@ -849,11 +893,9 @@ def run_oneshot(
         while (rc := machine.wait_exit(0.5)) is None:
             if p.panic:
                 machine.wait_for(lambda p: p.panic.count("|") >= 2, 3)
-                raise TestbedError(f"boot: {p.last_step}", f"panic on the console: {p.panic!r}",
-                                   serial_log)
+                raise TestbedError(f"boot: {p.last_step}", f"panic on the console: {p.panic!r}", serial_log)
             if time.monotonic() > deadline:
-                raise TestbedError(f"boot: {p.last_step}", f"still running after {timeout} s",
-                                   serial_log)
+                raise TestbedError(f"boot: {p.last_step}", f"still running after {timeout} s", serial_log)
     finally:
         machine.kill()
     if p.exit_code is None:

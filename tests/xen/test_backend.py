@@ -25,9 +25,8 @@ import zlib
 REMOTE_SELF = "/src/tests/xen/test_backend.py"
 CONSOLE_DIR = "/var/log/xen/console"
 CFG_DIR = "/var/lib/ndx-tests/backend-cfg"
-CLICK_CONFIG = (
-    "// nomad-driver-xen backend test: more than one 992-byte XenStore chunk\n"
-    + "".join(f"src{i} :: InfiniteSource(LENGTH 64, LIMIT {i + 1}) -> Counter -> Discard;\n" for i in range(30))
+CLICK_CONFIG = "// nomad-driver-xen backend test: more than one 992-byte XenStore chunk\n" + "".join(
+    f"src{i} :: InfiniteSource(LENGTH 64, LIMIT {i + 1}) -> Counter -> Discard;\n" for i in range(30)
 )
 CLICK_RE = re.compile(rb"CLICKOS router=0 status=Running config_len=(\d+) config_crc32=([0-9a-f]{8})")
 
@@ -167,8 +166,12 @@ async def scenario_lifecycle(args: dict) -> dict:
             await sampler.sample_once()
             await asyncio.sleep(1.5)
             sample = (await sampler.sample_once())[name]
-            res["stats"] = {"cpu_percent": sample.cpu_percent, "memory_kib": sample.memory_kib,
-                            "cpu_seconds": sample.cpu_seconds, "vcpus": sample.vcpus}
+            res["stats"] = {
+                "cpu_percent": sample.cpu_percent,
+                "memory_kib": sample.memory_kib,
+                "cpu_seconds": sample.cpu_seconds,
+                "vcpus": sample.vcpus,
+            }
 
             watcher.expect_exit(name)
             t1 = time.monotonic()
@@ -178,8 +181,10 @@ async def scenario_lifecycle(args: dict) -> dict:
             res["exit"] = {"reason": exit_.reason.value, "requested": exit_.requested, "domid": exit_.domid}
             res["watcher"] = {"scans": watcher.scans, "events": watcher.events}
             preserved = await backend.domain(name)
-            res["after_exit"] = {"state": preserved.state.value,
-                                 "reason": preserved.shutdown_reason and preserved.shutdown_reason.value}
+            res["after_exit"] = {
+                "state": preserved.state.value,
+                "reason": preserved.shutdown_reason and preserved.shutdown_reason.value,
+            }
             await pump.remove(name, drain_timeout_s=10)
             t2 = time.monotonic()
             await backend.destroy(name)
@@ -200,8 +205,10 @@ async def scenario_lifecycle(args: dict) -> dict:
             }
             m = CLICK_RE.search(bytes(reader.data))
             res["clickos_echo"] = m and {"len": int(m.group(1)), "crc32": m.group(2).decode()}
-            res["clickos_expected"] = {"len": len(CLICK_CONFIG.encode()),
-                                       "crc32": f"{zlib.crc32(CLICK_CONFIG.encode()):08x}"}
+            res["clickos_expected"] = {
+                "len": len(CLICK_CONFIG.encode()),
+                "crc32": f"{zlib.crc32(CLICK_CONFIG.encode()):08x}",
+            }
             res["paused_state_was"] = DomainState.PAUSED.value
         finally:
             await pump.stop()

@@ -31,7 +31,6 @@ IMAGE_DIR = "/var/lib/nomad-driver-xen/images"  # where nomad-jobs/*.nomad take 
 PYCACHE = f"{BASE}/pycache"
 
 
-
 def _domains(testbed) -> set[str]:
     out = testbed.run(["xl", "list"], timeout=60).stdout.splitlines()[1:]
     return {line.split()[0] for line in out if line.strip()} - {"Domain-0"}
@@ -70,10 +69,25 @@ def dom0_run(testbed, testbed_run_dir: Path, unikernel: str, testbed_report: lis
 
     plugin_config = {"state_dir": f"{BASE}/state"}
     args = [
-        "/host/conformance.test", "-test.v", "-test.timeout", "25m", "-test.run", gotest.run_pattern(gotest.DOM0_TESTS),
-        "-plugin", LAUNCHER, "-repo", "/src", "-nomad-version", gotest.nomad_version(),
-        "-xen", "-expect-health", "healthy", "-plugin-config", json.dumps(plugin_config),
-        "-log-dir", "/host/conformance-logs",
+        "/host/conformance.test",
+        "-test.v",
+        "-test.timeout",
+        "25m",
+        "-test.run",
+        gotest.run_pattern(gotest.DOM0_TESTS),
+        "-plugin",
+        LAUNCHER,
+        "-repo",
+        "/src",
+        "-nomad-version",
+        gotest.nomad_version(),
+        "-xen",
+        "-expect-health",
+        "healthy",
+        "-plugin-config",
+        json.dumps(plugin_config),
+        "-log-dir",
+        "/host/conformance-logs",
     ]
     started = time.monotonic()
     result = testbed.run(
@@ -88,8 +102,10 @@ def dom0_run(testbed, testbed_run_dir: Path, unikernel: str, testbed_report: lis
     run.leftover_domains = sorted(_domains(testbed) - before)
 
     names = gotest.DOM0_TESTS
-    title = (f"conformance suite in dom0 ({seconds:.1f}s; output: {testbed_run_dir / 'conformance.out'},"
-             f" logs: {testbed_run_dir / 'conformance-logs'}):")
+    title = (
+        f"conformance suite in dom0 ({seconds:.1f}s; output: {testbed_run_dir / 'conformance.out'},"
+        f" logs: {testbed_run_dir / 'conformance-logs'}):"
+    )
     testbed_report.append(title)
     testbed_report.extend(run.summary(names))
     gotest.report(request.config, title, run.summary(names))

@@ -78,8 +78,11 @@ def test_first_and_later_start_in_dom0_stay_far_inside_the_handshake_limit(testb
     later = drive(testbed, dom0_plugin, root, "/tmp/ndx-dist/t2")
     assert later["line"].startswith("1|2|unix|"), later
 
-    testbed.run(["python3", "-m", "xen_driver", "install", "--plugin-dir", "/tmp/ndx-dist/launcher"],
-                env={"PYTHONPATH": "/src"}, timeout=300)
+    testbed.run(
+        ["python3", "-m", "xen_driver", "install", "--plugin-dir", "/tmp/ndx-dist/launcher"],
+        env={"PYTHONPATH": "/src"},
+        timeout=300,
+    )
     drive(testbed, "/tmp/ndx-dist/launcher/nomad-driver-xen", "", "/tmp/ndx-dist/t3")  # page cache
     launcher = drive(testbed, "/tmp/ndx-dist/launcher/nomad-driver-xen", "", "/tmp/ndx-dist/t4")
     assert launcher["line"].startswith("1|2|unix|"), launcher

@@ -155,7 +155,9 @@ def guest(nomad, testbed, testbed_report) -> Guest:
     g.admin_host_port = ports["admin"]["Value"]
     assert ports["http"]["To"] == 80 and ports["admin"]["To"] == ADMIN_PORT, ports
     g.registered = {}
-    testbed_report.append(f"networking: allocation ports {sorted((p['Label'], p['Value'], p['To']) for p in ports.values())}")
+    testbed_report.append(
+        f"networking: allocation ports {sorted((p['Label'], p['Value'], p['To']) for p in ports.values())}"
+    )
     return g
 
 
@@ -169,9 +171,10 @@ def test_service_is_registered_at_the_guests_address_and_port(nomad, testbed, gu
     assert [(a, addr, port) for a, addr, port, _ in got[SERVICE]] == [(guest.alloc_id, GUEST_IP, 80)], got
     # address_mode "auto" (the default) follows auto_advertise: the guest's address too, not
     # the host's address and the host port Nomad reserved for the label.
-    assert [(a, addr, port) for a, addr, port, _ in got["clickos-admin"]] == [
-        (guest.alloc_id, GUEST_IP, ADMIN_PORT)
-    ], (got, guest.admin_host_port)
+    assert [(a, addr, port) for a, addr, port, _ in got["clickos-admin"]] == [(guest.alloc_id, GUEST_IP, ADMIN_PORT)], (
+        got,
+        guest.admin_host_port,
+    )
     guest.registered = got
 
     info = nomad.cli("service", "info", SERVICE).stdout
@@ -203,7 +206,9 @@ def test_plugin_sigkill_recovers_the_task_with_the_same_network(nomad, testbed, 
 
     # RecoverTask has run once the new plugin knows the task: it reports the same network.
     seen = nomad.wait_until(
-        lambda: (r := inspect(testbed, guest.task_id)).get("has_network") and r, 240, "the new plugin to recover the task",
+        lambda: (r := inspect(testbed, guest.task_id)).get("has_network") and r,
+        240,
+        "the new plugin to recover the task",
         every=2,
     )
     took = time.monotonic() - t0
@@ -226,7 +231,9 @@ def test_agent_restart_keeps_the_same_registration(nomad, testbed, guest):
         lambda: nomad.alloc(guest.alloc_id)["ClientStatus"] == "running", 240, "the allocation to be running", every=2
     )
     seen = nomad.wait_until(
-        lambda: (r := inspect(testbed, guest.task_id)).get("has_network") and r, 240, "the new plugin to recover the task",
+        lambda: (r := inspect(testbed, guest.task_id)).get("has_network") and r,
+        240,
+        "the new plugin to recover the task",
         every=2,
     )
     assert seen["addr"] == GUEST_IP and seen["port_map"] == {"http": 80, "admin": ADMIN_PORT}, seen
@@ -305,7 +312,9 @@ def test_what_cannot_be_advertised_is_refused_naming_the_field(nomad):
     jobs = {
         # advertise_vif names a vif without an address
         "net-bad-advertise": (
-            _batch("net-bad-advertise", '        vif {\n          bridge = "xenbr0"\n        }\n        advertise_vif = 0'),
+            _batch(
+                "net-bad-advertise", '        vif {\n          bridge = "xenbr0"\n        }\n        advertise_vif = 0'
+            ),
             ['task config "advertise_vif": got 0', "vif[0] has no ip"],
         ),
         # a port without `to` on a guest with an address: Nomad would register it at port 0

@@ -53,7 +53,12 @@ def pool_job(name: str) -> str:
     assert n == 1
     if "ephemeral_disk" in text and not re.search(r"\blogs\s*\{", text):
         # Nomad refuses task logs (10 x 10 MB by default) that do not fit a small ephemeral disk.
-        text, n = re.subn(r'(\n([ \t]*)kill_timeout)', r'\n\2logs {\n\2  max_files     = 2\n\2  max_file_size = 2\n\2}\n\1', text, count=1)
+        text, n = re.subn(
+            r"(\n([ \t]*)kill_timeout)",
+            r"\n\2logs {\n\2  max_files     = 2\n\2  max_file_size = 2\n\2}\n\1",
+            text,
+            count=1,
+        )
         assert n == 1
     return text
 
@@ -97,7 +102,8 @@ def nomad(testbed, testbed_run_dir, unikernel):
         testbed.run(
             f"for d in $(xl list | awk '/^{PREFIX}/ {{print $1}}'); do xl destroy $d; done;"
             f" rm -rf {STATE_DIR}/pool {STATE_DIR}/domains/{PREFIX}* {CONSOLE_DIR}/guest-{PREFIX}*",
-            check=False, timeout=300,
+            check=False,
+            timeout=300,
         )
 
 
@@ -108,8 +114,12 @@ def _events(nomad: NomadDom0, alloc: dict, task: str) -> str:
 
 
 def test_pool_fills_and_the_node_reports_it(nomad, testbed):
-    nomad.wait_until(lambda: pool_attrs(nomad) == (POOL_SIZE, POOL_SIZE), 600,
-                     f"driver.xen.pool.clickos.ready = {POOL_SIZE}", every=2)
+    nomad.wait_until(
+        lambda: pool_attrs(nomad) == (POOL_SIZE, POOL_SIZE),
+        600,
+        f"driver.xen.pool.clickos.ready = {POOL_SIZE}",
+        every=2,
+    )
     members = idle_members(testbed)
     assert len(members) == POOL_SIZE, xl_domains(testbed)
 
@@ -165,8 +175,12 @@ def test_plugin_sigkill_readopts_members_and_recovers_the_claimed_guest(nomad, t
     testbed.run(["kill", "-KILL", str(old_plugin)])
     nomad.wait_until(lambda: (p := plugin_pids(testbed)) and p != [old_plugin], 120, "a new plugin process")
     # The new plugin judged the members it found: all of them re-adopted, none destroyed.
-    nomad.wait_until(lambda: agent_log.read_text(errors="replace").count(f"adopted={POOL_SIZE}") > adopted_before,
-                     300, "the new plugin to re-adopt the idle members", every=1)
+    nomad.wait_until(
+        lambda: agent_log.read_text(errors="replace").count(f"adopted={POOL_SIZE}") > adopted_before,
+        300,
+        "the new plugin to re-adopt the idle members",
+        every=1,
+    )
     assert "destroying pool member" not in agent_log.read_text(errors="replace")
     alloc = nomad.wait_alloc("clickos-pool", {"running", "failed"})
     assert alloc["ClientStatus"] == "running", _events(nomad, alloc, "firewall")
@@ -185,8 +199,9 @@ def test_stopping_the_job_destroys_the_claimed_guest_and_keeps_the_pool(nomad, t
     nomad.wait_until(lambda: claimed[0] not in xl_domains(testbed), 60, "the claimed guest to go", every=1)
     assert len(idle_members(testbed)) == POOL_SIZE
     # Only the idle members' own files remain.
-    left = testbed.run(f"ls -1 {STATE_DIR}/tasks {STATE_DIR}/domains {CONSOLE_DIR} 2>/dev/null | grep -v ':$' || true",
-                       check=False).stdout.split()
+    left = testbed.run(
+        f"ls -1 {STATE_DIR}/tasks {STATE_DIR}/domains {CONSOLE_DIR} 2>/dev/null | grep -v ':$' || true", check=False
+    ).stdout.split()
     assert [f for f in left if claimed[0] in f] == [], left
     assert not [f for f in left if f.startswith(("nomad-", "guest-nomad-"))], left
 
@@ -219,7 +234,11 @@ def submit_to_started_ms(nomad: NomadDom0, job_id: str, text: str) -> tuple[floa
 
 def running_guests(tb) -> list[str]:
     """Task guests: cold ones (nomad-*) and claimed pool members (not paused)."""
-    return [n for n, (_, flags) in xl_domains(tb).items() if n.startswith("nomad-") or (n.startswith(PREFIX) and "p" not in flags)]
+    return [
+        n
+        for n, (_, flags) in xl_domains(tb).items()
+        if n.startswith("nomad-") or (n.startswith(PREFIX) and "p" not in flags)
+    ]
 
 
 def test_job_run_to_started_pool_vs_cold(nomad, testbed, testbed_report):

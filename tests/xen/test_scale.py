@@ -257,7 +257,11 @@ def test_many_guests_in_one_job_run_log_and_stop_cleanly(nomad, testbed, testbed
         "accel": "kvm" if tb.kvm else "tcg",
         "nomad_version": nomad.cli("version").stdout.split()[1],
         "guest_memory_mib": GUEST_MEMORY_MIB,
-        "task_resources": {"cpu_mhz": TASK_CPU_MHZ, "memory_mb": GUEST_MEMORY_MIB, "ephemeral_disk_mb": EPHEMERAL_DISK_MB},
+        "task_resources": {
+            "cpu_mhz": TASK_CPU_MHZ,
+            "memory_mb": GUEST_MEMORY_MIB,
+            "ephemeral_disk_mb": EPHEMERAL_DISK_MB,
+        },
         "xen_free_memory_mib_before": xen_free,
         "nomad_node_free": nomad_free,
         "planned": plan,
@@ -327,7 +331,9 @@ def test_many_guests_in_one_job_run_log_and_stop_cleanly(nomad, testbed, testbed
         # ---- every guest's console in its allocation's logs (what `nomad alloc logs` prints)
         def logs_of(alloc_id: str) -> str:
             try:
-                data = raw_get(nomad, f"/v1/client/fs/logs/{alloc_id}?task={TASK}&type=stdout&origin=start&offset=0&plain=true")
+                data = raw_get(
+                    nomad, f"/v1/client/fs/logs/{alloc_id}?task={TASK}&type=stdout&origin=start&offset=0&plain=true"
+                )
             except urllib.error.HTTPError:
                 return ""
             return data.decode(errors="replace")
@@ -411,7 +417,9 @@ def test_many_guests_in_one_job_run_log_and_stop_cleanly(nomad, testbed, testbed
         failed = [a for a in stopped if a["ClientStatus"] != "complete"]
         if failed:
             a = api(nomad, f"/v1/allocation/{failed[0]['ID']}")
-            raise AssertionError(f"{len(failed)} allocation(s) did not complete on stop; {a['Name']}:\n{events_text(a)}")
+            raise AssertionError(
+                f"{len(failed)} allocation(s) did not complete on stop; {a['Name']}:\n{events_text(a)}"
+            )
         for a in stopped:
             st = task_state(a)
             assert st.get("State") == "dead" and not st.get("Failed") and st.get("Restarts", 0) == 0, (
@@ -429,7 +437,9 @@ def test_many_guests_in_one_job_run_log_and_stop_cleanly(nomad, testbed, testbed
             return [x for x in r.stdout.split() if x]
 
         try:
-            nomad.wait_until(lambda: alloc_dirs() == [], GC_DEADLINE_S, "Nomad's allocation directories removed", every=2)
+            nomad.wait_until(
+                lambda: alloc_dirs() == [], GC_DEADLINE_S, "Nomad's allocation directories removed", every=2
+            )
         except AssertionError:
             raise AssertionError(f"allocation directories left after client GC: {alloc_dirs()[:5]} ...") from None
         assert xl_domains(tb) == []

@@ -76,10 +76,13 @@ while time.monotonic() - t0 < timeout:
 print(json.dumps({"error": "no console line matching %r" % pattern.decode()}))
 """
 
-CLICK_CONFIG = "\n".join(
-    ["// ndx smoke test: a Click configuration longer than one XenStore chunk"]
-    + [f"src{i} :: InfiniteSource(LENGTH 64, LIMIT {i + 1}) -> Counter -> Discard;" for i in range(40)]
-) + "\n"
+CLICK_CONFIG = (
+    "\n".join(
+        ["// ndx smoke test: a Click configuration longer than one XenStore chunk"]
+        + [f"src{i} :: InfiniteSource(LENGTH 64, LIMIT {i + 1}) -> Counter -> Discard;" for i in range(40)]
+    )
+    + "\n"
+)
 
 
 @pytest.fixture(scope="module")
@@ -96,9 +99,12 @@ def timings(testbed: Testbed, testbed_report: list[str]):
         "what": "real-Xen testbed smoke test (tests/xen/test_smoke.py), seconds",
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         # other work on the host slows an emulated machine down: the load says how busy it was
-        "machine": {"cpus": os.cpu_count(), "accel": "kvm" if testbed.kvm else "tcg",
-                    "python": platform.python_version(),
-                    "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)]},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "accel": "kvm" if testbed.kvm else "tcg",
+            "python": platform.python_version(),
+            "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        },
         "image": {k: manifest.get(k) for k in ("key", "xen_version", "dom0_kernel")},
         "boot": {
             "qemu_to_xen": boot.get("xen"),
@@ -108,8 +114,7 @@ def timings(testbed: Testbed, testbed_report: list[str]):
             "qemu_to_agent": boot.get("agent"),
         },
         "guest": {k: round(v, 3) for k, v in seen.items()},
-        "complete": all(k in seen for k in ("xl_create", "create_to_banner", "xl_shutdown",
-                                             "crash_create_to_gone")),
+        "complete": all(k in seen for k in ("xl_create", "create_to_banner", "xl_shutdown", "crash_create_to_gone")),
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
@@ -144,8 +149,7 @@ def _xl_cfg(name: str, kernel: str, extra: str, **more: str) -> str:
 def _create(tb: Testbed, name: str, cfg: str, timeout: float = 60) -> dict:
     path = f"/var/lib/ndx-tests/{name}.cfg"
     tb.write_file(path, cfg)
-    r = tb.run(["python3", "-c", CREATE_AND_WATCH, path, CONSOLE.format(name), str(timeout)],
-               timeout=timeout + 30)
+    r = tb.run(["python3", "-c", CREATE_AND_WATCH, path, CONSOLE.format(name), str(timeout)], timeout=timeout + 30)
     out = json.loads(r.stdout)
     assert "error" not in out, f"step 'xl create {name}': {out['error']} (config: dom0:{path})"
     out["timeout"] = timeout
@@ -153,10 +157,12 @@ def _create(tb: Testbed, name: str, cfg: str, timeout: float = 60) -> dict:
 
 
 def _no_banner(tb: Testbed, name: str, seen: dict, what: str = "banner") -> str:
-    return (f"step 'guest {what}': guest {name} printed no {what} within {seen['timeout']} s of"
-            f" xl create; console log dom0:{CONSOLE.format(name)}, xl log dom0:{XL_LOG.format(name)},"
-            f" (both saved under {Path(tb.serial_log).parent}/dom0-logs/ at the end of the session),"
-            f" serial log {tb.serial_log}; console so far:\n{tb.guest_console(name)[-2000:]}")
+    return (
+        f"step 'guest {what}': guest {name} printed no {what} within {seen['timeout']} s of"
+        f" xl create; console log dom0:{CONSOLE.format(name)}, xl log dom0:{XL_LOG.format(name)},"
+        f" (both saved under {Path(tb.serial_log).parent}/dom0-logs/ at the end of the session),"
+        f" serial log {tb.serial_log}; console so far:\n{tb.guest_console(name)[-2000:]}"
+    )
 
 
 def _domains(tb: Testbed) -> list[str]:
@@ -178,6 +184,7 @@ def _xl_log(tb: Testbed, name: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------
+
 
 def test_xl_info_reports_the_hypervisor(testbed: Testbed, timings: dict):
     info = dict(
@@ -217,14 +224,21 @@ def test_unikernel_boots_and_prints_banner(testbed: Testbed, unikernel: str, tim
 def test_clickos_config_is_echoed_by_the_guest(testbed: Testbed, timings: dict):
     domid = int(testbed.run(["xl", "domid", GUEST]).stdout)
     base = f"/local/domain/{domid}/clickos/0"
-    chunks = [CLICK_CONFIG[i:i + CHUNK] for i in range(0, len(CLICK_CONFIG), CHUNK)]
+    chunks = [CLICK_CONFIG[i : i + CHUNK] for i in range(0, len(CLICK_CONFIG), CHUNK)]
     assert len(chunks) > 1
     nodes = [(f"{base}/config/{n}", chunk) for n, chunk in enumerate(chunks)]
     nodes += [(f"{base}/config_name", "smoke.click"), (f"{base}/status", "Running")]
     r = testbed.run(
-        ["python3", "-c", WRITE_AND_WATCH, CONSOLE.format(GUEST),
-         r"CLICKOS router=0 status=Running config_len=\d+ config_crc32=[0-9a-f]{8}", "20"],
-        input=json.dumps(nodes))
+        [
+            "python3",
+            "-c",
+            WRITE_AND_WATCH,
+            CONSOLE.format(GUEST),
+            r"CLICKOS router=0 status=Running config_len=\d+ config_crc32=[0-9a-f]{8}",
+            "20",
+        ],
+        input=json.dumps(nodes),
+    )
     out = json.loads(r.stdout)
     assert "error" not in out, f"{out['error']}; console:\n{testbed.guest_console(GUEST)}"
     data = CLICK_CONFIG.encode()
@@ -232,9 +246,10 @@ def test_clickos_config_is_echoed_by_the_guest(testbed: Testbed, timings: dict):
     assert out["line"].endswith(expected), (out["line"], expected)
     timings["clickos_config_to_echo"] = out["write_to_echo"]
 
-    r = testbed.run(["python3", "-c", WRITE_AND_WATCH, CONSOLE.format(GUEST),
-                     r"CLICKOS router=0 status=Halted", "20"],
-                    input=json.dumps([[f"{base}/status", "Halted"]]))
+    r = testbed.run(
+        ["python3", "-c", WRITE_AND_WATCH, CONSOLE.format(GUEST), r"CLICKOS router=0 status=Halted", "20"],
+        input=json.dumps([[f"{base}/status", "Halted"]]),
+    )
     out = json.loads(r.stdout)
     assert "error" not in out, f"{out['error']}; console:\n{testbed.guest_console(GUEST)}"
     timings["clickos_halt_to_echo"] = out["write_to_echo"]
@@ -271,8 +286,7 @@ def test_guest_vif_joins_the_xenbr0_bridge(testbed: Testbed, unikernel: str, tim
     r = testbed.run(["xl", "destroy", NETGUEST])
     timings["xl_destroy_with_vif"] = r.duration
     _wait_gone(testbed, NETGUEST)
-    testbed.run(f"for i in $(seq 50); do [ -e /sys/class/net/vif{domid}.0 ] || exit 0; sleep 0.2; done;"
-                " exit 1")
+    testbed.run(f"for i in $(seq 50); do [ -e /sys/class/net/vif{domid}.0 ] || exit 0; sleep 0.2; done; exit 1")
 
 
 LIBVIRT_CREATE = r"""
@@ -307,8 +321,7 @@ def test_libvirt_libxl_driver_runs_the_unikernel(testbed: Testbed, unikernel: st
     testbed.ensure_libvirtd()
     timings["libvirtd_start"] = time.monotonic() - t0
     name = "ndx-smoke-libvirt"
-    r = testbed.run(["python3", "-c", LIBVIRT_CREATE, name, unikernel, CONSOLE.format(name)],
-                    timeout=90)
+    r = testbed.run(["python3", "-c", LIBVIRT_CREATE, name, unikernel, CONSOLE.format(name)], timeout=90)
     out = json.loads(r.stdout)
     assert out["type"] == "Xen" and "Domain-0" in out["domains_before"], out
     assert out["create_to_ready"] is not None, testbed.guest_console(name)

@@ -107,12 +107,14 @@ def test_cpu_burning_guest_shows_memory_and_mhz_in_nomad(nomad, testbed_report):
 
     out, mhz = nomad.wait_until(cli, 60, "non-zero MHz in `nomad alloc status -stats`")
     assert "Memory Stats" in out and "CPU Stats" in out, out
-    memory_table = out[out.index("Memory Stats"):].splitlines()[1:3]
+    memory_table = out[out.index("Memory Stats") :].splitlines()[1:3]
     assert "RSS" in memory_table[0] and "MiB" in memory_table[1], out
-    cpu_table = out[out.index("CPU Stats"):].splitlines()[1:3]
+    cpu_table = out[out.index("CPU Stats") :].splitlines()[1:3]
     assert cpu_table[0].split() == ["Percent"] and cpu_table[1].strip().endswith("%"), out
-    testbed_report.append(f"`nomad alloc status -stats`: {mhz}/{CPU_MHZ} MHz; " + " | ".join(
-        line.strip() for line in memory_table + cpu_table))
+    testbed_report.append(
+        f"`nomad alloc status -stats`: {mhz}/{CPU_MHZ} MHz; "
+        + " | ".join(line.strip() for line in memory_table + cpu_table)
+    )
 
     # A burning guest still serves the shutdown request: a graceful stop, nothing left.
     nomad.stop_job("burner", purge=False)
