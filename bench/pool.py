@@ -166,9 +166,9 @@ def main() -> int:
     images = locate_images(build=True, log_path=run_dir / "build.log")
     with Testbed(image_dir=images, scratch_dir=run_dir, forwards=(), kvm=args.kvm) as tb:
         tb.write_file("/var/lib/ndx-bench/images/ndx-unikernel", (REPO / "guests/build/ndx-unikernel").read_bytes())
-        (run_dir / "bench.py").write_text(DOM0_SCRIPT)
+        (run_dir / "dom0_pool.py").write_text(DOM0_SCRIPT)  # not bench.py: it would shadow the bench package
         load = tb.run("cat /proc/loadavg", check=False).stdout.strip()
-        out = tb.run(["python3", "/host/bench.py", str(args.rounds)], timeout=240 * (args.rounds + 1) + 600).stdout
+        out = tb.run(["python3", "/host/dom0_pool.py", str(args.rounds)], timeout=240 * (args.rounds + 1) + 600).stdout
     data = json.loads(out.strip().splitlines()[-1])
     pool, cold, raw = (spread_ms(data[s]["running_s"]) for s in ("pool", "cold", "raw"))
     pool_ret, cold_ret = (spread_ms(data[s]["returned_s"]) for s in ("pool", "cold"))
