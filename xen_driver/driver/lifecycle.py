@@ -298,6 +298,8 @@ class TaskLifecycle(StartSteps):
         task = XenTask(spec=spec, state=state, started_at=started)
         self._tasks[spec.id] = task
         self._by_domain[state.domain_name] = task
+        if info is not None and info.domid is None:
+            info = None  # only a definition is left (libvirt keeps one): the domain itself is gone
         if info is None or info.domid != state.domid:
             why = (
                 f"domain {state.domain_name} (domid {state.domid}) vanished while the plugin was not watching it"

@@ -354,20 +354,27 @@ async def test_recover_adopts_live_domain_and_resumes_console(host):
         await lc2.close()
 
 
-async def test_recover_vanished_domain_reports_exit(host):
+@pytest.mark.parametrize("left", ["nothing", "an inactive definition"])
+async def test_recover_vanished_domain_reports_exit(host, left):
     tmp_path, config, fake = host
     lc = await _lifecycle(config, fake)
     spec = make_spec(tmp_path)
     handle = await lc.start_task(spec)
     await lc.close()
-    fake.domains.clear()  # destroyed behind Nomad's back while the plugin was down
+    name = DriverState.decode(handle.driver_state).domain_name
+    if left == "nothing":
+        fake.domains.clear()  # destroyed behind Nomad's back while the plugin was down
+    else:  # libvirt keeps a destroyed domain's definition: a domain with no domid, not a new one
+        fake._set(name, domid=None, state=DomainState.SHUTDOWN, shutdown_reason=ExitReason.DESTROYED)
     lc2 = await _lifecycle(config, fake)
     try:
         await lc2.recover_task(
             RecoveredTask(spec=spec, version=handle.version, state=handle.state, driver_state=handle.driver_state)
         )
         result = await asyncio.wait_for(lc2.wait_task(spec.id), 2)
-        assert result.exit_code != 0 and "vanished" in result.err
+        assert result.exit_code != 0 and "vanished" in result.err, result.err
+        assert ("forget", name) in fake.calls  # the definition goes with the task's files
+        fake.domains.pop(name, None)
         assert _leftovers(tmp_path, fake) == []
     finally:
         await lc2.close()
