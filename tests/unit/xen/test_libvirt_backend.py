@@ -9,7 +9,7 @@ import pytest
 
 from xen_driver.driver.timing import PhaseTimer
 from xen_driver.xen.backend import Backend, DomainExists, DomainNotFound, DomainState, ExitReason
-from xen_driver.xen.libvirt_backend import domain_xml, map_state
+from xen_driver.xen.libvirtxml import domain_xml, map_state
 from xen_driver.xen.spec import DomainSpec, SpecError, VifSpec
 
 SPEC = DomainSpec(
