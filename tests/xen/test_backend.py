@@ -49,6 +49,7 @@ async def _cleanup(backend, names) -> None:  # type: ignore[no-untyped-def]
             await backend.destroy(name)
         except Exception as exc:  # report, keep cleaning
             print(f"cleanup of {name} failed: {exc}", file=sys.stderr)
+        _fresh_console(name)  # the guest's console log goes with it: a test leaves nothing behind
 
 
 async def scenario_xl_list(args: dict) -> dict:
