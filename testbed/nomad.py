@@ -173,12 +173,15 @@ class NomadDom0:
         return self.api(f"/v1/node/{nodes[0]['ID']}")
 
     def _driver_healthy(self) -> bool:
+        """The node takes xen tasks: the driver is detected and healthy, and the server sees the
+        node ready and eligible (a job submitted before that fails its first placement)."""
         try:
-            drivers = self.node().get("Drivers") or {}
+            node = self.node()
         except (urllib.error.URLError, ConnectionError, OSError, AssertionError, ValueError):
             return False
-        xen = drivers.get("xen") or {}
-        return bool(xen.get("Detected") and xen.get("Healthy"))
+        xen = (node.get("Drivers") or {}).get("xen") or {}
+        ready = node.get("Status") == "ready" and node.get("SchedulingEligibility") == "eligible"
+        return bool(xen.get("Detected") and xen.get("Healthy") and ready)
 
     def allocs(self, job: str) -> list[dict]:
         return self.api(f"/v1/job/{job}/allocations")

@@ -122,10 +122,10 @@ def main() -> int:
         )
 
         banner("nomad job run nomad-jobs/clickos.nomad")
-        show(
-            "nomad job run nomad-jobs/clickos.nomad",
-            nomad.cli("job", "run", "/src/nomad-jobs/clickos.nomad", timeout=300).stdout,
-        )
+        run = nomad.cli("job", "run", "/src/nomad-jobs/clickos.nomad", timeout=300, check=False)
+        show("nomad job run nomad-jobs/clickos.nomad", run.stdout + run.stderr)
+        if run.rc not in (0, 2):  # 2: a placement had to wait (the allocation below says how it ended)
+            raise SystemExit(f"nomad job run failed (exit {run.rc})")
         alloc = nomad.wait_alloc("clickos", {"running", "failed"})
         alloc_id = alloc["ID"]
         if alloc["ClientStatus"] != "running":
