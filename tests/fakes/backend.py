@@ -11,6 +11,7 @@ class FakeBackend:
 
     kind = "fake"
     can_dump_core = False
+    can_rename = False
 
     def __init__(self) -> None:
         self.domains: dict[str, DomainInfo] = {}
@@ -49,6 +50,9 @@ class FakeBackend:
 
     async def forget(self, name: str) -> None:
         return None
+
+    async def rename(self, name: str, shown_as: str) -> None:
+        raise NotImplementedError("this fake cannot rename (can_rename is False)")
 
     def config_file(self, name: str) -> str:
         return ""

@@ -20,7 +20,9 @@ from xen_driver.driver.errors import ConfigError
 from xen_driver.driver.models import NetworkOverride, TaskHandle, TaskSpec
 from xen_driver.driver.poolconfig import PoolProfile
 from xen_driver.driver.state import DriverState
+from xen_driver.driver.task import domain_name_for
 from xen_driver.driver.timing import PhaseTimer
+from xen_driver.xen.backend import DomainNotFound, XenBackendError
 from xen_driver.xen.console import ConsolePump, ConsoleStream
 from xen_driver.xen.xenstore import XenStoreError
 
@@ -195,6 +197,32 @@ class PoolStarts(PoolCore):
         task = lc.register_started(spec, state, timer, exit_future)
         log.info("task started from the pool", domid=domid, timings=task.timings, summary=timer.summary())
         annotations = {**timer.annotations(), "start_path": "pool", "pool": profile.name}
-        lc._event(task, f"Guest {name} (domid {domid}) booted from pool {profile.name}: {timer.summary()}", annotations)
+        shown = ""
+        if lc.backend.can_rename:
+            shown = domain_name_for(spec)
+            annotations["listed_as"] = shown
+            self._background(self._rename_claimed(name, shown, spec.id))
+        listed = f", listed as {shown} from now on" if shown else ""
+        lc._event(
+            task,
+            f"Guest {name} (domid {domid}) booted from pool {profile.name}{listed}: {timer.summary()}",
+            annotations,
+        )
         lc._announce_network(task)
         return lc._handle(task)
+
+    async def _rename_claimed(self, name: str, shown: str, task_id: str) -> None:
+        """Off the critical path: once no start is in progress, have the toolstack list the
+        claimed member under its task's domain name.  The driver keeps calling it ``name``."""
+        if self._quiet is not None:
+            await self._quiet.wait()
+        if task_id not in self.lc._tasks or not self.lc._tasks[task_id].running:
+            return  # the task ended first: nothing to rename
+        try:
+            await self.lc.backend.rename(name, shown)
+        except DomainNotFound:
+            return  # destroyed meanwhile
+        except XenBackendError as exc:
+            self._log.warn("could not rename the claimed pool member", domain=name, shown_as=shown, error=str(exc))
+            return
+        self._log.info("claimed pool member listed under its task's name", domain=name, shown_as=shown)

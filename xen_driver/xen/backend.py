@@ -180,6 +180,9 @@ class Backend(Protocol):
     #: Whether :meth:`dump_core` works: a job's ``on_crash = "coredump-destroy"`` is refused at
     #: validation on a backend without it.
     can_dump_core: bool
+    #: Whether :meth:`rename` works on a running domain (a claimed pool member is shown under
+    #: its task's domain name only where it does).
+    can_rename: bool
 
     async def validate(self, spec: DomainSpec) -> None:
         """Check that the toolstack accepts ``spec`` without creating anything."""
@@ -205,6 +208,12 @@ class Backend(Protocol):
 
     async def forget(self, name: str) -> None:
         """Remove what the backend keeps about a domain that is gone (a rendered config)."""
+
+    async def rename(self, name: str, shown_as: str) -> None:
+        """Have the toolstack's listings show the running domain ``name`` as ``shown_as`` (only
+        where :attr:`can_rename`).  The driver keeps calling it ``name``: the backend translates
+        in every call and listing, across plugin restarts too.  A domain that is gone raises
+        :class:`DomainNotFound`."""
 
     def config_file(self, name: str) -> str:
         """The file the backend rendered for ``name``, or ``""`` when it keeps none."""
@@ -252,6 +261,7 @@ class UnavailableBackend:
     """
 
     can_dump_core = False
+    can_rename = False
 
     def __init__(self, kind: str, error: BackendUnavailable):
         self.kind = kind
@@ -275,6 +285,9 @@ class UnavailableBackend:
         raise self._fail()
 
     async def destroy(self, name: str) -> None:
+        raise self._fail()
+
+    async def rename(self, name: str, shown_as: str) -> None:
         raise self._fail()
 
     async def forget(self, name: str) -> None:

@@ -99,6 +99,7 @@ class LibvirtBackend:
 
     kind = "libvirt"
     can_dump_core = True  # virDomainCoreDump (libxl implements it)
+    can_rename = False  # libvirt renames only a domain that is not running
 
     def __init__(self, uri: str = "xen:///system", *, max_workers: int = 4, domain_type: str | None = None):
         self._libvirt = _import_libvirt()
@@ -263,6 +264,10 @@ class LibvirtBackend:
 
     async def unpause(self, name: str, *, domid: int | None = None) -> None:
         await self._call(self._op_sync, name, "resume")
+
+    async def rename(self, name: str, shown_as: str) -> None:
+        """Not offered: libvirt's rename takes only a domain that is not running."""
+        raise XenBackendError(f"libvirt cannot rename the running domain {name}")
 
     async def forget(self, name: str) -> None:
         """Undefine a stopped domain's persistent definition (destroy() does it for the domains

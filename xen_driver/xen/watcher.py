@@ -255,7 +255,7 @@ class DomainWatcher:
 
     async def _check_fresh(self, names: set[str]) -> None:
         """Is each newly subscribed domain still there?  One XenStore read each, issued after the
-        subscription, so an absent name is a domain destroyed before anyone watched it."""
+        subscription, so an absent ``name`` node is a domain destroyed before anyone watched it."""
         assert self.xenstore is not None
         horizon = self._subscriptions
         entries = [e for n in names if (e := self._tracked.get(n)) is not None and not e.future.done()]
@@ -275,7 +275,10 @@ class DomainWatcher:
         for entry, value in zip(entries, names_read, strict=True):
             if entry.future.done() or entry.since > horizon:
                 continue
-            if value is None or value.decode("utf-8", "replace") != entry.name:
+            # Present is alive: a domid is not handed out again while anything could still be
+            # waiting on the old one, and a renamed domain (a claimed pool member the toolstack
+            # now lists under its task's name) is still the domain subscribed.
+            if value is None:
                 self._finish(
                     entry,
                     DomainExit(entry.name, entry.domid, self._vanished_reason(entry), entry.requested, entry.last),

@@ -34,7 +34,7 @@ import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import structlog
@@ -57,6 +57,7 @@ from xen_driver.xen.spec import DomainSpec, check_name
 from xen_driver.xen.xenctrl import XenCtrl, open_xenctrl
 from xen_driver.xen.xlcfg import render
 from xen_driver.xen.xllist import parse_xl_list
+from xen_driver.xen.xlnames import ShownNames
 
 log = structlog.get_logger(__name__)
 
@@ -118,6 +119,7 @@ class XlBackend:
 
     kind = "xl"
     can_dump_core = True
+    can_rename = True
 
     def __init__(
         self,
@@ -140,6 +142,9 @@ class XlBackend:
         self._sem = asyncio.Semaphore(max_concurrency)
         self._xc: XenCtrl | None = None
         self._xc_tried = False
+        #: Domains ``xl list`` shows under another name than the driver's (see :mod:`.xlnames`).
+        self.names = ShownNames(self.cfg_dir)
+        self._names_lock = asyncio.Lock()
 
     # ----------------------------------------------------------------- plumbing
     def executable(self) -> str:
@@ -214,15 +219,19 @@ class XlBackend:
             self.on_call(call)
         return call
 
-    async def _run_on_domain(self, name: str, *args: str, timeout_s: float | None = None) -> XlCall:
-        """Run a command whose last argument is a domain name, mapping "unknown" to DomainNotFound."""
+    async def _run_on_domain(
+        self, name: str, *args: str, tail: tuple[str, ...] = (), timeout_s: float | None = None
+    ) -> XlCall:
+        """Run ``xl <args> <domain> <tail>``, mapping "unknown" to DomainNotFound.  A renamed
+        domain is tried under its shown name, then under the driver's (see :mod:`.xlnames`)."""
         check_name("name", name)
-        call = await self.run(*args, name, timeout_s=timeout_s, check=False)
-        if call.rc != 0:
-            if _NOT_FOUND_RE.search(call.stderr):
-                raise DomainNotFound(name)
-            raise XlError(call.argv, call.rc, call.stderr)
-        return call
+        for target in self.names.targets(name):
+            call = await self.run(*args, target, *tail, timeout_s=timeout_s, check=False)
+            if call.rc == 0:
+                return call
+            if not _NOT_FOUND_RE.search(call.stderr):
+                raise XlError(call.argv, call.rc, call.stderr)
+        raise DomainNotFound(name)
 
     # --------------------------------------------------------------- configs
     def config_path(self, name: str) -> Path:
@@ -306,6 +315,8 @@ class XlBackend:
         phases = phases or UNTIMED
         with phases.phase("render"):
             path = self.write_config(spec)
+            if self.names:
+                self.names.drop(spec.name)  # a stale record must not send calls to another domain
         with phases.phase("domain_build"):
             await self.create(
                 path, spec.name, paused=paused, describe=False, nice=BACKGROUND_NICE if background else None
@@ -334,12 +345,7 @@ class XlBackend:
     async def dump_core(self, name: str, path: str) -> None:
         """``xl dump-core``: the guest's memory image into ``path`` (xl runs as root and follows
         links, so the caller picks a path only it controls)."""
-        check_name("name", name)
-        call = await self.run("dump-core", name, path, check=False)
-        if call.rc != 0:
-            if _NOT_FOUND_RE.search(call.stderr):
-                raise DomainNotFound(name)
-            raise XlError(call.argv, call.rc, call.stderr)
+        await self._run_on_domain(name, "dump-core", tail=(path,))
 
     async def close(self) -> None:
         if self._xc is not None:
@@ -372,7 +378,31 @@ class XlBackend:
             pass
 
     async def forget(self, name: str) -> None:
-        self.remove_config(name)
+        async with self._names_lock:  # after a rename under way, so it leaves no record behind
+            self.remove_config(name)
+            self.names.drop(name)
+
+    async def rename(self, name: str, shown_as: str) -> None:
+        """Have ``xl list`` show ``name`` as ``shown_as`` (``xl rename``, at background priority).
+
+        The driver goes on calling the domain ``name``: every call and listing of this backend
+        translates (:mod:`.xlnames`).  Only a domain this backend created and has not forgotten
+        is renamed; one that is gone raises :class:`DomainNotFound` and leaves no record."""
+        check_name("name", name)
+        check_name("shown_as", shown_as)
+        async with self._names_lock:
+            if not self.config_path(name).exists():
+                raise DomainNotFound(name)
+            self.names.record(name, shown_as)
+            call = await self.run("rename", name, shown_as, check=False, nice=BACKGROUND_NICE)
+            if call.rc != 0:
+                self.names.drop(name)
+                if _NOT_FOUND_RE.search(call.stderr):
+                    raise DomainNotFound(name)
+                if _EXISTS_RE.search(call.stderr):
+                    raise DomainExists(shown_as)
+                raise XlError(call.argv, call.rc, call.stderr)
+        log.info("domain renamed", domain=name, shown_as=shown_as, duration_ms=round(call.duration_s * 1000, 1))
 
     def config_file(self, name: str) -> str:
         return str(self.config_path(name))
@@ -380,13 +410,17 @@ class XlBackend:
     async def list_domains(self) -> list[DomainInfo]:
         """All domains, from one ``xl list -v`` (includes shut-down ones and their reason)."""
         call = await self.run("list", "-v")
-        return parse_xl_list(call.stdout)
+        domains = parse_xl_list(call.stdout)
+        if self.names:
+            domains = [replace(d, name=self.names.key(d.name)) for d in domains]
+        return domains
 
     async def domain(self, name: str) -> DomainInfo:
         call = await self._run_on_domain(name, "list", "-v")
+        targets = self.names.targets(name)
         for info in parse_xl_list(call.stdout):
-            if info.name == name:
-                return info
+            if info.name in targets:
+                return replace(info, name=name)
         raise DomainNotFound(name)
 
     async def domid(self, name: str) -> int:

@@ -37,6 +37,7 @@ class FakeXen:
 
     kind = "fake"
     can_dump_core = True
+    can_rename = True
 
     def __init__(self, console_dir: Path, *, boot_line: bytes = b"NDX-GUEST READY\n"):
         self.console_dir = console_dir
@@ -46,6 +47,9 @@ class FakeXen:
         self.ignore_shutdown: set[str] = set()
         self.next_domid = 1
         self.calls: list[tuple[str, str]] = []
+        #: Renamed domains: the driver's name → the name listings would show (the table stays
+        #: keyed by the driver's name, as a real backend translates).
+        self.shown: dict[str, str] = {}
 
     def _console(self, name: str) -> Path:
         return self.console_dir / f"guest-{name}.log"
@@ -105,6 +109,13 @@ class FakeXen:
 
     async def forget(self, name: str) -> None:
         self.calls.append(("forget", name))
+        self.shown.pop(name, None)
+
+    async def rename(self, name: str, shown_as: str) -> None:
+        self.calls.append(("rename", name))
+        if name not in self.domains:
+            raise DomainNotFound(name)
+        self.shown[name] = shown_as
 
     def config_file(self, name: str) -> str:
         return ""

@@ -16,7 +16,7 @@ from tests.unit.driver.test_lifecycle import FakeXen
 from xen_driver.driver.config import PluginConfig, TaskConfig
 from xen_driver.driver.core import ATTR_PREFIX
 from xen_driver.driver.errors import ConfigError
-from xen_driver.driver.lifecycle import TaskLifecycle
+from xen_driver.driver.lifecycle import TaskLifecycle, domain_name_for
 from xen_driver.driver.models import PortMapping, RecoveredTask, TaskSpec, TaskState
 from xen_driver.driver.pool import CLAIM_FILE, MEMBER_PREFIX, parse_member_name
 from xen_driver.driver.poolconfig import PoolProfile
@@ -221,6 +221,9 @@ async def test_claim_takes_a_built_member_and_the_pool_refills(host):
         assert "timing.domain_build_ms" not in timings
         booted = [e for e in events if "booted from pool clickos" in e.message]
         assert booted and booted[0].annotations["start_path"] == "pool"
+        # Off the start's path, the toolstack is asked to list the guest under its task's name.
+        assert booted[0].annotations["listed_as"] == domain_name_for(spec)
+        await until(lambda: fake.shown.get(state.domain_name) == domain_name_for(spec), what="the rename")
 
         # Refill: a new member replaces the claimed one, off the start's path.
         await until(lambda: lc.pool.ready("clickos") == 2, what="the refill")

@@ -19,7 +19,10 @@ from tests.fakes.domains import DomainTable
 from tests.fakes.xenstored import FakeXenstored, guest_side
 from tests.unit.driver.test_lifecycle import make_spec
 from xen_driver.driver.config import PluginConfig
-from xen_driver.driver.lifecycle import TaskLifecycle
+from xen_driver.driver.lifecycle import TaskLifecycle, domain_name_for
+from xen_driver.driver.models import RecoveredTask, TaskState
+from xen_driver.driver.pool import MEMBER_PREFIX
+from xen_driver.driver.state import DriverState
 from xen_driver.xen.keeperclient import FifoKeeperClient
 
 FAKE_XL = Path(__file__).resolve().parents[2] / "fakes" / "xl"
@@ -52,15 +55,29 @@ def xl_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 @contextlib.asynccontextmanager
 async def _running(config: PluginConfig, xen_dir: str) -> AsyncIterator[TaskLifecycle]:
     """A fake xenstored playing the guests' side, and a lifecycle with no backend passed in."""
+    async with _xenstored(config, xen_dir), _plugin(config) as lc:
+        yield lc
+
+
+@contextlib.asynccontextmanager
+async def _xenstored(config: PluginConfig, xen_dir: str) -> AsyncIterator[FakeXenstored]:
     server = FakeXenstored(config.xenstored_socket)
     server.on_write.append(guest_side(server, xen_dir))
     await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@contextlib.asynccontextmanager
+async def _plugin(config: PluginConfig) -> AsyncIterator[TaskLifecycle]:
+    """One plugin's lifecycle (the domains and XenStore outlive it)."""
     lc = TaskLifecycle(config, lambda e: None, fifo_keeper=FifoKeeperClient(config.state_dir, idle_exit_s=1.0))
     try:
         yield lc
     finally:
         await lc.close()
-        await server.stop()
 
 
 def _files(tmp_path: Path) -> list[str]:
@@ -115,3 +132,63 @@ async def _crash(tmp_path: Path, lc: TaskLifecycle, table: DomainTable) -> None:
     assert table.snapshot() == {}  # dumped, then destroyed
     await lc.destroy_task(handle.task_id, False)
     assert _files(tmp_path) == []
+
+
+async def test_a_claimed_member_is_listed_as_its_task_and_survives_a_plugin_restart(xl_host):
+    """``xl list`` shows a claimed pool member under its task's domain name (renamed off the
+    start's path); the next plugin recovers it under the name in the task's handle, its exit
+    watcher does not take the rename for a death, and stopping it leaves nothing behind."""
+    tmp_path, config, table = xl_host
+    (tmp_path / "images" / "clickos").write_bytes(b"\x7fELF fake clickos")
+    raw = {
+        "xl_path": config.xl_path,
+        "image_dirs": [str(tmp_path / "images")],
+        "console_log_dir": config.console_log_dir,
+        "state_dir": config.state_dir,
+        "xenstored_socket": config.xenstored_socket,
+        "pool": {"clickos": {"kernel": str(tmp_path / "images" / "clickos"), "memory": 16, "size": 1}},
+    }
+    config = PluginConfig.from_dict(raw)
+    spec = make_spec(tmp_path, kernel=str(tmp_path / "images" / "clickos"), boot_marker="booted", pool="clickos")
+    async with _xenstored(config, table.root):
+        await _claim_restart_stop(tmp_path, config, table, spec)
+
+
+async def _claim_restart_stop(tmp_path: Path, config: PluginConfig, table: DomainTable, spec) -> None:
+    shown = domain_name_for(spec)
+
+    def listed() -> dict[str, int]:
+        return {d["name"]: d["domid"] for d in table.snapshot().values()}
+
+    async with _plugin(config) as lc:
+        await lc.pool.start()
+        await _until(lambda: lc.pool.ready("clickos") == 1, "a ready member")
+        handle = await lc.start_task(spec)
+        state = DriverState.decode(handle.driver_state)
+        assert state.domain_name.startswith(MEMBER_PREFIX)
+        await _until(lambda: listed().get(shown) == state.domid, f"xl list to show {shown}")
+        await _until(lambda: lc.pool.ready("clickos") == 1, "the refill")
+    assert listed()[shown] == state.domid  # the plugin went away; the guest runs on
+
+    async with _plugin(config) as lc2:
+        await lc2.recover_task(
+            RecoveredTask(spec=spec, version=handle.version, state=handle.state, driver_state=handle.driver_state)
+        )
+        assert (await lc2.inspect_task(spec.id)).state is TaskState.RUNNING
+        assert lc2._watcher is not None
+        await _until(lambda: lc2._watcher.checks >= 1 and not lc2._watcher._fresh, "the watcher's first check")
+        await lc2._watcher.rescan()
+        assert (await lc2.inspect_task(spec.id)).state is TaskState.RUNNING  # not taken for dead
+        await lc2.stop_task(spec.id, 5.0, "SIGTERM")
+        assert (await asyncio.wait_for(lc2.wait_task(spec.id), 10)).exit_code == 0
+        await lc2.destroy_task(spec.id, False)
+        assert shown not in listed() and state.domid not in listed().values()
+        assert [f for f in _files(tmp_path) if state.domain_name in f or shown in f] == []
+
+
+async def _until(cond, what: str, timeout: float = 20.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not cond():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)

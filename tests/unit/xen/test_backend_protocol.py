@@ -63,6 +63,7 @@ def test_the_protocol_names_no_toolstack_specific_operation() -> None:
         "forget",
         "host_facts",
         "list_domains",
+        "rename",
         "shutdown",
         "unpause",
         "validate",
