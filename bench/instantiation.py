@@ -442,6 +442,19 @@ def print_spread(totals: dict[str, dict[str, Any]]) -> None:
         )
 
 
+def source_state() -> dict[str, Any]:
+    """The commit the plugin was built from, and the files of the plugin's sources that differed
+    from it (the working tree is what ``make dist`` packs)."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        r = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, check=False)
+        return r.stdout.strip() if r.returncode == 0 else ""
+
+    changed = git("status", "--porcelain", "--", "xen_driver", "packaging", "tools/dist.py")
+    return {"commit": git("rev-parse", "--short=12", "HEAD") or None, "uncommitted": changed.splitlines()}
+
+
 def merge_pool_json(section: dict[str, Any], path: Path) -> None:
     """Read-modify-write of bench/results/pool.json: only POOL_JSON_KEY changes."""
     doc = json.loads(path.read_text()) if path.exists() else {}
@@ -523,6 +536,7 @@ def main() -> int:
         load = tb.run("cat /proc/loadavg", check=False).stdout.strip()
         tb.write_file("/var/lib/ndx-bench/ndx-unikernel", unikernel.read_bytes())
         nomad = NomadDom0(tb, run_dir, "/var/lib/ndx-bench/ndx-unikernel")
+        plugin_source = source_state()  # install() packs the working tree into dist/ when it is newer
         nomad.install()
         job: dict | None = None
         current: str | None = None
@@ -619,6 +633,7 @@ def main() -> int:
             "jobs_per_path": args.n,
         }
     conditions |= {
+        "plugin_source": plugin_source,
         "dom0_loadavg_at_start": load,
         "testbed_boot_s": boot,
         "waited_for_another_testbed_s": lock_wait,
