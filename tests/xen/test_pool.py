@@ -35,6 +35,8 @@ POOL_BLOCK = f"""
     }}
 """
 PREFIX = "ndx-pool-clickos-"
+#: The member the pool job claimed: its driver name, the name `xl list` shows, its domid.
+CLAIMED: dict = {}
 
 
 def agent_config() -> str:
@@ -145,10 +147,20 @@ def test_pool_job_claims_a_member_and_the_guest_gets_its_click_config(nomad, tes
     assert "booted from pool clickos" in timing[0]["DisplayMessage"], timing[0]
     testbed_report.append("pool start: " + ", ".join(f"{k} {v}" for k, v in details.items()))
 
-    # The guest is one of the members that were ready, now running.
-    domains = xl_domains(testbed)
-    claimed = [n for n in before if n in domains and "p" not in domains[n][1]]
-    assert len(claimed) == 1, (before, domains)
+    # The guest is one of the members that were ready, now running, and (renamed off the
+    # start's path) `xl list` shows it under the task's domain name with the member's domid.
+    member = timing[0]["DisplayMessage"].split()[1]
+    assert member in before, (member, before)
+    shown = details["listed_as"]
+    assert shown.startswith("nomad-firewall-"), details
+
+    def renamed() -> bool:
+        domains = xl_domains(testbed)
+        return shown in domains and domains[shown][0] == before[member] and "p" not in domains[shown][1]
+
+    nomad.wait_until(renamed, 120, f"xl list to show {member} as {shown}", every=1)
+    assert member not in xl_domains(testbed)
+    CLAIMED.update(member=member, shown=shown, domid=before[member])
 
     # The Click configuration Nomad's template rendered reached the guest through XenStore.
     rendered = testbed.read_file(f"{DATA_DIR}/alloc/{alloc_id}/firewall/local/firewall.click")
@@ -191,18 +203,20 @@ def test_plugin_sigkill_readopts_members_and_recovers_the_claimed_guest(nomad, t
 
 
 def test_stopping_the_job_destroys_the_claimed_guest_and_keeps_the_pool(nomad, testbed):
-    claimed = [n for n, (_, flags) in xl_domains(testbed).items() if n.startswith(PREFIX) and "p" not in flags]
-    assert len(claimed) == 1
+    member, shown, domid = CLAIMED["member"], CLAIMED["shown"], CLAIMED["domid"]
+    assert xl_domains(testbed).get(shown, (None,))[0] == domid
     nomad.stop_job("clickos-pool", purge=False)
     alloc = nomad.wait_alloc("clickos-pool", {"complete", "failed"}, timeout=120)
     assert alloc["ClientStatus"] == "complete", _events(nomad, alloc, "firewall")
-    nomad.wait_until(lambda: claimed[0] not in xl_domains(testbed), 60, "the claimed guest to go", every=1)
+    nomad.wait_until(
+        lambda: domid not in {d for d, _ in xl_domains(testbed).values()}, 60, "the claimed guest to go", every=1
+    )
     assert len(idle_members(testbed)) == POOL_SIZE
-    # Only the idle members' own files remain.
+    # Only the idle members' own files remain (none under either name of the claimed guest).
     left = testbed.run(
         f"ls -1 {STATE_DIR}/tasks {STATE_DIR}/domains {CONSOLE_DIR} 2>/dev/null | grep -v ':$' || true", check=False
     ).stdout.split()
-    assert [f for f in left if claimed[0] in f] == [], left
+    assert [f for f in left if member in f or shown in f] == [], left
     assert not [f for f in left if f.startswith(("nomad-", "guest-nomad-"))], left
 
 

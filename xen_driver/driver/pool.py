@@ -19,9 +19,13 @@ follow its exit and attach its console from offset 0 (it has never run, so every
 task's), push the Click configuration through XenStore, unpause it with one hypercall
 (:mod:`xen_driver.xen.xenctrl`, or ``xl unpause`` where libxenctrl cannot be used) and wait for
 the boot marker.  Phases: ``validate``, ``pool_claim``, ``clickos_push``, ``unpause``, ``boot``.
-The domain keeps its member name; the task's ``driver_state`` names it like any task's domain,
-so recovery, stop and destroy treat it as a normal task.  A miss (profile unknown on this node,
-no ready member) is a cold start of the same configuration, announced by a task event.
+The task's ``driver_state`` names the domain by its member name like any task's domain, so
+recovery, stop and destroy treat it as a normal task.  Off the critical path (once no start is
+in progress), a backend that can rename a running domain (``xl``) has the toolstack list it
+under the task's domain name, so ``xl list`` says whose guest it is; the backend keeps
+translating the member name (:mod:`xen_driver.xen.xlnames`).  libvirt cannot rename a running
+domain: there the guest keeps its member name.  A miss (profile unknown on this node, no ready
+member) is a cold start of the same configuration, announced by a task event.
 
 **Refill** runs in the background, one build at a time, at lower CPU priority, and only while
 no start is in progress (a start's toolstack calls and its memory go first).  A cold start that
