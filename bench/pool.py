@@ -129,7 +129,7 @@ async def main():
             for side in order:
                 got[side] = raw(lc, i) if side == "raw" else await driver(lc, i, side)
             if out["unpause_path"] is None:
-                out["unpause_path"] = "xenctrl" if getattr(lc.backend, "_xc", None) is not None else "xl unpause"
+                out["unpause_path"] = getattr(lc.backend, "unpause_path", None)
             if i == 0:
                 continue  # warm-up: caches, first xl call, first console file
             for side in sides:

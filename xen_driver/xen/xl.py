@@ -335,6 +335,14 @@ class XlBackend:
                 log.warning("direct unpause failed; using xl", domain=name, error=str(exc))
         await self._run_on_domain(name, "unpause")
 
+    @property
+    def unpause_path(self) -> str | None:
+        """How :meth:`unpause` reached the hypervisor: ``"xenctrl"`` (one hypercall) or
+        ``"xl unpause"``; None before the first unpause with a domid."""
+        if not self._xc_tried:
+            return None
+        return "xenctrl" if self._xc is not None else "xl unpause"
+
     def _xenctrl(self) -> XenCtrl | None:
         if not self._xc_tried:
             self._xc_tried = True

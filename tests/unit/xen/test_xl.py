@@ -197,8 +197,10 @@ def test_create_runs_xl_create_e_p_with_absolute_cfg(
         assert [c.argv[1] for c in be.calls] == ["create", "list"]
         assert all(c.duration_s > 0 for c in be.calls)
 
+        assert be.unpause_path is None  # not asked yet
         await be.unpause("ndx-t1", domid=1)  # no libxenctrl on this host: falls back to xl
         assert calls(fake_xl)[-1] == ["unpause", "ndx-t1"]
+        assert be.unpause_path == "xl unpause"
         assert (await be.domain("ndx-t1")).state is DomainState.RUNNING
         await be.shutdown("ndx-t1", wait=True)
         assert calls(fake_xl)[-1] == ["shutdown", "-w", "ndx-t1"]
