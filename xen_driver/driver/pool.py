@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING
 
 from xen_driver.driver.poolconfig import PoolProfile
 from xen_driver.xen.backend import DomainState
+from xen_driver.xen.console import ConsolePump
 from xen_driver.xen.spec import DomainSpec, VifSpec
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -149,7 +150,9 @@ class WarmPool(PoolStarts):
                 why = f"pool {parsed[0]!r} is no longer configured"
             elif parsed[1] != prof.digest:
                 why = f"pool {parsed[0]!r} changed since it was built"
-            elif d.state is not DomainState.PAUSED:
+            elif prof.profile.booted and d.state not in (DomainState.RUNNING, DomainState.BLOCKED):
+                why = f"it is {d.state.value}, not booted and waiting"
+            elif not prof.profile.booted and d.state is not DomainState.PAUSED:
                 why = f"it is {d.state.value}, not paused and untouched"
             if why:
                 await self._destroy(d.name, why)
@@ -221,6 +224,22 @@ class WarmPool(PoolStarts):
         dspec.validate()
         return dspec
 
+    async def _console_shows(self, name: str, marker: str) -> None:
+        """Until a booted member's console log shows ``marker`` (the caller bounds the wait)."""
+        path = ConsolePump.log_path(self.config.console_log_dir, name)
+        want = marker.encode()
+        seen, offset = b"", 0
+        while True:
+            with contextlib.suppress(FileNotFoundError):
+                with open(path, "rb") as fh:
+                    fh.seek(offset)
+                    chunk = fh.read()
+                offset += len(chunk)
+                seen = seen[-len(want) :] + chunk
+                if want in seen:
+                    return
+            await asyncio.sleep(0.05)  # a poll of the condition, in a background build
+
     async def _build(self, prof: ProfileState) -> None:
         profile = prof.profile
         name = f"{MEMBER_PREFIX}{profile.name}-{prof.digest}-{secrets.token_hex(3)}"
@@ -233,7 +252,11 @@ class WarmPool(PoolStarts):
             attempted = True
             async with asyncio.timeout(BUILD_TIMEOUT_S):
                 created = await self.lc.backend.create_domain(dspec, paused=True, background=True)
-            domid = created.domid if created.domid is not None else await self.lc._domid(name)
+                domid = created.domid if created.domid is not None else await self.lc._domid(name)
+                if profile.booted:
+                    assert profile.boot_marker is not None
+                    await self.lc.backend.unpause(name, domid=domid)
+                    await self._console_shows(name, profile.boot_marker)
             member = Member(name, profile.name, domid, profile.memory, dspec.uuid or "")
             if self._closing or self._profiles.get(profile.name) is not prof:
                 raise asyncio.CancelledError()

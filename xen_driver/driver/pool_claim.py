@@ -9,6 +9,7 @@ falls back to a cold start of the same configuration and says so in a task event
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import replace
@@ -64,6 +65,14 @@ class PoolStarts(PoolCore):
             )
         if cfg.vcpus != profile.vcpus:
             refuse("vcpus", cfg.vcpus, f"must be the vCPUs of {where} ({profile.vcpus})")
+        if profile.booted and cfg.boot_marker is not None and cfg.boot_marker == profile.boot_marker:
+            raise ConfigError(
+                TASK,
+                "boot_marker",
+                cfg.boot_marker,
+                f'is what a member of {where} (idle = "booted") prints before any task claims it; use a line'
+                " the guest prints after it takes its Click configuration, or leave it out",
+            )
         if cfg.vif:
             if len(cfg.vif) != len(profile.vif):
                 refuse("vif", f"{len(cfg.vif)} vif blocks", f"must be the {len(profile.vif)} vif(s) of {where}")
@@ -167,14 +176,20 @@ class PoolStarts(PoolCore):
         console_path = ConsolePump.log_path(self.config.console_log_dir, name)
         stream: ConsoleStream | None = None
         claim = self._claim_path(name)
+        offset = 0  # a paused member never ran: every byte of its console is the task's
         try:
             with timer.phase("pool_claim"):
                 task_dir.mkdir(parents=True, exist_ok=False)
                 write_json(claim, {"domid": domid, "state": "claiming", "task_id": spec.id})
                 self._drop_record(name)
                 exit_future = lc._watcher.subscribe(name, domid)
-                stream = lc._attach_console(spec, name, console_path, task_dir, 0)
-            await lc._configure_and_boot(spec, name, domid, click_text, stream, exit_future, timer, paused=True)
+                if profile.booted:  # its boot output went to nobody: the task's console starts now
+                    with contextlib.suppress(FileNotFoundError):
+                        offset = os.stat(console_path).st_size
+                stream = lc._attach_console(spec, name, console_path, task_dir, offset)
+            await lc._configure_and_boot(
+                spec, name, domid, click_text, stream, exit_future, timer, paused=not profile.booted
+            )
             state = DriverState(
                 task_id=spec.id,
                 domain_name=name,
@@ -185,7 +200,7 @@ class PoolStarts(PoolCore):
                 config_path=lc.backend.config_file(name),
                 task_state_dir=str(task_dir),
                 console_path=console_path,
-                console_offset=0,
+                console_offset=offset,
                 driver_config=spec.raw_config,
                 network=net,
             )

@@ -10,7 +10,14 @@ vCPUs, vifs), so members can be built before any task asks for one::
       vcpus   = 1
       vif { bridge = "xenbr0" }
       size    = 4
+      idle    = "paused"      # or "booted" (with boot_marker): see below
     }
+
+``idle`` says how members wait for a task.  ``"paused"`` (the default): built and never run, so a
+task owns its guest's whole console and its ``boot_marker`` proves the boot.  ``"booted"``:
+unpaused after the build and ready once the profile's ``boot_marker`` shows on the console,
+waiting for a Click configuration; a claim skips the unpause and the boot, and the task's
+``boot_marker`` must be a line the guest prints after it takes its configuration.
 
 The operator writes profiles, so they are checked against the operator's own limits: the kernel
 must lie inside ``image_dirs``, each vif's bridge must be one of ``vif_bridges`` and its script one
@@ -37,8 +44,9 @@ from xen_driver.driver.config import (
     TASK,
     VifConfig,
 )
+from xen_driver.driver.config.defaults import MAX_BOOT_MARKER_LEN
 from xen_driver.driver.config.task import _vif
-from xen_driver.driver.config.values import _integer, _xl_string
+from xen_driver.driver.config.values import _integer, _plain_string, _xl_string
 from xen_driver.driver.errors import ConfigError
 
 #: Profile names become part of domain names (``ndx-pool-<name>-<hash>-<n>``).
@@ -50,6 +58,8 @@ MAX_POOL_SIZE = 64
 MIN_POOL_MEMORY_MIB = 8
 
 POOL_DEFAULTS: dict[str, Any] = {"memory": 16, "vcpus": 1, "size": 1}
+#: How idle members wait: built and paused, or booted and waiting for their configuration.
+IDLE_MODES = ("paused", "booted")
 
 
 @dataclass(frozen=True)
@@ -63,13 +73,20 @@ class PoolProfile:
     vcpus: int = 1
     vif: tuple[VifConfig, ...] = ()
     size: int = 1
+    idle: str = "paused"
+    #: With ``idle = "booted"``: the console line that says a member finished booting.
+    boot_marker: str | None = None
+
+    @property
+    def booted(self) -> bool:
+        return self.idle == "booted"
 
     def digest(self, kernel_stat: tuple[int, int] | None = None) -> str:
         """Eight hex digits that change whenever a member built from this profile would differ.
 
         ``kernel_stat`` (size, mtime in ns) of the image makes a replaced image count as a change.
         """
-        canon = {
+        canon: dict[str, Any] = {
             "kernel": self.kernel,
             "kernel_stat": list(kernel_stat) if kernel_stat else None,
             "cmdline": self.cmdline,
@@ -77,6 +94,8 @@ class PoolProfile:
             "vcpus": self.vcpus,
             "vif": [[v.bridge, v.ip, v.script] for v in self.vif],
         }
+        if self.booted:  # (absent for paused members, so their digest is what it always was)
+            canon["idle"] = [self.idle, self.boot_marker]
         return hashlib.sha256(json.dumps(canon, sort_keys=True).encode()).hexdigest()[:8]
 
 
@@ -192,9 +211,42 @@ def parse_pools(
                         f"must be one of vif_scripts ({', '.join(vif_scripts) or 'none'})",
                     )
             vifs.append(vif)
+        idle = body.get("idle")
+        idle = "paused" if idle is None else _plain_string(PLUGIN, f + "idle", idle)
+        if idle not in IDLE_MODES:
+            raise ConfigError(PLUGIN, f + "idle", idle, 'must be "paused" or "booted"')
+        boot_marker = body.get("boot_marker")
+        if boot_marker is not None:
+            boot_marker = _plain_string(PLUGIN, f + "boot_marker", boot_marker)
+            if "\n" in boot_marker or "\r" in boot_marker or len(boot_marker) > MAX_BOOT_MARKER_LEN:
+                raise ConfigError(
+                    PLUGIN,
+                    f + "boot_marker",
+                    boot_marker,
+                    f"must be a fragment of a single console line, at most {MAX_BOOT_MARKER_LEN} characters",
+                )
+        if idle == "booted" and boot_marker is None:
+            raise ConfigError(
+                PLUGIN,
+                f + "boot_marker",
+                None,
+                'is required with idle = "booted": the console line that says a member finished booting',
+            )
+        if idle == "paused" and boot_marker is not None:
+            raise ConfigError(
+                PLUGIN, f + "boot_marker", boot_marker, 'is only used with idle = "booted"; remove it or set idle'
+            )
         out.append(
             PoolProfile(
-                name=name, kernel=kernel, cmdline=cmdline, memory=memory, vcpus=vcpus, vif=tuple(vifs), size=size
+                name=name,
+                kernel=kernel,
+                cmdline=cmdline,
+                memory=memory,
+                vcpus=vcpus,
+                vif=tuple(vifs),
+                size=size,
+                idle=idle,
+                boot_marker=boot_marker,
             )
         )
     return tuple(out)

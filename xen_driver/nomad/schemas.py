@@ -19,6 +19,8 @@ POOL_SCHEMA = {
     "memory": attr("memory", "number"),
     "vcpus": attr("vcpus", "number"),
     "size": attr("size", "number"),
+    "idle": attr("idle", "string"),
+    "boot_marker": attr("boot_marker", "string"),
     "vif": block_list(
         "vif",
         {

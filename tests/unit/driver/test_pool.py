@@ -482,3 +482,79 @@ async def test_a_claimed_guest_is_advertised_at_its_profiles_address(host):
         assert [e.message for e in events if "advertised at 10.0.0.7" in e.message]
     finally:
         await lc.close()
+
+
+# ---------------------------------------------------------------------------------- idle = booted
+
+
+def booted_pool(tmp_path: Path, size: int = 1, **extra) -> dict:
+    return clickos_pool(tmp_path, size=size, idle="booted", boot_marker="NDX-GUEST READY", **extra)
+
+
+def test_booted_profiles_need_a_boot_marker_and_a_known_mode(tmp_path):
+    (tmp_path / "images").mkdir()
+    (p,) = plugin_config(tmp_path, booted_pool(tmp_path)).pools
+    assert p.booted and p.boot_marker == "NDX-GUEST READY"
+    assert p.digest() != replace(p, idle="paused", boot_marker=None).digest()  # a mode change rebuilds
+    bad = [
+        ({"idle": "booted", "boot_marker": None}, "pool.clickos.boot_marker", 'required with idle = "booted"'),
+        ({"idle": "warm"}, "pool.clickos.idle", '"paused" or "booted"'),
+        ({"boot_marker": "READY"}, "pool.clickos.boot_marker", 'only used with idle = "booted"'),
+        ({"idle": "booted", "boot_marker": "a\nb"}, "pool.clickos.boot_marker", "single console line"),
+    ]
+    for change, field, hint in bad:
+        with pytest.raises(ConfigError) as err:
+            plugin_config(tmp_path, {"clickos": {**clickos_pool(tmp_path)["clickos"], **change}})
+        assert f'plugin config "{field}"' in str(err.value) and hint in str(err.value), str(err.value)
+
+
+async def test_a_booted_member_is_claimed_without_unpause_or_boot_and_its_boot_output_is_nobodys(host):
+    tmp_path, fake = host
+    events: list = []
+    lc = lifecycle(plugin_config(tmp_path, booted_pool(tmp_path)), fake, events)
+    try:
+        await lc.pool.start()
+        await until(lambda: lc.pool.ready("clickos") == 1, what="a booted member")
+        (member,) = members(fake)
+        assert fake.domains[member].state is DomainState.BLOCKED  # running, waiting for a task
+        assert fake.calls.count(("unpause", member)) == 1
+
+        # The task's marker is a line the guest prints once it has its configuration.
+        spec = make_spec(tmp_path, pool="clickos", boot_marker="ROUTER UP")
+        start = asyncio.ensure_future(lc.start_task(spec))
+        claim = tmp_path / "state" / "tasks" / member / CLAIM_FILE
+        await until(claim.exists, what="the claim")
+        with open(tmp_path / "console" / f"guest-{member}.log", "ab") as fh:
+            fh.write(b"config taken\nROUTER UP\n")
+        handle = await asyncio.wait_for(start, 5)
+        assert DriverState.decode(handle.driver_state).domain_name == member
+        assert fake.calls.count(("unpause", member)) == 1  # not again
+        timings = (await lc.inspect_task(spec.id)).driver_attributes
+        assert "timing.unpause_ms" not in timings and "timing.pool_claim_ms" in timings
+        await until(lambda: b"ROUTER UP" in Path(spec.stdout_path).read_bytes(), what="the console")
+        assert Path(spec.stdout_path).read_bytes() == b"config taken\nROUTER UP\n"  # not the member's boot
+
+        # The boot marker of the profile was printed before the claim: a task may not wait for it.
+        await until(lambda: lc.pool.ready("clickos") == 1, what="the refill")
+        with pytest.raises(ConfigError) as err:
+            await lc.start_task(make_spec(tmp_path, 2, pool="clickos", boot_marker="NDX-GUEST READY"))
+        assert 'task config "boot_marker"' in str(err.value), str(err.value)
+    finally:
+        await lc.close()
+
+
+async def test_booted_members_are_readopted_after_a_restart(host):
+    tmp_path, fake = host
+    config = plugin_config(tmp_path, booted_pool(tmp_path, size=2))
+    lc = lifecycle(config, fake)
+    await lc.pool.start()
+    await until(lambda: lc.pool.ready("clickos") == 2, what="two booted members")
+    idle = sorted(lc.pool.member_names())
+    await lc.close()
+    lc2 = lifecycle(config, fake)
+    try:
+        await lc2.pool.start()
+        assert sorted(lc2.pool.member_names()) == idle  # running members of a booted profile: kept
+        assert members(fake) == idle
+    finally:
+        await lc2.close()
