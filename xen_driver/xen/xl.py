@@ -145,6 +145,8 @@ class XlBackend:
         #: Domains ``xl list`` shows under another name than the driver's (see :mod:`.xlnames`).
         self.names = ShownNames(self.cfg_dir)
         self._names_lock = asyncio.Lock()
+        #: Renames under way, by the driver's name: calls on that domain wait for them.
+        self._renaming: dict[str, asyncio.Event] = {}
 
     # ----------------------------------------------------------------- plumbing
     def executable(self) -> str:
@@ -223,8 +225,12 @@ class XlBackend:
         self, name: str, *args: str, tail: tuple[str, ...] = (), timeout_s: float | None = None
     ) -> XlCall:
         """Run ``xl <args> <domain> <tail>``, mapping "unknown" to DomainNotFound.  A renamed
-        domain is tried under its shown name, then under the driver's (see :mod:`.xlnames`)."""
+        domain is tried under its shown name, then under the driver's (see :mod:`.xlnames`).  A
+        rename under way is waited for: trying one name before ``xl rename`` lands and the other
+        after it would find neither."""
         check_name("name", name)
+        if (renaming := self._renaming.get(name)) is not None:
+            await renaming.wait()
         for target in self.names.targets(name):
             call = await self.run(*args, target, *tail, timeout_s=timeout_s, check=False)
             if call.rc == 0:
@@ -401,15 +407,20 @@ class XlBackend:
         async with self._names_lock:
             if not self.config_path(name).exists():
                 raise DomainNotFound(name)
-            self.names.record(name, shown_as)
-            call = await self.run("rename", name, shown_as, check=False, nice=BACKGROUND_NICE)
-            if call.rc != 0:
-                self.names.drop(name)
-                if _NOT_FOUND_RE.search(call.stderr):
-                    raise DomainNotFound(name)
-                if _EXISTS_RE.search(call.stderr):
-                    raise DomainExists(shown_as)
-                raise XlError(call.argv, call.rc, call.stderr)
+            done = self._renaming[name] = asyncio.Event()
+            try:
+                self.names.record(name, shown_as)
+                call = await self.run("rename", name, shown_as, check=False, nice=BACKGROUND_NICE)
+                if call.rc != 0:
+                    self.names.drop(name)
+                    if _NOT_FOUND_RE.search(call.stderr):
+                        raise DomainNotFound(name)
+                    if _EXISTS_RE.search(call.stderr):
+                        raise DomainExists(shown_as)
+                    raise XlError(call.argv, call.rc, call.stderr)
+            finally:
+                del self._renaming[name]
+                done.set()
         log.info("domain renamed", domain=name, shown_as=shown_as, duration_ms=round(call.duration_s * 1000, 1))
 
     def config_file(self, name: str) -> str:

@@ -4,6 +4,7 @@ record behind.  Runs the fake ``xl`` executable of tests/fakes (domains in a fil
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -117,3 +118,27 @@ async def test_a_new_domain_under_an_old_name_is_not_sent_to_the_renamed_one(xen
     be.names.record("ndx-pool-p-6", "nomad-other")  # a stale record pointing at another domain
     domid = await make(be, tmp_path, "ndx-pool-p-6")
     assert (await be.domain("ndx-pool-p-6")).domid == domid != other
+
+
+async def test_a_destroy_during_a_rename_waits_for_it_and_destroys_the_domain(xen, monkeypatch) -> None:
+    """The race a testbed run hit: the destroy tried the shown name before ``xl rename`` got there
+    and the driver's name after it had, found neither, and left the guest running."""
+    tmp_path, table = xen
+    be = backend(tmp_path)
+    await make(be, tmp_path, "ndx-pool-p-7")
+    monkeypatch.setenv("FAKE_XL_RENAME_DELAY", "0.5")
+    renaming = asyncio.ensure_future(be.rename("ndx-pool-p-7", "nomad-web-7"))
+    run = be.run
+
+    async def run_then_let_the_rename_finish(*args: str, **kw: object):  # type: ignore[no-untyped-def]
+        call = await run(*args, **kw)  # type: ignore[arg-type]
+        if args[:2] == ("destroy", "nomad-web-7") and call.rc != 0:
+            await renaming  # the worst moment for it to land: between the two names
+        return call
+
+    be.run = run_then_let_the_rename_finish  # type: ignore[method-assign]
+    while be.names.shown("ndx-pool-p-7") != "nomad-web-7":
+        await asyncio.sleep(0.01)  # the rename is under way (recorded, xl not done)
+    await be.destroy("ndx-pool-p-7")
+    await renaming
+    assert listed(table) == {}
