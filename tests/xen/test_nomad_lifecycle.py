@@ -114,6 +114,15 @@ def test_clickos_job_runs_logs_and_stops_cleanly(nomad, testbed, testbed_report)
     assert nomad.domains() == []
     nomad.wait_until(lambda: nomad.leftovers() == [], 30, "no files left behind", every=0.5)
 
+    # Nomad's logmon for the task ended without waiting for a FIFO nobody wrote (its stderr).
+    def logmon_lines() -> list[str] | None:
+        lines = (nomad.run_dir / "nomad-agent.log").read_text(errors="replace").splitlines()
+        mine = [ln for ln in lines if alloc_id in ln and "logmon" in ln]
+        return mine if any("plugin process exited" in ln for ln in mine) else None
+
+    mine = nomad.wait_until(logmon_lines, 60, "the task's logmon to exit", every=0.5)
+    assert not [ln for ln in mine if "timed out waiting for read-side" in ln], mine
+
 
 def test_batch_guest_powering_off_completes_with_exit_zero(nomad):
     path = nomad.write_job("minios.nomad", MINIOS)

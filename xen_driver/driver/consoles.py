@@ -26,6 +26,7 @@ from xen_driver.driver.models import TaskSpec
 from xen_driver.driver.planning import DomainPlanning
 from xen_driver.driver.state import DriverState
 from xen_driver.xen.console import ConsoleStream, FifoSink, NullSink
+from xen_driver.xen.sinks import end_unused_fifo
 
 #: How long the console of an exited guest may take to drain into Nomad's FIFO.
 DRAIN_TIMEOUT_S = 2.0
@@ -60,7 +61,12 @@ class ConsoleAttachment(DomainPlanning):
     def _hand_console(self, spec: TaskSpec, name: str, console_path: str, task_dir: Path, offset: int) -> None:
         """Ask the keeper (in the background) to copy the console into the task's FIFO from
         ``offset`` on (or from where its own ``console.offset`` says, for a task it copies or
-        copied already)."""
+        copied already).  The stderr FIFO, which nothing writes, gets its end-of-file now
+        (:func:`~xen_driver.xen.sinks.end_unused_fifo`)."""
+        if spec.stderr_path and spec.stderr_path != os.devnull:
+            ending = asyncio.get_running_loop().create_task(end_unused_fifo(spec.stderr_path), name=f"stderr-{name}")
+            self._fifo_jobs.add(ending)
+            ending.add_done_callback(self._fifo_jobs.discard)
         fifo = spec.stdout_path or os.devnull
         handoffs = self._console_handoffs
         job = asyncio.get_running_loop().create_task(

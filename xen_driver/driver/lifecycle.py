@@ -115,6 +115,7 @@ class TaskLifecycle(StartSteps):
         self._started = False
         self._start_lock = asyncio.Lock()
         self._exit_tasks: set[asyncio.Task[None]] = set()
+        self._fifo_jobs: set[asyncio.Task[bool]] = set()
         self._console_handoffs: dict[str, asyncio.Task[None]] = {}
         #: Pre-built domains for tasks with ``pool`` (xen_driver/driver/pool.py).
         self.pool = WarmPool(self)
@@ -171,6 +172,8 @@ class TaskLifecycle(StartSteps):
         await self.pool.close()
         for task in list(self._exit_tasks):
             task.cancel()
+        for job in list(self._fifo_jobs):
+            job.cancel()
         if self._watcher is not None:
             await self._watcher.stop()
         await self._sampler.stop()

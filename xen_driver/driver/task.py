@@ -117,6 +117,8 @@ class LifecycleCore:
     _pump: ConsolePump
     _keeper: FifoKeeperClient
     _exit_tasks: set[asyncio.Task[None]]
+    #: Background opens of tasks' unused stderr FIFOs (see consoles.py).
+    _fifo_jobs: set[asyncio.Task[bool]]
     #: Console copy requests on their way to the keeper, by domain name.
     _console_handoffs: dict[str, asyncio.Task[None]]
 

@@ -150,3 +150,29 @@ class NullSink:
 
     async def close(self) -> None:
         pass
+
+
+async def end_unused_fifo(path: str, *, timeout_s: float = 30.0, every_s: float = 0.02) -> bool:
+    """Open the FIFO ``path`` for writing and close it at once, so its reader reads end-of-file.
+
+    A guest has one console, which goes to the task's stdout; nothing ever writes its stderr.
+    Nomad's logmon opens each FIFO for reading in a blocking ``open()`` that returns only once a
+    writer appears, and when the task ends it waits 2 s for the copy to finish and 2 s more for
+    that ``open()``, then logs "timed out waiting for read-side of process output pipe to close".
+    Opening and closing the stderr FIFO once ends its copy at the start.  A FIFO with no reader
+    yet (``ENXIO``) is tried again every ``every_s`` for ``timeout_s``.  Anything but a FIFO (a
+    plain file, ``/dev/null``) is left alone.  True once the reader was given its end-of-file.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO or time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(every_s)  # a poll for logmon's reader, bounded by timeout_s
+            continue
+        try:
+            return stat.S_ISFIFO(os.fstat(fd).st_mode)
+        finally:
+            os.close(fd)
