@@ -38,6 +38,7 @@ from pathlib import Path
 
 import structlog
 
+from xen_driver.xen.atomic import write_text_atomically
 from xen_driver.xen.backend import (
     UNTIMED,
     CreatedDomain,
@@ -208,17 +209,7 @@ class XlBackend:
         text = render(spec)
         self.cfg_dir.mkdir(parents=True, exist_ok=True)
         path = self.config_path(spec.name)
-        fd, tmp = tempfile.mkstemp(prefix=f".{spec.name}.", suffix=".tmp", dir=self.cfg_dir)
-        try:
-            with os.fdopen(fd, "w", encoding="ascii") as fh:
-                fh.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+        write_text_atomically(path, text)
         return path
 
     # ------------------------------------------------------------ operations

@@ -18,10 +18,9 @@ point therefore finds the domain under one of the two names it knows:
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
+from xen_driver.xen.atomic import write_text_atomically
 from xen_driver.xen.spec import check_name
 
 SUFFIX = ".shown"
@@ -75,19 +74,7 @@ class ShownNames:
         check_name("shown_as", shown)
         table = self._table()
         self.directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.directory)
-        try:
-            with os.fdopen(fd, "w", encoding="ascii") as fh:
-                fh.write(shown + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.directory / f"{name}{SUFFIX}")
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+        write_text_atomically(self.directory / f"{name}{SUFFIX}", shown + "\n", durable=True)
         old = table.get(name)
         if old is not None:
             self._keys.pop(old, None)
