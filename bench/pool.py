@@ -1,21 +1,25 @@
 """Warm pool on real Xen: a pool hit vs a cold start by the driver vs raw ``xl create -e`` + unpause.
 
-Three ways to get the same ClickOS-mode guest (test unikernel, ``clickos tick=5``, 16 MiB, one
+Four ways to get the same ClickOS-mode guest (test unikernel, ``clickos tick=5``, 16 MiB, one
 vif on xenbr0) running, measured in one testbed run:
 
 * **pool hit**: StartTask of a task with ``pool = "clickos"`` while a pre-built, paused member
   is ready (claim, Click configuration pushed through XenStore, unpause, boot marker);
+* **booted hit**: StartTask with ``pool = "booted"``, a profile with ``idle = "booted"``: the
+  member already runs and waits for its configuration (claim, push, the guest's config echo);
 * **cold**: StartTask of the same task without ``pool`` (render, ``xl create -e -p``, push,
   unpause, boot marker);
 * **raw**: ``xl create -e -p`` of the xl.cfg the driver renders for the cold task (only name and
   uuid differ) and ``xl unpause``, no Click configuration.
 
-Fair-baseline rules as in bench/start_overhead.py: one 2 ms console poller thread watches
-xenconsoled's log for the boot marker on every side ("running" = marker seen); the order of
-the three sides rotates every round; the first round is a warm-up and is dropped; min,
-quartiles and max are reported.  Before each pool hit the pool is full again and no build is
-running (the refill is waited for outside the timed span), so a hit is measured the way a
-steady-state pool serves it.  The pool's memory is held by an idle member meanwhile.
+Fair-baseline rules as in bench/start_overhead.py: 2 ms console poller threads watch
+xenconsoled's log on every side ("running" = the boot marker seen; for the booted hit, whose
+boot marker went by before the claim, the config echo); the order of the sides rotates every
+round; the first round is a warm-up and is dropped; min, quartiles and max are reported.  The two
+pool modes are also compared up to the same point, StartTask → the guest's config echo.  Before
+every side both pools are full again and no build is running (refills are waited for outside the
+timed span), so a hit is measured the way a steady-state pool serves it.  The pools' memory is
+held by idle members meanwhile.
 
 Prints the table and writes ``bench/results/pool.json``.  Goal: pool hit <= 0.1 x raw.
 """
@@ -38,7 +42,7 @@ from testbed.vm import Testbed, locate_images  # noqa: E402
 DOM0_SCRIPT = r"""
 import asyncio, json, os, subprocess, sys, threading, time
 sys.path.insert(0, "/src")
-from bench.common import MarkerPoller
+from bench.common import MARKER, MarkerPoller
 from xen_driver.driver.config import PluginConfig, TaskConfig
 from xen_driver.driver.lifecycle import TaskLifecycle, domain_name_for
 from xen_driver.driver.models import TaskSpec
@@ -54,11 +58,15 @@ CLICK = "in :: FromDevice(0); out :: ToDevice(0); in -> IPFilter(allow dst port 
 TASK = {"kernel": KERNEL, "cmdline": "clickos tick=5", "boot_marker": "NDX-GUEST READY", "boot_timeout": "120s",
         "click_config": CLICK, "vif": [{"bridge": "xenbr0"}]}
 POOL = {"clickos": {"kernel": KERNEL, "cmdline": "clickos tick=5", "memory": 16, "vcpus": 1, "size": 1,
-                    "vif": [{"bridge": "xenbr0"}]}}
+                    "vif": [{"bridge": "xenbr0"}]},
+        "booted": {"kernel": KERNEL, "cmdline": "clickos tick=5", "memory": 16, "vcpus": 1, "size": 1,
+                   "vif": [{"bridge": "xenbr0"}], "idle": "booted", "boot_marker": "NDX-GUEST READY"}}
+# The line the guest prints once it has taken its Click configuration: where both pool modes end.
+ECHO = b"status=Running config_len="
 
 
 def spec_for(i, side, **extra):
-    n = i * 4 + {"pool": 1, "cold": 2}[side]
+    n = i * 4 + {"pool": 1, "cold": 2, "booted": 3}[side]
     return TaskSpec(
         id=f"b{n:07d}-0000-0000-0000-000000000000/t/{n:08d}", name="t", alloc_id=f"b{n:07d}-0000",
         task_group="g", job_name="bench", job_id="bench", namespace="default", node_id="n", node_name="n",
@@ -80,43 +88,47 @@ def raw(lc, i):
     subprocess.run(["xl", "destroy", name], check=True, capture_output=True)
     os.unlink(f"{CONSOLE}/guest-{name}.log")
     os.unlink(cfg)
-    return running, None, {}
+    return running, None, {}, None
 
 
 async def full_pool(lc):
-    # Outside the timed span: the pool is full and nothing is being built.
-    while lc.pool.ready("clickos") < 1 or lc.pool._profiles["clickos"].building:
+    # Outside the timed span: every pool is full and nothing is being built.
+    while any(lc.pool.ready(p) < 1 or lc.pool._profiles[p].building for p in POOL):
         await asyncio.sleep(0.05)
 
 
 async def driver(lc, i, side):
-    if side == "pool":
-        await full_pool(lc)
-        spec = spec_for(i, side, pool="clickos")
-        name = next(iter(lc.pool.member_names()))
+    await full_pool(lc)  # no refill's build overlaps any side's measurement
+    echo = None
+    if side in ("pool", "booted"):
+        profile = "clickos" if side == "pool" else "booted"
+        # A booted member printed its boot marker long ago: its task waits for the config echo.
+        extra = {"boot_marker": "status=Running"} if side == "booted" else {}
+        spec = spec_for(i, side, pool=profile, **extra)
+        name = lc.pool._profiles[profile].ready[0].name
+        echo = MarkerPoller(name, marker=ECHO)
     else:
         spec = spec_for(i, side)
         name = domain_name_for(spec)
-    poller = MarkerPoller(name)
+    poller = MarkerPoller(name, marker=ECHO if side == "booted" else MARKER)
     t0 = time.monotonic()
     handle = await lc.start_task(spec)
     returned = time.monotonic() - t0
     running = poller.wait() - t0
+    configured = echo.wait() - t0 if echo is not None else None
     assert DriverState.decode(handle.driver_state).domain_name == name
     phases = (await lc.inspect_task(spec.id)).driver_attributes
     await lc.stop_task(spec.id, 0, "SIGKILL")
     await lc.destroy_task(spec.id, True)
-    if side == "pool":
-        await full_pool(lc)  # the refill's build must not overlap the other sides' measurements
-    return running, returned, phases
+    return running, returned, phases, configured
 
 
 async def main():
     cfg = PluginConfig.from_dict({"image_dirs": [IMAGES], "state_dir": "/tmp/ndx-bench-state", "pool": POOL})
     lc = TaskLifecycle(cfg, lambda e: None)
     os.makedirs("/tmp/ndx-bench-alloc/t", exist_ok=True)
-    sides = ("pool", "cold", "raw")
-    out = {s: {"running_s": [], "returned_s": [], "phases": []} for s in sides}
+    sides = ("pool", "booted", "cold", "raw")
+    out = {s: {"running_s": [], "returned_s": [], "phases": [], "configured_s": []} for s in sides}
     t_start = time.monotonic()
     await lc.pool.start()
     await full_pool(lc)
@@ -124,17 +136,21 @@ async def main():
     out["unpause_path"] = None
     try:
         for i in range(ROUNDS + 1):
-            order = sides[i % 3:] + sides[:i % 3]
+            order = sides[i % len(sides):] + sides[:i % len(sides)]
             got = {}
             for side in order:
+                if side == "raw":
+                    await full_pool(lc)
                 got[side] = raw(lc, i) if side == "raw" else await driver(lc, i, side)
             if out["unpause_path"] is None:
                 out["unpause_path"] = getattr(lc.backend, "unpause_path", None)
             if i == 0:
                 continue  # warm-up: caches, first xl call, first console file
             for side in sides:
-                running, returned, phases = got[side]
+                running, returned, phases, configured = got[side]
                 out[side]["running_s"].append(running)
+                if configured is not None:
+                    out[side]["configured_s"].append(configured)
                 if returned is not None:
                     out[side]["returned_s"].append(returned)
                     out[side]["phases"].append(phases)
@@ -171,7 +187,9 @@ def main() -> int:
         out = tb.run(["python3", "/host/dom0_pool.py", str(args.rounds)], timeout=240 * (args.rounds + 1) + 600).stdout
     data = json.loads(out.strip().splitlines()[-1])
     pool, cold, raw = (spread_ms(data[s]["running_s"]) for s in ("pool", "cold", "raw"))
-    pool_ret, cold_ret = (spread_ms(data[s]["returned_s"]) for s in ("pool", "cold"))
+    pool_ret, cold_ret, booted_ret = (spread_ms(data[s]["returned_s"]) for s in ("pool", "cold", "booted"))
+    # Both pool modes up to the same point: the guest has taken its Click configuration.
+    pool_cfg, booted_cfg = spread_ms(data["pool"]["configured_s"]), spread_ms(data["booted"]["configured_s"])
     ratio = pool["median"] / raw["median"]
     accel = "kvm" if args.kvm else "tcg"
     print(
@@ -185,19 +203,25 @@ def main() -> int:
         ("cold StartTask -> returned", cold_ret),
         ("pool hit StartTask -> marker seen", pool),
         ("pool hit StartTask -> returned", pool_ret),
+        ("pool hit StartTask -> config echo", pool_cfg),
+        ("booted hit StartTask -> config echo", booted_cfg),
+        ("booted hit StartTask -> returned", booted_ret),
     ):
         print(f"{label:39s} {d['median']:8.1f} {d['min']:8.1f} {d['p25']:8.1f} {d['p75']:8.1f} {d['max']:8.1f}")
     print(
         f"pool hit / raw (medians): {ratio:.3f} (goal <= 0.1); pool hit / cold: {pool['median'] / cold['median']:.3f}"
     )
-    print(f"unpause path: {data['unpause_path']}; first fill of the pool: {data['first_fill_s']:.1f} s")
+    print(f"booted / paused pool hit, to the config echo (medians): {booted_cfg['median'] / pool_cfg['median']:.3f}")
+    print(f"unpause path: {data['unpause_path']}; first fill of the pools: {data['first_fill_s']:.1f} s")
     result = {
         "date": time.strftime("%Y-%m-%d"),
         "conditions": (
             f"Xen 4.17 testbed under QEMU ({accel}) on a 2-core host; test unikernel in ClickOS mode, 16 MiB, one vif "
             "on xenbr0; raw = `xl create -e -p` of the driver's rendered xl.cfg + `xl unpause`; cold and pool = "
             "StartTask with a Click configuration pushed through XenStore; one 2 ms console poller for every side; "
-            "order rotating per round, first round dropped; pool of size 1, refilled and idle before each hit"
+            "order rotating per round, first round dropped; two pools of size 1 (idle = paused, idle = booted), "
+            "both refilled and idle before every side; config echo = the guest's line after it takes its Click "
+            "configuration"
         ),
         "rounds": args.rounds,
         "accel": accel,
@@ -209,6 +233,11 @@ def main() -> int:
         "pool_hit_start_task_returned_ms": pool_ret,
         "pool_hit_over_raw": round(ratio, 4),
         "pool_hit_over_cold": round(pool["median"] / cold["median"], 4),
+        "pool_hit_start_task_to_config_echo_ms": pool_cfg,
+        "booted_hit_start_task_to_config_echo_ms": booted_cfg,
+        "booted_hit_start_task_returned_ms": booted_ret,
+        "booted_over_paused_to_config_echo": round(booted_cfg["median"] / pool_cfg["median"], 4),
+        "booted_phase_medians_ms": phase_medians(data["booted"]["phases"]),
         "goal_pool_hit_over_raw": 0.1,
         "cold_phase_medians_ms": phase_medians(data["cold"]["phases"]),
         "pool_phase_medians_ms": phase_medians(data["pool"]["phases"]),
