@@ -23,7 +23,7 @@ The task's ``driver_state`` names the domain by its member name like any task's 
 recovery, stop and destroy treat it as a normal task.  Off the critical path (once no start is
 in progress), a backend that can rename a running domain (``xl``) has the toolstack list it
 under the task's domain name, so ``xl list`` says whose guest it is; the backend keeps
-translating the member name (:mod:`xen_driver.xen.xlnames`).  libvirt cannot rename a running
+translating the member name (``Backend.rename``).  libvirt cannot rename a running
 domain: there the guest keeps its member name.  A miss (profile unknown on this node, no ready
 member) is a cold start of the same configuration, announced by a task event.
 
@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING
 
 from xen_driver.driver.poolconfig import PoolProfile
 from xen_driver.xen.backend import DomainState
-from xen_driver.xen.console import ConsolePump
+from xen_driver.xen.console import ConsolePump, NullSink
 from xen_driver.xen.spec import DomainSpec, VifSpec
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -225,20 +225,14 @@ class WarmPool(PoolStarts):
         return dspec
 
     async def _console_shows(self, name: str, marker: str) -> None:
-        """Until a booted member's console log shows ``marker`` (the caller bounds the wait)."""
-        path = ConsolePump.log_path(self.config.console_log_dir, name)
-        want = marker.encode()
-        seen, offset = b"", 0
-        while True:
-            with contextlib.suppress(FileNotFoundError):
-                with open(path, "rb") as fh:
-                    fh.seek(offset)
-                    chunk = fh.read()
-                offset += len(chunk)
-                seen = seen[-len(want) :] + chunk
-                if want in seen:
-                    return
-            await asyncio.sleep(0.05)  # a poll of the condition, in a background build
+        """Until a booted member's console log shows ``marker`` (the caller bounds the wait),
+        read by the lifecycle's console pump as a task's boot marker is."""
+        key = f"{name}#member-boot"
+        stream = self.lc._pump.add(key, ConsolePump.log_path(self.config.console_log_dir, name), NullSink())
+        try:
+            await stream.wait_for(marker, BUILD_TIMEOUT_S)
+        finally:
+            self.lc._pump.detach(key)
 
     async def _build(self, prof: ProfileState) -> None:
         profile = prof.profile
