@@ -56,11 +56,11 @@ from bench.common import spread_ms  # noqa: E402
 from testbed.nomad import NOMAD_DIR, STATE_DIR, NomadDom0  # noqa: E402
 from testbed.vm import Testbed, locate_images  # noqa: E402
 from xen_driver import breakdown as bd  # noqa: E402
+from xen_driver.driver.pool_members import MEMBER_PREFIX  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 JOB_FILE = REPO / "nomad-jobs" / "clickos.nomad"
 TASK = "firewall"
-MEMBER_PREFIX = "ndx-pool-"  # xen_driver.driver.pool_members.MEMBER_PREFIX
 #: The key of bench/results/pool.json this benchmark owns (bench/pool.py writes the others).
 POOL_JSON_KEY = "agent_job_run_to_started_ms"
 GOAL_POOL_OVER_COLD = 0.3
