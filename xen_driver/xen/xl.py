@@ -47,6 +47,7 @@ from xen_driver.xen.backend import (
     DomainNotFound,
     HostFacts,
     PhaseRecorder,
+    XenBackendError,
 )
 from xen_driver.xen.childwatch import use_pidfd_child_watcher
 from xen_driver.xen.fdlimit import EXHAUSTED_ERRNOS, OutOfFileDescriptors
@@ -104,8 +105,7 @@ class XlBackend:
         self._xc_tried = False
         #: Domains ``xl list`` shows under another name than the driver's (see :mod:`.xlnames`).
         self.names = ShownNames(self.cfg_dir)
-        self._names_lock = asyncio.Lock()
-        #: Renames under way, by the driver's name: calls on that domain wait for them.
+        #: Renames under way, by the driver's name: calls on that domain (forget too) wait for them.
         self._renaming: dict[str, asyncio.Event] = {}
 
     # ----------------------------------------------------------------- plumbing
@@ -342,9 +342,10 @@ class XlBackend:
             pass
 
     async def forget(self, name: str) -> None:
-        async with self._names_lock:  # after a rename under way, so it leaves no record behind
-            self.remove_config(name)
-            self.names.drop(name)
+        if (renaming := self._renaming.get(name)) is not None:
+            await renaming.wait()  # a rename under way must not leave its record behind
+        self.remove_config(name)
+        self.names.drop(name)
 
     async def rename(self, name: str, shown_as: str) -> None:
         """Have ``xl list`` show ``name`` as ``shown_as`` (``xl rename``, at background priority).
@@ -354,23 +355,26 @@ class XlBackend:
         is renamed; one that is gone raises :class:`DomainNotFound` and leaves no record."""
         check_name("name", name)
         check_name("shown_as", shown_as)
-        async with self._names_lock:
-            if not self.config_path(name).exists():
-                raise DomainNotFound(name)
-            done = self._renaming[name] = asyncio.Event()
-            try:
-                self.names.record(name, shown_as)
-                call = await self.run("rename", name, shown_as, check=False, nice=BACKGROUND_NICE)
-                if call.rc != 0:
-                    self.names.drop(name)
-                    if _NOT_FOUND_RE.search(call.stderr):
-                        raise DomainNotFound(name)
-                    if _EXISTS_RE.search(call.stderr):
-                        raise DomainExists(shown_as)
-                    raise XlError(call.argv, call.rc, call.stderr)
-            finally:
-                del self._renaming[name]
-                done.set()
+        if name in self._renaming:
+            raise XenBackendError(f"{name} is being renamed already")
+        # No await between this check and the registration: a forget either came first (no
+        # config: nothing to rename) or waits for this rename to finish.
+        if not self.config_path(name).exists():
+            raise DomainNotFound(name)
+        done = self._renaming[name] = asyncio.Event()
+        try:
+            self.names.record(name, shown_as)
+            call = await self.run("rename", name, shown_as, check=False, nice=BACKGROUND_NICE)
+            if call.rc != 0:
+                self.names.drop(name)
+                if _NOT_FOUND_RE.search(call.stderr):
+                    raise DomainNotFound(name)
+                if _EXISTS_RE.search(call.stderr):
+                    raise DomainExists(shown_as)
+                raise XlError(call.argv, call.rc, call.stderr)
+        finally:
+            del self._renaming[name]
+            done.set()
         log.info("domain renamed", domain=name, shown_as=shown_as, duration_ms=round(call.duration_s * 1000, 1))
 
     def config_file(self, name: str) -> str:
