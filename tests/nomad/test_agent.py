@@ -129,7 +129,7 @@ def test_fingerprint_changes_reach_the_node_and_task_errors_do_not_hurt_the_agen
     attrs = node["Attributes"]
     assert attrs["driver.xen.version"] == "4.17.5"
     assert attrs["driver.xen.scheduler"] == "credit2"
-    assert attrs["driver.xen.free_memory"].startswith("1843")
+    assert attrs["driver.xen.total_memory"].startswith("3071")
     assert log_line(agent.log(), "INFO", DRIVER_MGR, "xen host fingerprint")
 
     # A job lands on the now-healthy driver with a config value we refuse: the task fails with our
@@ -173,6 +173,45 @@ def test_fingerprint_changes_reach_the_node_and_task_errors_do_not_hurt_the_agen
     assert agent.proc.poll() is None
     assert agent.api("/v1/agent/health")["client"]["ok"] is True
     assert "panic" not in agent.log()
+
+
+def test_guests_coming_and_going_do_not_re_register_the_node(nomad_agent, tmp_path):
+    """Xen's free memory changes with every guest started or stopped.  Were it a node attribute,
+    each change would re-register the node at the next fingerprint, and Nomad's server then
+    creates an evaluation for every job with an allocation on the node: on a node of hundreds of
+    guests, hundreds of evaluations per fingerprint period while guests come and go."""
+    info, calls = tmp_path / "xl-info", tmp_path / "xl-calls"
+    info.write_text(XL_INFO)
+    script = tmp_path / "xl"
+    script.write_text(f'#!/bin/sh\necho "$*" >> "{calls}"\ncat "{info}"\n')
+    script.chmod(script.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    agent = nomad_agent({"xl_path": str(script), "fingerprint_period": "1s"})
+
+    def healthy():
+        n = agent.node()
+        return n if n["Drivers"]["xen"]["Healthy"] else None
+
+    agent.wait_for("driver xen to become healthy", healthy, timeout=30)
+
+    def probes() -> int:
+        return sum(1 for line in calls.read_text().splitlines() if line.strip() == "info")
+
+    # The node as two more fingerprints of the unchanged host leave it (the update that carried
+    # "healthy", and its node event, are in by then).
+    seen = probes()
+    agent.wait_for("two more fingerprints", lambda: probes() >= seen + 2, timeout=60)
+    before = agent.node()
+    registrations = agent.log().count("updating node and re-registering")
+    seen = probes()
+    info.write_text(XL_INFO.replace("free_memory            : 1843", "free_memory            : 1211"))
+    # Three more fingerprints see the new free memory (each probe runs `xl info`).
+    agent.wait_for("three fingerprints after the change", lambda: probes() >= seen + 3, timeout=60)
+    after = agent.node()
+    assert after["ModifyIndex"] == before["ModifyIndex"], "the node was re-registered: an attribute changed"
+    assert after["Attributes"] == before["Attributes"]
+    assert "driver.xen.free_memory" not in after["Attributes"]
+    assert after["Attributes"]["driver.xen.total_memory"].startswith("3071")
+    assert agent.log().count("updating node and re-registering") == registrations
 
 
 @pytest.mark.parametrize(

@@ -131,11 +131,14 @@ def fingerprint_from_probe(probe: HostProbe, config: PluginConfig) -> Fingerprin
                 "in a virtualenv: pip install 'nomad-driver-xen[libvirt]')",
                 attrs,
             )
+    # Only what stays put while guests come and go: a changed attribute re-registers the node at
+    # the next fingerprint, and Nomad's server then evaluates every job with an allocation on it.
+    # Xen's free memory changes with each guest, so it is no attribute (the driver reads it where
+    # it needs it; Nomad schedules by the node's own memory accounting).
     attrs.update(
         {
             ATTR_PREFIX + "version": info.xen_version,
             ATTR_PREFIX + "scheduler": info.xen_scheduler,
-            ATTR_PREFIX + "free_memory": Attr(info.free_memory_mib, "MiB"),
             ATTR_PREFIX + "total_memory": Attr(info.total_memory_mib, "MiB"),
             ATTR_PREFIX + "nr_cpus": info.nr_cpus,
             ATTR_PREFIX + "clickos_layout": config.clickos_layout,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 
@@ -26,7 +27,16 @@ def test_fingerprint_mapping():
     assert fp.attributes == {"driver.xen.backend": "xl", "driver.xen.xl_path": "/usr/sbin/xl"}
     fp = fingerprint_from_probe(HostProbe(ProbeState.HEALTHY, "ok", "/usr/sbin/xl", INFO), cfg)
     assert fp.health is Health.HEALTHY
-    assert fp.attributes["driver.xen.version"] == "4.17.5" and fp.attributes["driver.xen.free_memory"].value == 1843
+    assert fp.attributes["driver.xen.version"] == "4.17.5" and fp.attributes["driver.xen.total_memory"].value == 3071
+
+
+def test_fingerprint_attributes_do_not_follow_free_memory():
+    """Guests coming and going change Xen's free memory; the node's attributes must not change with
+    it (each change re-registers the node, and Nomad evaluates every job on it)."""
+    cfg = PluginConfig()
+    fewer = replace(INFO, free_memory_mib=INFO.free_memory_mib - 900)
+    a, b = (fingerprint_from_probe(HostProbe(ProbeState.HEALTHY, "ok", "/usr/sbin/xl", i), cfg) for i in (INFO, fewer))
+    assert a.attributes == b.attributes and a.description == b.description
 
 
 class FakeTasks:
