@@ -15,7 +15,11 @@ Two modes:
   job per path with the order rotating every round, the first ``--warmup`` round(s) dropped.
   Before every job, outside the timed span, the same preconditions whatever the path: no task
   guest left, every pool full and idle (its members built, recorded and paused, no build running,
-  and the node's ``driver.xen.pool.<name>.ready`` attribute showing it).  Paths whose agent
+  and the node's ``driver.xen.pool.<name>.ready`` attribute showing it), no evaluation pending
+  on the server (a changed attribute re-registers the node, and the server then evaluates every
+  job with an allocation on it: that work is done before the next job goes in), and dom0 quiet
+  (at most QUIET_BUSY of its CPU busy over a second: the teardown of the job before, or a
+  refill, is over).  Paths whose agent
   configurations conflict cannot alternate: the run refuses them (use ``--sequential``).
 * ``--sequential``: all ``-n`` jobs of one path, then the next, each path under its own agent
   configuration, nothing dropped (the experiment's first form).
@@ -114,6 +118,40 @@ def idle_only(nomad: NomadDom0, own: tuple[str, ...]) -> bool:
     member or one being built; a claimed member runs under its member name until destroyed)."""
     seen = dom0_guests(nomad)
     return seen is not None and all(name.startswith(own) and "p" in flags for name, flags in seen[0].items())
+
+
+def no_pending_evaluations(nomad: NomadDom0) -> bool:
+    """Nomad's server has no evaluation waiting: a node update (a changed pool attribute
+    re-registers the node, and the server then evaluates every job with an allocation on it) is
+    fully handled before the next job is submitted, whichever path that job takes."""
+    try:
+        evals = nomad.api("/v1/evaluations")
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+    return not any(e.get("Status") == "pending" for e in evals or ())
+
+
+#: dom0 counts as quiet when at most this share of its CPU time was busy over QUIET_WINDOW_S
+#: (an idle agent, server and client, with the plugin fingerprinting every 5 s: about 0.17 under TCG).
+QUIET_BUSY = 0.3
+QUIET_WINDOW_S = 1.0
+
+
+def dom0_busy(nomad: NomadDom0, window: float = QUIET_WINDOW_S) -> float | None:
+    """The share of dom0's CPU time that was busy over ``window`` seconds (/proc/stat)."""
+    r = nomad.tb.run(f"head -1 /proc/stat; sleep {window}; head -1 /proc/stat", check=False, timeout=60)
+    lines = [line.split()[1:] for line in r.stdout.splitlines() if line.startswith("cpu ")]
+    if len(lines) != 2:
+        return None
+    a, b = ([int(x) for x in line] for line in lines)
+    total = sum(b) - sum(a)
+    idle = (b[3] + b[4]) - (a[3] + a[4])  # idle + iowait
+    return None if total <= 0 else round(1 - idle / total, 3)
+
+
+def dom0_quiet(nomad: NomadDom0) -> bool:
+    busy = dom0_busy(nomad)
+    return busy is not None and busy <= QUIET_BUSY
 
 
 def pool_full(name: str, size: int) -> Callable[[NomadDom0], bool]:
@@ -375,10 +413,15 @@ def run_rounds(
     api = bd.NomadAPI(nomad.addr, env={})
     own = tuple(p.own_domains for p in paths if p.own_domains)
     settles = [p for p in paths if p.settle is not None]
-    what = ", ".join(["no task guest left", *(p.settle_what for p in settles)])
+    what = ", ".join(["no task guest left", *(p.settle_what for p in settles), "no evaluation pending", "dom0 quiet"])
 
     def settled() -> bool:
-        return idle_only(nomad, own) and all(p.settle(nomad) for p in settles if p.settle is not None)
+        return (
+            idle_only(nomad, own)
+            and all(p.settle(nomad) for p in settles if p.settle is not None)
+            and no_pending_evaluations(nomad)
+            and dom0_quiet(nomad)
+        )
 
     out: dict[str, dict[str, Any]] = {
         p.name: {"rows": [], "warmup_rows": [], "submit_rtt_ms": [], "wrong_start_path": []} for p in paths
@@ -617,7 +660,9 @@ def main() -> int:
             " is measured, stopped and purged",
             "precondition": "before every job, whatever its path, outside the timed span: no task guest left, every"
             " pool full and idle (members built, recorded and paused, no build running; the node's"
-            " driver.xen.pool.<name>.ready attribute showing it)",
+            " driver.xen.pool.<name>.ready attribute showing it), no evaluation pending on the server (the"
+            " node-update evaluations of that attribute change done), and dom0 quiet (at most"
+            f" {QUIET_BUSY:.0%} of its CPU busy over {QUIET_WINDOW_S:g} s)",
             "agent_plugin_config": union[0],
             "agent_plugin_blocks": union[1],
             "rounds": args.n,
@@ -731,7 +776,8 @@ def main() -> int:
             " so cold jobs run beside the idle member too; nomad-jobs/clickos.nomad through PUT /v1/jobs, one job"
             " at a time, the same 0.25 s API poll for Started; cold = the job as it is (xl create), pool = the"
             ' same job with pool = "clickos"; order rotating per round, first round dropped; before every job'
-            " the pool full and idle and no task guest left (waited outside the timed span)",
+            " the pool full and idle, no task guest left, no evaluation pending and dom0 quiet (waited outside"
+            " the timed span)",
             "accel": "kvm" if args.kvm else "tcg",
             "rounds": measured,
             "warmup_rounds_dropped": args.warmup,
