@@ -67,6 +67,8 @@ JOB_FILE = REPO / "nomad-jobs" / "clickos.nomad"
 TASK = "firewall"
 #: The key of bench/results/pool.json this benchmark owns (bench/pool.py writes the others).
 POOL_JSON_KEY = "agent_job_run_to_started_ms"
+#: ... and the one of a run whose plugin writes the task log files itself (no logmon per task).
+POOL_JSON_KEY_DRIVER_LOGS = "agent_job_run_to_started_ms_driver_logs"
 GOAL_POOL_OVER_COLD = 0.3
 
 
@@ -498,10 +500,10 @@ def source_state() -> dict[str, Any]:
     return {"commit": git("rev-parse", "--short=12", "HEAD") or None, "uncommitted": changed.splitlines()}
 
 
-def merge_pool_json(section: dict[str, Any], path: Path) -> None:
-    """Read-modify-write of bench/results/pool.json: only POOL_JSON_KEY changes."""
+def merge_pool_json(section: dict[str, Any], path: Path, key: str = POOL_JSON_KEY) -> None:
+    """Read-modify-write of bench/results/pool.json: only ``key`` changes."""
     doc = json.loads(path.read_text()) if path.exists() else {}
-    doc[POOL_JSON_KEY] = section
+    doc[key] = section
     path.write_text(json.dumps(doc, indent=2) + "\n")  # as bench/pool.py writes it: the other keys keep their bytes
 
 
@@ -526,6 +528,13 @@ def main() -> int:
         " (default: alternating rounds on one agent)",
     )
     parser.add_argument("--warmup", type=int, default=1, help="alternating mode: rounds dropped as warm-up (default 1)")
+    parser.add_argument(
+        "--log-collection",
+        choices=("nomad", "driver"),
+        default="nomad",
+        help="the plugin's log_collection for every path: Nomad's logmon per task (default) or the driver"
+        " writing the log files itself",
+    )
     parser.add_argument("--kvm", action="store_true", help="boot the testbed with hardware KVM instead of TCG")
     parser.add_argument("--timeout", type=float, default=300, help="seconds a job may take to start")
     parser.add_argument("--out", default=str(RESULTS / "instantiation"), help="results path without suffix")
@@ -553,6 +562,7 @@ def main() -> int:
             parser.error(f"-n {args.n} rounds leave none measured after --warmup {args.warmup}")
         try:
             union = union_config(paths)
+            union[0]["log_collection"] = args.log_collection
         except Incompatible as exc:
             parser.error(f"{exc}: they cannot alternate on one agent; measure them with --sequential")
     try:
@@ -622,7 +632,8 @@ def main() -> int:
                 for path in paths:
                     node = {}
                     try:
-                        parsed = ensure_agent(agent_config(base_agent, path.plugin_config, path.plugin_hcl))
+                        settings = {**path.plugin_config, "log_collection": args.log_collection}
+                        parsed = ensure_agent(agent_config(base_agent, settings, path.plugin_hcl))
                         node = nomad.node()
                         seq = run_path(nomad, path, parsed, args.n, args.timeout)
                     except (AssertionError, OSError, bd.BreakdownError, SystemExit) as exc:
@@ -742,6 +753,9 @@ def main() -> int:
         )
 
     out = Path(args.out)
+    if args.log_collection == "driver" and args.out == parser.get_default("out"):
+        out = out.with_name(out.name + "_driver_logs")  # beside the default run's files, not over them
+    json_key = POOL_JSON_KEY_DRIVER_LOGS if args.log_collection == "driver" else POOL_JSON_KEY
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
     how = (
@@ -772,13 +786,15 @@ def main() -> int:
             " server and client share the clock)",
             "conditions": f"Xen 4.17 testbed under QEMU ({'kvm' if args.kvm else 'tcg'}) on a"
             f" {os.cpu_count()}-core host; Nomad {conditions['nomad']}, one agent (server + client) in dom0 whose"
-            " plugin config is the union both paths need (pool profile clickos, size 1, 16 MiB; fingerprint 5 s),"
+            " plugin config is the union both paths need (pool profile clickos, size 1, 16 MiB; fingerprint 5 s;"
+            f" log_collection {args.log_collection!r}),"
             " so cold jobs run beside the idle member too; nomad-jobs/clickos.nomad through PUT /v1/jobs, one job"
             " at a time, the same 0.25 s API poll for Started; cold = the job as it is (xl create), pool = the"
             ' same job with pool = "clickos"; order rotating per round, first round dropped; before every job'
             " the pool full and idle, no task guest left, no evaluation pending and dom0 quiet (waited outside"
             " the timed span)",
             "accel": "kvm" if args.kvm else "tcg",
+            "log_collection": args.log_collection,
             "rounds": measured,
             "warmup_rounds_dropped": args.warmup,
             "pool": totals["pool"],
@@ -786,8 +802,8 @@ def main() -> int:
             "pool_over_cold": ratio,
             "goal_pool_over_cold": GOAL_POOL_OVER_COLD,
         }
-        merge_pool_json(section, Path(args.pool_json))
-        written.append(f"{args.pool_json} ({POOL_JSON_KEY})")
+        merge_pool_json(section, Path(args.pool_json), json_key)
+        written.append(f"{args.pool_json} ({json_key})")
     print(f"\nwritten: {', '.join(written)}  ({wall:.0f} s)")
     return 1 if failed or wrong or errors else 0
 

@@ -165,6 +165,9 @@ var pluginDefaults = map[string]any{
 	"vif_bridges":            []any{"xenbr0"},
 	"max_vifs":               8,
 	"max_click_config_bytes": 65536,
+	"log_collection":         "nomad",
+	"log_max_files":          10,
+	"log_max_file_size_mb":   10,
 }
 
 // TestConfigSchema: the plugin's config schema converts with Nomad's hclspec converter and an

@@ -5,6 +5,10 @@ unikernel, two members).  A job with ``pool = "clickos"`` takes a pre-built paus
 the allocation runs, the guest echoes the Click configuration Nomad's template rendered, and
 the timing event shows the pool path (``pool_claim``, no ``domain_build``).  A plugin SIGKILL
 re-adopts the idle members and recovers the claimed guest: nothing leaked, nothing duplicated.
+
+The two backends' agents also differ in who writes the task log files: on ``xl`` the driver does
+(``log_collection = "driver"``: no logmon process per task), on libvirt Nomad's logmon does (the
+default), so ``nomad alloc logs`` of a pool guest is proven both ways.
 """
 
 from __future__ import annotations
@@ -62,6 +66,10 @@ POOL_BLOCK = f"""
       }}
     }}
 """
+#: The xl agent's plugin writes the task log files itself (see the module's docstring).
+DRIVER_LOGS = """
+    log_collection = "driver"
+"""
 PREFIX = "ndx-pool-clickos-"
 BOOTED_PREFIX = "ndx-pool-booted-"
 #: The member the pool job claimed: its driver name, the name `xl list` shows, its domid.
@@ -72,7 +80,8 @@ def agent_config(backend: str) -> str:
     """nomad-jobs/agent.hcl on ``backend`` with the pool profile (and a quicker fingerprint, so
     the node's pool attributes follow the members within seconds)."""
     text = example_agent_config(backend)
-    new, n = re.subn(r'\n\s*fingerprint_period\s*=\s*"30s"\n', POOL_BLOCK, text)
+    block = POOL_BLOCK + (DRIVER_LOGS if backend == "xl" else "")
+    new, n = re.subn(r'\n\s*fingerprint_period\s*=\s*"30s"\n', block, text)
     assert n == 1, "agent.hcl no longer has the fingerprint_period line this test replaces"
     return new
 
@@ -219,6 +228,14 @@ def test_pool_job_claims_a_member_and_the_guest_gets_its_click_config(nomad, tes
 
     out = nomad.wait_until(logs, 60, "the guest's config echo in `nomad alloc logs`")
     assert out.count("NDX-GUEST READY") == 1  # the console from its first byte, once
+    # Who wrote it: the driver (no logmon process, no FIFO) on xl, Nomad's logmon on libvirt.
+    # (this job's task is the only one running on the node; logmon's command line names no task)
+    logmons = testbed.run("pgrep -fc '[n]omad logmon' || true", check=False).stdout.strip()
+    files = testbed.run(f"ls -A {DATA_DIR}/alloc/{alloc_id}/alloc/logs", check=False).stdout.split()
+    if nomad.backend == "xl":
+        assert (logmons, sorted(files)) == ("0", ["firewall.stderr.0", "firewall.stdout.0"]), (logmons, files)
+    else:
+        assert logmons != "0" and ".firewall.stdout.fifo" in files and "firewall.stdout.0" in files, (logmons, files)
 
     # Refill: the pool builds a replacement in the background.
     nomad.wait_until(lambda: len(idle_members(testbed)) == POOL_SIZE, 600, "the refill", every=2)

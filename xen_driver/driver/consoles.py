@@ -19,6 +19,7 @@ crash may then repeat the piece it had written but not recorded).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from pathlib import Path
 
@@ -26,10 +27,13 @@ from xen_driver.driver.models import TaskSpec
 from xen_driver.driver.planning import DomainPlanning
 from xen_driver.driver.state import DriverState
 from xen_driver.xen.console import ConsoleStream, FifoSink, NullSink
-from xen_driver.xen.sinks import end_unused_fifo
+from xen_driver.xen.sinks import RotatingFileSink, end_unused_fifo
 
 #: How long the console of an exited guest may take to drain into Nomad's FIFO.
 DRAIN_TIMEOUT_S = 2.0
+#: How the empty stderr log file is made when the driver writes the log files (never through a
+#: symlink a job planted in its allocation).
+_NEW_LOG_FILE = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
 
 
 def _self_copy(name: str) -> str:
@@ -63,24 +67,55 @@ class ConsoleAttachment(DomainPlanning):
         ``offset`` on (or from where its own ``console.offset`` says, for a task it copies or
         copied already).  The stderr FIFO, which nothing writes, gets its end-of-file now
         (:func:`~xen_driver.xen.sinks.end_unused_fifo`)."""
-        if spec.stderr_path and spec.stderr_path != os.devnull:
-            ending = asyncio.get_running_loop().create_task(end_unused_fifo(spec.stderr_path), name=f"stderr-{name}")
-            self._fifo_jobs.add(ending)
-            ending.add_done_callback(self._fifo_jobs.discard)
-        fifo = spec.stdout_path or os.devnull
+        rotate = self.config.driver_logs
+        if rotate is not None and not self._log_base(spec, "stdout").startswith("/"):
+            rotate = None  # the task's logs are disabled (Nomad gives /dev/null): nothing to write
+        if rotate is not None:
+            # The driver collects the logs: Nomad's log files beside the FIFOs Nomad named (and,
+            # with no logmon, never made); an empty stderr file, since a guest has one console.
+            fifo = self._log_base(spec, "stdout")
+            with contextlib.suppress(OSError):
+                os.close(os.open(self._log_base(spec, "stderr") + ".0", _NEW_LOG_FILE, 0o644))
+        else:
+            if spec.stderr_path and spec.stderr_path != os.devnull:
+                ending = asyncio.get_running_loop().create_task(
+                    end_unused_fifo(spec.stderr_path), name=f"stderr-{name}"
+                )
+                self._fifo_jobs.add(ending)
+                ending.add_done_callback(self._fifo_jobs.discard)
+            fifo = spec.stdout_path or os.devnull
         handoffs = self._console_handoffs
         job = asyncio.get_running_loop().create_task(
-            self._hand_to_keeper(spec.id, name, fifo, console_path, offset, self._offset_file(task_dir)),
+            self._hand_to_keeper(spec.id, name, fifo, console_path, offset, self._offset_file(task_dir), rotate),
             name=f"console-{name}",
         )
         handoffs[name] = job
         job.add_done_callback(lambda j: handoffs.pop(name, None) if handoffs.get(name) is j else None)
 
+    @staticmethod
+    def _log_base(spec: TaskSpec, stream: str) -> str:
+        """``<alloc>/alloc/logs/<task>.<stream>``, in the directory of the FIFOs Nomad named; ""
+        when the task's logs are disabled (``logs { disabled = true }``: Nomad names /dev/null)."""
+        fifo = spec.stdout_path or ""
+        if fifo == os.devnull:
+            return ""
+        logs = os.path.dirname(fifo) if os.path.isabs(fifo) else os.path.join(spec.alloc_dir, "alloc", "logs")
+        return os.path.join(logs, f"{spec.name}.{stream}") if os.path.isabs(logs) else ""
+
     async def _hand_to_keeper(
-        self, task_id: str, name: str, fifo: str, console_path: str, offset: int, offset_file: Path
+        self,
+        task_id: str,
+        name: str,
+        fifo: str,
+        console_path: str,
+        offset: int,
+        offset_file: Path,
+        rotate: tuple[int, int] | None = None,
     ) -> None:
         try:
-            await self._keeper.copy(name, fifo, console_path, offset=offset, offset_file=str(offset_file))
+            await self._keeper.copy(
+                name, fifo, console_path, offset=offset, offset_file=str(offset_file), rotate=rotate
+            )
             return  # the keeper copies; a refusal (e.g. no such FIFO) was logged by the client
         except OSError:
             pass  # no keeper (logged by the client): copy it ourselves, as before the keeper did
@@ -94,7 +129,11 @@ class ConsoleAttachment(DomainPlanning):
                 self._log.warn("cannot record console offset", task_id=task_id, error=str(exc))
 
         if _self_copy(name) not in self._pump:
-            sink = FifoSink(fifo, on_fifo_open=lambda: self._keeper.hold(name, fifo))
+            sink: FifoSink | RotatingFileSink
+            if rotate is not None:
+                sink = RotatingFileSink(fifo, max_files=rotate[0], max_bytes=rotate[1])
+            else:
+                sink = FifoSink(fifo, on_fifo_open=lambda: self._keeper.hold(name, fifo))
             self._pump.add(_self_copy(name), console_path, sink, offset=offset, on_commit=commit)
 
     def _console_booted(self, name: str) -> None:

@@ -175,7 +175,9 @@ class DriverCore:
     # ---- node level ----------------------------------------------------------------------------
 
     def capabilities(self) -> Capabilities:
-        return Capabilities()
+        # log_collection = "driver": the keeper writes the task's log files, so Nomad starts no
+        # logmon process for the task (and no FIFO is made).
+        return Capabilities(disable_log_collection=self.config.driver_logs is not None)
 
     async def fingerprint_once(self) -> Fingerprint:
         try:

@@ -49,6 +49,9 @@ PLUGIN_SCHEMA = Schema(
             "vif_bridges": attr("vif_bridges", "list(string)", default=_P["vif_bridges"]),
             "max_vifs": attr("max_vifs", "number", default=_P["max_vifs"]),
             "max_click_config_bytes": attr("max_click_config_bytes", "number", default=_P["max_click_config_bytes"]),
+            "log_collection": attr("log_collection", "string", default=_P["log_collection"]),
+            "log_max_files": attr("log_max_files", "number", default=_P["log_max_files"]),
+            "log_max_file_size_mb": attr("log_max_file_size_mb", "number", default=_P["log_max_file_size_mb"]),
             "pool": block_map("pool", ("name",), POOL_SCHEMA),
         }
     )

@@ -42,6 +42,9 @@ each direction, answered in order on each connection:
   For a key already copied with the same ``P`` and ``L`` this is a no-op keeping the progress.
   Answer: ``{"ok": true, "offset": <where the copy stands>, "resumed": <False for the no-op>,
   "fifo_open": bool}``;
+* the same with ``"rotate": [N, B]``: ``P`` is ``<alloc>/alloc/logs/<task>.stdout`` and the copy
+  goes into Nomad's log files ``P.0``, ``P.1``, ... (at most ``B`` bytes each, the newest ``N``
+  kept) instead of a FIFO: the driver collects the task's logs itself (``log_collection = "driver"``);
 * ``{"op": "drain", "key": K, "timeout": T}``: answer once everything in the log was delivered
   (``{"ok": true, "caught_up": true, "offset": n}``) or ``T`` seconds passed (``caught_up`` false);
 * ``{"op": "release", "key": K}``: stop copying and close the FIFO (the task exited or was destroyed);
@@ -195,33 +198,51 @@ class Keeper:
             os.close(entry[1])
 
     # ------------------------------------------------------------ copy
-    async def copy(self, key: str, fifo: str, log_path: str, offset: int, offset_file: str | None) -> Message:
-        from xen_driver.xen.sinks import FifoSink
+    async def copy(
+        self,
+        key: str,
+        fifo: str,
+        log_path: str,
+        offset: int,
+        offset_file: str | None,
+        rotate: tuple[int, int] | None = None,
+    ) -> Message:
+        from xen_driver.xen.sinks import FifoSink, RotatingFileSink
 
         cur = self.copies.get(key)
         if cur is not None and cur.fifo == fifo and cur.log == log_path:
             # A restarted plugin re-adopting its task: our own progress stands.  (If Nomad made
             # the FIFO anew meanwhile, e.g. an agent restart, write into the new one from now on.)
-            sink = cur.stream.sink
-            assert isinstance(sink, FifoSink)
-            self._follow_new_fifo(sink, fifo)
-            return {"ok": True, "offset": cur.stream.offset, "resumed": False, "fifo_open": sink.is_open}
+            held = cur.stream.sink
+            if isinstance(held, FifoSink):
+                self._follow_new_fifo(held, fifo)
+                return {"ok": True, "offset": cur.stream.offset, "resumed": False, "fifo_open": held.is_open}
+            return {"ok": True, "offset": cur.stream.offset, "resumed": False, "fifo_open": False}
         if offset < 0:
             raise ValueError("offset must be >= 0")
-        try:
-            fd: int | None = FifoSink.open_fd(fifo)
-        except OSError as exc:
-            if exc.errno != errno.ENXIO:
-                raise  # missing FIFO, a symlink, ...: the plugin reports it
-            fd = None  # no reader yet: the sink retries until logmon opens it
+        fd: int | None = None
+        if rotate is None:
+            try:
+                fd = FifoSink.open_fd(fifo)
+            except OSError as exc:
+                if exc.errno != errno.ENXIO:
+                    raise  # missing FIFO, a symlink, ...: the plugin reports it
+                fd = None  # no reader yet: the sink retries until logmon opens it
+        elif not os.path.isdir(os.path.dirname(fifo)):
+            raise FileNotFoundError(errno.ENOENT, "no such log directory", os.path.dirname(fifo))
         if cur is not None:  # the same key with another FIFO or log: a new task under an old name
             await self._drop_copy(key)
         self._release_hold(key)  # our descriptor replaces a hold-only one
         recorded = read_offset(offset_file)
         start = recorded if recorded is not None else offset
-        sink = FifoSink(fifo)
-        if fd is not None:
-            sink.adopt(fd)
+        sink: FifoSink | RotatingFileSink
+        if rotate is not None:
+            # The driver collects the task's logs itself: Nomad's log files, no FIFO, no logmon.
+            sink = RotatingFileSink(fifo, max_files=rotate[0], max_bytes=rotate[1])
+        else:
+            sink = FifoSink(fifo)
+            if fd is not None:
+                sink.adopt(fd)
 
         def commit(pos: int) -> None:
             if offset_file and not write_offset(offset_file, pos):
@@ -266,7 +287,10 @@ class Keeper:
         """Let go of what nobody needs any more: FIFOs whose file was removed, consoles whose log
         was removed and delivered, and (``unattended``: no plugin connected for ``idle_exit_s``)
         copies into anything but a FIFO — no logmon reads those, and a plugin that comes back
-        sends them again, resuming from console.offset."""
+        sends them again, resuming from console.offset.  Copies into Nomad's log files (the
+        driver collects the logs) go on unattended, until their allocation's directory is gone."""
+        from xen_driver.xen.sinks import RotatingFileSink
+
         for key, (_path, held) in list(self.fds.items()):
             try:
                 gone = os.fstat(held).st_nlink == 0
@@ -277,14 +301,18 @@ class Keeper:
         for key, cur in list(self.copies.items()):
             stream = cur.stream
             fd: int | None = getattr(stream.sink, "fd", None)  # a FifoSink's descriptor (None while closed)
+            files = isinstance(stream.sink, RotatingFileSink)  # Nomad's log files, written by us
             try:
-                gone = os.fstat(fd).st_nlink == 0 if fd is not None else not os.path.lexists(cur.fifo)
+                if files:
+                    gone = not os.path.isdir(os.path.dirname(cur.fifo))  # the allocation was collected
+                else:
+                    gone = os.fstat(fd).st_nlink == 0 if fd is not None else not os.path.lexists(cur.fifo)
             except OSError:
                 gone = True
             # A console log that existed, was removed (the plugin cleans up a destroyed task's
             # files) and is fully delivered: nothing will ever come, even into /dev/null or a file.
             log_gone = stream.inode is not None and not os.path.exists(cur.log) and stream.caught_up
-            if gone or log_gone or (unattended and not _is_fifo(fd, cur.fifo)):
+            if gone or log_gone or (unattended and not files and not _is_fifo(fd, cur.fifo)):
                 await self._drop_copy(key)
 
     def keys(self) -> list[str]:
@@ -296,12 +324,14 @@ class Keeper:
         try:
             if op == "hold":
                 if req.get("log") is not None:
+                    rotate = req.get("rotate")
                     return await self.copy(
                         str(req["key"]),
                         str(req["path"]),
                         str(req["log"]),
                         int(req.get("offset") or 0),
                         str(req["offset_file"]) if req.get("offset_file") else None,
+                        None if rotate is None else (int(rotate[0]), int(rotate[1])),
                     )
                 self.hold(str(req["key"]), str(req["path"]))
                 return {"ok": True}

@@ -186,14 +186,31 @@ class FifoKeeperClient:
 
     # ------------------------------------------------------------ copy
     async def copy(
-        self, key: str, fifo: str, log_path: str, *, offset: int = 0, offset_file: str | None = None
+        self,
+        key: str,
+        fifo: str,
+        log_path: str,
+        *,
+        offset: int = 0,
+        offset_file: str | None = None,
+        rotate: tuple[int, int] | None = None,
     ) -> Message:
-        """Have the keeper copy ``log_path`` into ``fifo`` (see the keeper's ``hold`` with ``log``).
+        """Have the keeper copy ``log_path`` into ``fifo`` (see the keeper's ``hold`` with ``log``);
+        with ``rotate`` (max files, max bytes per file), into Nomad's log files ``<fifo>.<n>``.
 
         Returns the keeper's answer (``ok`` false with its ``error`` when it refused, e.g. the
         FIFO does not exist; that is logged here).  Raises ``OSError`` when no keeper answers.
         """
-        req = {"op": "hold", "key": key, "path": fifo, "log": log_path, "offset": offset, "offset_file": offset_file}
+        req: Message = {
+            "op": "hold",
+            "key": key,
+            "path": fifo,
+            "log": log_path,
+            "offset": offset,
+            "offset_file": offset_file,
+        }
+        if rotate is not None:
+            req["rotate"] = list(rotate)
         try:
             resp = await self.request(req)
         except (OSError, ValueError) as exc:
@@ -209,7 +226,10 @@ class FifoKeeperClient:
             log.warning("fifo keeper refused", error=resp.get("error"), op="hold", key=key, path=fifo)
             return resp
         self.copies[key] = req
-        self._hold_own(key, fifo)
+        if rotate is not None:
+            self._held[key] = -1  # log files, not a FIFO: no reader to keep from end-of-file
+        else:
+            self._hold_own(key, fifo)
         self._ensure_supervisor()
         return resp
 

@@ -1,4 +1,5 @@
-"""Where a guest's console bytes go: Nomad's stdout FIFO (:class:`FifoSink`), memory, nowhere.
+"""Where a guest's console bytes go: Nomad's stdout FIFO (:class:`FifoSink`), Nomad's log files
+(:class:`RotatingFileSink`), memory, nowhere.
 
 A sink's ``write`` delivers all of its bytes or raises; :class:`SinkUnavailable` means "not now,
 keep the bytes and retry" (no FIFO reader yet, the reader went away, the reader is not
@@ -118,6 +119,107 @@ class FifoSink:
             except BrokenPipeError:
                 self._reset()
                 raise SinkUnavailable(f"{self.path}: reader closed the FIFO") from None
+
+    def _reset(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+
+    async def close(self) -> None:
+        self._reset()
+
+
+class RotatingFileSink:
+    """Write Nomad's task log files directly, as its logmon would: ``<base>.0``, ``<base>.1``, ...
+
+    ``base`` is ``<alloc>/alloc/logs/<task>.stdout``; ``nomad alloc logs`` reads the files of that
+    name in index order.  Writing goes on in the highest index present (a successor resumes
+    there); a piece that would take the current file past ``max_bytes`` starts the next one, and
+    only the newest ``max_files`` are kept.  Used when the driver collects the logs itself
+    (``log_collection = "driver"``), so no logmon process runs per task.  The log directory is
+    inside the allocation, whose files a job can write: names are opened ``O_NOFOLLOW``, and a
+    symlink or anything but a plain file under a log name is refused, never written through.
+    """
+
+    def __init__(self, base: str | os.PathLike[str], *, max_files: int, max_bytes: int):
+        if max_files < 1 or max_bytes < 1:
+            raise ValueError("max_files and max_bytes must be at least 1")
+        self.base = os.fspath(base)
+        self.max_files = max_files
+        self.max_bytes = max_bytes
+        self._fd: int | None = None
+        self._index = 0
+        self._size = 0
+
+    @property
+    def directory(self) -> str:
+        return os.path.dirname(self.base)
+
+    @property
+    def fd(self) -> int | None:
+        return self._fd
+
+    @property
+    def current(self) -> str:
+        return f"{self.base}.{self._index}"
+
+    def indexes(self) -> list[int]:
+        """The indexes of the log files present, in order."""
+        prefix = os.path.basename(self.base) + "."
+        found = []
+        for entry in os.listdir(self.directory):
+            tail = entry[len(prefix) :] if entry.startswith(prefix) else ""
+            if tail.isdigit():
+                found.append(int(tail))
+        return sorted(found)
+
+    def _open_index(self, index: int) -> int:
+        path = f"{self.base}.{index}"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        except FileNotFoundError:
+            raise SinkUnavailable(f"{self.directory}: no such directory (the allocation is gone)") from None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise SinkUnavailable(f"{path}: is a symbolic link; console output is not written through it") from None
+            if exc.errno == errno.EISDIR:
+                raise SinkUnavailable(f"{path}: not a plain file; console output is not written into it") from None
+            raise
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise SinkUnavailable(f"{path}: not a plain file; console output is not written into it")
+        self._fd, self._index, self._size = fd, index, st.st_size
+        return fd
+
+    def _open(self) -> int:
+        if self._fd is not None:
+            return self._fd
+        try:
+            present = self.indexes()
+        except FileNotFoundError:
+            raise SinkUnavailable(f"{self.directory}: no such directory (the allocation is gone)") from None
+        return self._open_index(present[-1] if present else 0)
+
+    def _rotate(self) -> int:
+        self._reset()
+        fd = self._open_index(self._index + 1)
+        for index in self.indexes():
+            if index <= self._index - self.max_files:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(f"{self.base}.{index}")
+        return fd
+
+    async def write(self, data: bytes) -> None:
+        fd = self._open()
+        if self._size and self._size + len(data) > self.max_bytes:
+            fd = self._rotate()
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)  # a plain file takes it all, short of a full disk
+            view = view[n:]
+            self._size += n
 
     def _reset(self) -> None:
         if self._fd is not None:

@@ -192,3 +192,57 @@ async def _until(cond, what: str, timeout: float = 20.0) -> None:
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+async def test_driver_log_collection_writes_nomads_log_files_without_a_fifo(xl_host):
+    """``log_collection = "driver"``: Nomad starts no logmon and makes no FIFO; the guest's console
+    reaches ``<alloc>/alloc/logs/<task>.stdout.0`` (what ``nomad alloc logs`` reads), stderr is an
+    empty ``<task>.stderr.0``, and the files stay for Nomad after the task is gone."""
+    from dataclasses import replace
+
+    from xen_driver.driver.core import DriverCore
+
+    tmp_path, config, table = xl_host
+    config = replace(config, log_collection="driver", log_max_files=3, log_max_file_size_mb=1)
+    assert DriverCore(config).capabilities().disable_log_collection is True
+    assert DriverCore(replace(config, log_collection="nomad")).capabilities().disable_log_collection is False
+    logs = tmp_path / "alloc" / "alloc" / "logs"
+    logs.mkdir(parents=True)
+    spec = replace(
+        make_spec(tmp_path, boot_marker="booted"),
+        stdout_path=str(logs / ".web.stdout.fifo"),
+        stderr_path=str(logs / ".web.stderr.fifo"),
+    )
+    async with _running(config, table.root) as lc:
+        handle = await lc.start_task(spec)
+        stdout = logs / "web.stdout.0"
+        deadline = asyncio.get_running_loop().time() + 20
+        while b"booted" not in (stdout.read_bytes() if stdout.exists() else b""):
+            assert asyncio.get_running_loop().time() < deadline, sorted(p.name for p in logs.iterdir())
+            await asyncio.sleep(0.05)
+        assert (logs / "web.stderr.0").read_bytes() == b""
+        assert not (logs / ".web.stdout.fifo").exists() and not (logs / ".web.stderr.fifo").exists()
+        await lc.stop_task(handle.task_id, 5.0, "SIGTERM")
+        await asyncio.wait_for(lc.wait_task(handle.task_id), 10)
+        await lc.destroy_task(handle.task_id, False)
+    assert sorted(p.name for p in logs.iterdir()) == ["web.stderr.0", "web.stdout.0"]
+    assert table.snapshot() == {}
+
+
+async def test_driver_log_collection_honours_a_task_whose_logs_are_disabled(xl_host):
+    """``logs { disabled = true }``: Nomad names /dev/null for stdout and stderr; the driver writes
+    no log file anywhere (not into /dev, beside the "FIFO")."""
+    from dataclasses import replace
+
+    tmp_path, config, table = xl_host
+    config = replace(config, log_collection="driver")
+    logs = tmp_path / "alloc" / "alloc" / "logs"
+    logs.mkdir(parents=True)
+    spec = replace(make_spec(tmp_path, boot_marker="booted"), stdout_path=os.devnull, stderr_path=os.devnull)
+    async with _running(config, table.root) as lc:
+        handle = await lc.start_task(spec)
+        await lc.stop_task(handle.task_id, 5.0, "SIGTERM")
+        await asyncio.wait_for(lc.wait_task(handle.task_id), 10)
+        await lc.destroy_task(handle.task_id, False)
+    assert list(logs.iterdir()) == []
+    assert not any(Path("/dev").glob("web.std*"))

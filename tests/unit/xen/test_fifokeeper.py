@@ -534,3 +534,73 @@ def test_a_request_cancelled_mid_exchange_does_not_confuse_the_next(tmp_path):
             kill_keepers(sock)
 
     run(main())
+
+
+# ---------------------------------------------------------------------------- Nomad's log files
+
+
+def test_copy_into_nomads_log_files_rotates_resumes_and_goes_on_unattended(tmp_path):
+    """``rotate``: the driver collects the task's logs itself (no logmon): the keeper writes
+    ``<task>.stdout.<n>`` in the allocation's log directory, a new keeper resumes from the
+    recorded offset into the newest file, and with no plugin connected the copy goes on (Nomad
+    reads these files, nobody else does)."""
+
+    async def main() -> None:
+        logs, log, off = tmp_path / "alloc" / "logs", tmp_path / "guest-a.log", tmp_path / "console.offset"
+        logs.mkdir(parents=True)
+        base = logs / "web.stdout"
+        log.write_bytes(b"line 1\nline 2\n")
+        req = {**_copy_req("a", base, log, offset_file=off), "rotate": [2, 10]}
+        keeper = _keeper(tmp_path)
+        keeper.pump.start()
+        try:
+            resp = await keeper.answer(req)
+            assert resp == {"ok": True, "offset": 0, "resumed": True, "fifo_open": False}
+            await until(lambda: read_offset(str(off)) == 14)
+            await keeper.sweep(unattended=True)
+            assert keeper.keys() == ["a"]
+            again = await keeper.answer({**req, "offset": 0})
+            assert again["resumed"] is False and again["offset"] == 14
+        finally:
+            await keeper.pump.stop()
+        # A successor keeper (the first one died) resumes at the offset, into the newest file.
+        with open(log, "ab") as f:
+            f.write(b"line 3\n")
+        keeper = _keeper(tmp_path)
+        keeper.pump.start()
+        try:
+            assert (await keeper.answer(req))["offset"] == 14
+            await until(lambda: read_offset(str(off)) == 21)
+        finally:
+            await keeper.pump.stop()
+        text = b"".join(
+            (logs / f"web.stdout.{i}").read_bytes()
+            for i in sorted(int(p.name.rsplit(".", 1)[1]) for p in logs.iterdir())
+        )
+        assert text.endswith(b"line 3\n") and text.count(b"line 3\n") == 1
+        assert len(list(logs.iterdir())) <= 2  # at most max_files kept
+
+    run(main())
+
+
+def test_copy_into_log_files_refuses_a_missing_directory_and_ends_when_it_goes(tmp_path):
+    async def main() -> None:
+        logs, log = tmp_path / "alloc" / "logs", tmp_path / "guest-a.log"
+        log.write_bytes(b"x\n")
+        keeper = _keeper(tmp_path)
+        keeper.pump.start()
+        try:
+            refused = await keeper.answer({**_copy_req("a", logs / "web.stdout", log), "rotate": [3, 100]})
+            assert refused["ok"] is False and "ENOENT" in refused["error"]
+            logs.mkdir(parents=True)
+            assert (await keeper.answer({**_copy_req("a", logs / "web.stdout", log), "rotate": [3, 100]}))["ok"]
+            await until(lambda: (logs / "web.stdout.0").exists() and (logs / "web.stdout.0").read_bytes() == b"x\n")
+            for p in logs.iterdir():
+                p.unlink()
+            logs.rmdir()  # Nomad collected the allocation
+            await keeper.sweep()
+            assert keeper.keys() == []
+        finally:
+            await keeper.pump.stop()
+
+    run(main())

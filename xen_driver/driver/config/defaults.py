@@ -13,6 +13,10 @@ TASK = "task config"
 BACKENDS = ("xl", "libvirt")
 CLICKOS_LAYOUTS = ("cosmos", "clickos-ctl")
 ON_CRASH = ("destroy", "preserve", "coredump-destroy")
+#: Who writes a task's log files: Nomad's logmon (a process per task, reading the stdout FIFO the
+#: driver's keeper writes) or the driver's keeper itself (no logmon process; Nomad told so through
+#: the driver capability ``disable_log_collection``).
+LOG_COLLECTIONS = ("nomad", "driver")
 
 PLUGIN_DEFAULTS: dict[str, Any] = {
     "backend": "xl",
@@ -31,6 +35,11 @@ PLUGIN_DEFAULTS: dict[str, Any] = {
     "vif_bridges": ["xenbr0"],
     "max_vifs": 8,
     "max_click_config_bytes": 65536,
+    "log_collection": "nomad",
+    # Nomad's own defaults for a task's logs block (10 files of 10 MB): used when the driver
+    # writes the log files itself, since a task's logs block does not reach the driver.
+    "log_max_files": 10,
+    "log_max_file_size_mb": 10,
 }
 
 TASK_DEFAULTS: dict[str, Any] = {
@@ -55,3 +64,5 @@ MAX_CLICK_CONFIG_LIMIT = 512 * 1024
 MAX_BOOT_MARKER_LEN = 256
 #: Xen's MAX_GUEST_CMDLINE is 1024 bytes including the terminating NUL.
 MAX_CMDLINE_LEN = 1023
+MAX_LOG_FILES = 1000
+MAX_LOG_FILE_SIZE_MB = 10240

@@ -13,8 +13,11 @@ from typing import TYPE_CHECKING, Any
 from xen_driver.driver.config.defaults import (
     BACKENDS,
     CLICKOS_LAYOUTS,
+    LOG_COLLECTIONS,
     MAX_CLICK_CONFIG_LIMIT,
     MAX_FINGERPRINT_PERIOD,
+    MAX_LOG_FILE_SIZE_MB,
+    MAX_LOG_FILES,
     MAX_VIFS_LIMIT,
     MIN_FINGERPRINT_PERIOD,
     PLUGIN,
@@ -55,6 +58,9 @@ class PluginConfig:
     vif_bridges: tuple[str, ...] = tuple(PLUGIN_DEFAULTS["vif_bridges"])
     max_vifs: int = PLUGIN_DEFAULTS["max_vifs"]
     max_click_config_bytes: int = PLUGIN_DEFAULTS["max_click_config_bytes"]
+    log_collection: str = PLUGIN_DEFAULTS["log_collection"]
+    log_max_files: int = PLUGIN_DEFAULTS["log_max_files"]
+    log_max_file_size_mb: int = PLUGIN_DEFAULTS["log_max_file_size_mb"]
     #: Warm-pool profiles, ``pool "<name>" { ... }`` (xen_driver/driver/poolconfig.py).
     pools: tuple[PoolProfile, ...] = ()
 
@@ -99,8 +105,20 @@ class PluginConfig:
                 1,
                 MAX_CLICK_CONFIG_LIMIT,
             ),
+            log_collection=_choice(S, "log_collection", _get(data, "log_collection", PLUGIN_DEFAULTS), LOG_COLLECTIONS),
+            log_max_files=_integer(S, "log_max_files", _get(data, "log_max_files", PLUGIN_DEFAULTS), 1, MAX_LOG_FILES),
+            log_max_file_size_mb=_integer(
+                S, "log_max_file_size_mb", _get(data, "log_max_file_size_mb", PLUGIN_DEFAULTS), 1, MAX_LOG_FILE_SIZE_MB
+            ),
         )
         return _with_pools(config, data.get("pool"))
+
+    @property
+    def driver_logs(self) -> tuple[int, int] | None:
+        """(max files, max bytes per file) when the driver writes the task log files itself."""
+        if self.log_collection != "driver":
+            return None
+        return self.log_max_files, self.log_max_file_size_mb * 1024 * 1024
 
 
 def _with_pools(config: PluginConfig, raw: Any) -> PluginConfig:
