@@ -33,7 +33,26 @@ class ConsoleSink(Protocol):
     async def close(self) -> None: ...
 
 
-class FifoSink:
+class _DescriptorSink:
+    """A sink writing through one descriptor, opened on first use and closed by :meth:`close`."""
+
+    _fd: int | None = None
+
+    @property
+    def fd(self) -> int | None:
+        return self._fd
+
+    def _reset(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+
+    async def close(self) -> None:
+        self._reset()
+
+
+class FifoSink(_DescriptorSink):
     """Write to a FIFO (Nomad's ``.stdout.fifo``), a file or ``/dev/null`` without blocking.
 
     The FIFO is opened ``O_WRONLY|O_NONBLOCK``: with no reader that fails with ENXIO instead of
@@ -51,7 +70,7 @@ class FifoSink:
         self.path = os.fspath(path)
         self.write_timeout_s = write_timeout_s
         self.on_fifo_open = on_fifo_open  # called each time the FIFO is opened (it has a reader then)
-        self._fd: int | None = None
+        self._fd = None
 
     @staticmethod
     def open_fd(path: str) -> int:
@@ -63,10 +82,6 @@ class FifoSink:
     @property
     def is_open(self) -> bool:
         return self._fd is not None
-
-    @property
-    def fd(self) -> int | None:
-        return self._fd
 
     def adopt(self, fd: int) -> None:
         """Use ``fd`` (from :meth:`open_fd`) as the open descriptor, so whoever opened the FIFO
@@ -120,17 +135,8 @@ class FifoSink:
                 self._reset()
                 raise SinkUnavailable(f"{self.path}: reader closed the FIFO") from None
 
-    def _reset(self) -> None:
-        if self._fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-            self._fd = None
 
-    async def close(self) -> None:
-        self._reset()
-
-
-class RotatingFileSink:
+class RotatingFileSink(_DescriptorSink):
     """Write Nomad's task log files directly, as its logmon would: ``<base>.0``, ``<base>.1``, ...
 
     ``base`` is ``<alloc>/alloc/logs/<task>.stdout``; ``nomad alloc logs`` reads the files of that
@@ -148,17 +154,13 @@ class RotatingFileSink:
         self.base = os.fspath(base)
         self.max_files = max_files
         self.max_bytes = max_bytes
-        self._fd: int | None = None
+        self._fd = None
         self._index = 0
         self._size = 0
 
     @property
     def directory(self) -> str:
         return os.path.dirname(self.base)
-
-    @property
-    def fd(self) -> int | None:
-        return self._fd
 
     @property
     def current(self) -> str:
@@ -220,15 +222,6 @@ class RotatingFileSink:
             n = os.write(fd, view)  # a plain file takes it all, short of a full disk
             view = view[n:]
             self._size += n
-
-    def _reset(self) -> None:
-        if self._fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-            self._fd = None
-
-    async def close(self) -> None:
-        self._reset()
 
 
 class MemorySink:
