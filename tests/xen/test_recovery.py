@@ -565,10 +565,15 @@ def test_guest_destroyed_while_plugin_down_is_reported_and_restarted(backend, no
         nomad.start()
 
         def restarted():
+            # The allocation stays "running" through an in-place restart, and the server may
+            # get the client's Terminated and Restarting events after dom0 shows the new
+            # domain: wait for all three.
             alloc = nomad.alloc(victim_alloc)
             doms = xl_domains(testbed)
             fresh = [n for n in domain_of(doms, victim_alloc) if n != victim]
-            return (alloc, doms, fresh[0]) if alloc["ClientStatus"] == "running" and fresh else None
+            seen = {e["Type"] for e in nomad.task_events(alloc, TASK)}
+            done = alloc["ClientStatus"] == "running" and fresh and {"Terminated", "Restarting"} <= seen
+            return (alloc, doms, fresh[0]) if done else None
 
         alloc, after, fresh = nomad.wait_until(restarted, 300, "the destroyed guest's task to be restarted", every=3)
         events = events_text(nomad, alloc)
