@@ -68,14 +68,15 @@ class ConsoleAttachment(DomainPlanning):
         copied already).  The stderr FIFO, which nothing writes, gets its end-of-file now
         (:func:`~xen_driver.xen.sinks.end_unused_fifo`)."""
         rotate = self.config.driver_logs
-        if rotate is not None and not self._log_base(spec, "stdout").startswith("/"):
-            rotate = None  # the task's logs are disabled (Nomad gives /dev/null): nothing to write
+        logs = self._log_dir(spec) if rotate is not None else ""
+        if not logs:
+            rotate = None  # Nomad's logmon writes the files, or the task's logs are disabled
         if rotate is not None:
             # The driver collects the logs: Nomad's log files beside the FIFOs Nomad named (and,
             # with no logmon, never made); an empty stderr file, since a guest has one console.
-            fifo = self._log_base(spec, "stdout")
+            fifo = os.path.join(logs, f"{spec.name}.stdout")
             with contextlib.suppress(OSError):
-                os.close(os.open(self._log_base(spec, "stderr") + ".0", _NEW_LOG_FILE, 0o644))
+                os.close(os.open(os.path.join(logs, f"{spec.name}.stderr.0"), _NEW_LOG_FILE, 0o644))
         else:
             if spec.stderr_path and spec.stderr_path != os.devnull:
                 ending = asyncio.get_running_loop().create_task(
@@ -93,14 +94,14 @@ class ConsoleAttachment(DomainPlanning):
         job.add_done_callback(lambda j: handoffs.pop(name, None) if handoffs.get(name) is j else None)
 
     @staticmethod
-    def _log_base(spec: TaskSpec, stream: str) -> str:
-        """``<alloc>/alloc/logs/<task>.<stream>``, in the directory of the FIFOs Nomad named; ""
-        when the task's logs are disabled (``logs { disabled = true }``: Nomad names /dev/null)."""
+    def _log_dir(spec: TaskSpec) -> str:
+        """``<alloc>/alloc/logs``, the directory of the FIFOs Nomad named; "" when the task's logs
+        are disabled (``logs { disabled = true }``: Nomad names /dev/null)."""
         fifo = spec.stdout_path or ""
         if fifo == os.devnull:
             return ""
         logs = os.path.dirname(fifo) if os.path.isabs(fifo) else os.path.join(spec.alloc_dir, "alloc", "logs")
-        return os.path.join(logs, f"{spec.name}.{stream}") if os.path.isabs(logs) else ""
+        return logs if os.path.isabs(logs) else ""
 
     async def _hand_to_keeper(
         self,

@@ -162,10 +162,6 @@ class RotatingFileSink(_DescriptorSink):
     def directory(self) -> str:
         return os.path.dirname(self.base)
 
-    @property
-    def current(self) -> str:
-        return f"{self.base}.{self._index}"
-
     def indexes(self) -> list[int]:
         """The indexes of the log files present, in order."""
         prefix = os.path.basename(self.base) + "."
