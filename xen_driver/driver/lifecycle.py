@@ -99,7 +99,7 @@ class TaskLifecycle(StartSteps):
         self._xenstore: XenStore | None = None
         self._watcher: DomainWatcher | None = None
         self._pump = ConsolePump()
-        self._keeper = fifo_keeper or FifoKeeperClient(self._state_dir)
+        self._keeper = fifo_keeper or FifoKeeperClient(self._state_dir, announce_agent=True)
         #: Physical CPUs of the host (``xl info`` nr_cpus), to check ``cpus`` pinning against;
         #: None until known (then pinning is only checked for its syntax).
         self.host_cpus: int | None = None

@@ -172,6 +172,15 @@ class ConsolePump:
     def get(self, name: str) -> ConsoleStream:
         return self._streams[name]
 
+    def retry_now(self, name: str) -> None:
+        """Deliver ``name``'s undelivered bytes at the next pass, not after its sink back-off
+        (its sink can take them again, e.g. a hold was lifted)."""
+        stream = self._streams.get(name)
+        if stream is not None:
+            stream._retry_at, stream._backoff = 0.0, 0.1
+            self._dirty.add(name)
+            self._wake.set()
+
     def __contains__(self, name: object) -> bool:
         return name in self._streams
 

@@ -212,6 +212,11 @@ class ConsoleStream:
         return sent
 
     @property
+    def undelivered(self) -> int:
+        """Bytes read from the console log and not yet delivered to the sink."""
+        return len(self._pending) + len(self._orphan)
+
+    @property
     def caught_up(self) -> bool:
         """All bytes currently in the file were delivered."""
         try:

@@ -29,6 +29,10 @@ Guarantees (console bytes in the log, as seen by the FIFO's reader):
   delivered when the keeper died are lost: the offset file knows only the current file.)
 * **Both dead at once: as before, logmon sees end-of-file** and log collection stops for the
   task until Nomad restarts it; the console log file itself keeps every byte.
+* **Agent restart (stopped or SIGKILLed, then started): exactly once.**  The logmon processes of
+  the agent that exited lose what they read and had not yet written when the new agent replaces
+  them, so from the agent's exit until they are gone the keeper holds each console back
+  (:meth:`Keeper.agent_gone`; at most ``HOLD_MAX_S``).
 
 Protocol: a unix stream socket (``<state_dir>/fifo-keeper.sock``), one JSON object per line in
 each direction, answered in order on each connection:
@@ -48,7 +52,11 @@ each direction, answered in order on each connection:
 * ``{"op": "drain", "key": K, "timeout": T}``: answer once everything in the log was delivered
   (``{"ok": true, "caught_up": true, "offset": n}``) or ``T`` seconds passed (``caught_up`` false);
 * ``{"op": "release", "key": K}``: stop copying and close the FIFO (the task exited or was destroyed);
-* ``{"op": "keys"}``: the keys held or copied, for diagnostics, tests and the plugin's supervision.
+* ``{"op": "keys"}``: the keys held or copied, for diagnostics, tests and the plugin's supervision
+  (and ``"held"``: the copies held back across an agent restart, with their undelivered bytes).
+
+Any request may carry ``"agent": <pid>``, the Nomad agent the plugin runs under (its parent):
+the keeper watches it for the exit above.
 
 Answers are ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``.  A FIFO whose file was
 removed (Nomad garbage-collected the allocation while no plugin ran) is released on its own.
@@ -71,6 +79,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from xen_driver.xen.agentwatch import ExitWatch, Identity, fifo_readers, find_process, identity
+
 if TYPE_CHECKING:
     from xen_driver.xen.console import ConsolePump, ConsoleStream
 
@@ -86,6 +96,10 @@ SWEEP_S = 10.0
 #: to start a Python process), and how long before a keeper that did not appear is started again.
 CONNECT_TIMEOUT_S = 120.0
 RESPAWN_AFTER_S = 30.0
+#: The longest the keeper holds a task's console back from the FIFO readers a dead agent left
+#: (see :meth:`Keeper.agent_gone`); a reader still there by then (an agent that reattached to
+#: it) gets the bytes again.
+HOLD_MAX_S = 60.0
 #: Test hook (environment of the keeper): while the file it names exists, every commit waits
 #: after its write, and ``<file>.reached`` says one is waiting — the window a crash duplicates.
 COMMIT_GATE_ENV = "XEN_DRIVER_TEST_COMMIT_GATE"
@@ -158,6 +172,7 @@ class Keeper:
         sweep_s: float = SWEEP_S,
         pump: ConsolePump | None = None,
         gate: str | None = None,
+        hold_max_s: float = HOLD_MAX_S,
     ):
         from xen_driver.xen.console import ConsolePump
 
@@ -172,6 +187,14 @@ class Keeper:
         self.clients = 0
         self._idle_since = time.monotonic()
         self._alone_since = time.monotonic()  # since the last plugin disconnected
+        # The Nomad agent whose logmon processes read the FIFOs (announced by the plugin, its
+        # child), and the copies held back from the readers a dead agent left: key -> their pids.
+        self.hold_max_s = hold_max_s
+        self.agent_pid: int | None = None
+        self.agent_ident: Identity | None = None
+        self.agent_deaths = 0
+        self.holds: dict[str, set[int]] = {}
+        self._exits = ExitWatch()
 
     # ------------------------------------------------------------ hold only
     def hold(self, key: str, path: str) -> None:
@@ -268,14 +291,82 @@ class Keeper:
             except OSError:
                 sink._reset()  # no reader on the new one yet: the next write retries by path
 
+    # ------------------------------------------------------------ the agent
+    def note_agent(self, pid: int) -> None:
+        """Watch ``pid``, the Nomad agent running the plugin that asks, for its exit."""
+        if pid <= 1 or pid == self.agent_pid or pid == os.getpid():
+            return
+        ident = identity(pid)
+        if ident is None or not self._exits.watch(pid, self.agent_gone):
+            return
+        if self.agent_pid is not None:
+            self._exits.forget(self.agent_pid)
+        self.agent_pid, self.agent_ident = pid, ident
+
+    def agent_gone(self, pid: int) -> None:
+        """The agent exited: its logmon processes live on, orphaned, until the agent that comes
+        back connects to them and they exit, losing what they read and had not yet written
+        (see :mod:`xen_driver.xen.agentwatch`).  So each FIFO copy is held back from the readers
+        it has now until they have all exited (the next reader is the new agent's), or for at
+        most ``hold_max_s``.  The bytes wait in the console log; nothing is skipped."""
+        from xen_driver.xen.sinks import FifoSink
+
+        if pid != self.agent_pid:
+            return
+        self.agent_pid = None
+        self.agent_deaths += 1
+        fifos = {key: cur.fifo for key, cur in self.copies.items() if isinstance(cur.stream.sink, FifoSink)}
+        for key, pids in fifo_readers(fifos).items():
+            live = {p for p in pids if self._exits.watch(p, self._reader_gone)}
+            sink = self.copies[key].stream.sink
+            if live and isinstance(sink, FifoSink):
+                self.holds[key] = live
+                sink.held = f"held back from the readers the exited Nomad agent left (pids {sorted(live)})"
+        if self.holds:
+            asyncio.get_running_loop().call_later(self.hold_max_s, self._hold_expired, self.agent_deaths)
+
+    def _reader_gone(self, pid: int) -> None:
+        for key in [k for k, pids in self.holds.items() if pid in pids]:
+            self.holds[key].discard(pid)
+            if not self.holds[key]:
+                self.lift(key)
+
+    def _hold_expired(self, death: int) -> None:
+        if death == self.agent_deaths:
+            for key in list(self.holds):
+                self.lift(key)
+
+    def lift(self, key: str) -> None:
+        """End ``key``'s hold: its bytes go to whatever reads the FIFO now."""
+        pids = self.holds.pop(key, None)
+        if pids is None:
+            return
+        still = set().union(*self.holds.values()) if self.holds else set()
+        for pid in pids - still:
+            self._exits.forget(pid)
+        cur = self.copies.get(key)
+        if cur is not None:
+            cur.stream.sink.held = None  # type: ignore[attr-defined]
+            self.pump.retry_now(key)
+
+    def find_agent(self) -> None:
+        """After the agent exited, look for its successor (the same executable and command line,
+        as a supervisor starts it again) so that its exit is watched too."""
+        if self.agent_pid is None and self.agent_ident is not None and self.copies:
+            pid = find_process(self.agent_ident, exclude={os.getpid()})
+            if pid is not None:
+                self.note_agent(pid)
+
     async def drain(self, key: str, timeout_s: float) -> Message:
         cur = self.copies.get(key)
         if cur is None:
             return {"ok": False, "error": f"no console copy under {key!r}"}
+        self.lift(key)  # the guest is gone: its last lines go to whatever reads now
         caught_up = await self.pump.drain(key, timeout_s)
         return {"ok": True, "caught_up": caught_up, "offset": cur.stream.offset}
 
     async def _drop_copy(self, key: str) -> None:
+        self.lift(key)
         if self.copies.pop(key, None) is not None:
             await self.pump.remove(key)  # closes the sink: our write end of the FIFO
 
@@ -315,6 +406,10 @@ class Keeper:
             if gone or log_gone or (unattended and not files and not _is_fifo(fd, cur.fifo)):
                 await self._drop_copy(key)
 
+    def held(self) -> dict[str, int]:
+        """The copies held back (see :meth:`agent_gone`): key -> bytes read and not delivered."""
+        return {key: self.copies[key].stream.undelivered for key in self.holds if key in self.copies}
+
     def keys(self) -> list[str]:
         return sorted(set(self.fds) | set(self.copies))
 
@@ -322,6 +417,8 @@ class Keeper:
     async def answer(self, req: Message) -> Message:
         op = req.get("op")
         try:
+            if req.get("agent") is not None:
+                self.note_agent(int(req["agent"]))
             if op == "hold":
                 if req.get("log") is not None:
                     rotate = req.get("rotate")
@@ -341,7 +438,9 @@ class Keeper:
                 await self.release(str(req["key"]))
                 return {"ok": True}
             if op == "keys":
-                return {"ok": True, "keys": self.keys()}
+                if not self.holds:
+                    return {"ok": True, "keys": self.keys()}
+                return {"ok": True, "keys": self.keys(), "held": self.held()}
             return {"ok": False, "error": f"unknown op {op!r}"}
         except OSError as exc:
             return {"ok": False, "error": f"{errno.errorcode.get(exc.errno or 0, exc.errno)}: {exc.strerror}"}
@@ -377,6 +476,7 @@ class Keeper:
                     await asyncio.sleep(min(self.sweep_s, self.idle_exit_s))
                     alone = self.clients == 0 and time.monotonic() - self._alone_since >= self.idle_exit_s
                     await self.sweep(unattended=alone)
+                    self.find_agent()
                     if self.fds or self.copies or self.clients:
                         self._idle_since = time.monotonic()
                     elif time.monotonic() - self._idle_since >= self.idle_exit_s:
@@ -385,6 +485,7 @@ class Keeper:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.socket_path)
             await self.pump.stop()
+            self._exits.close()
         return 0
 
 

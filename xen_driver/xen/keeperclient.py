@@ -57,7 +57,9 @@ class FifoKeeperClient:
         idle_exit_s: float = IDLE_EXIT_S,
         supervise_s: float = SUPERVISE_S,
         env: dict[str, str] | None = None,
+        announce_agent: bool = False,
     ):
+        self.announce_agent = announce_agent  # tell the keeper our parent, the Nomad agent
         self.socket_path = str(Path(state_dir) / SOCKET_NAME)
         self.python = python
         self.idle_exit_s = idle_exit_s
@@ -212,7 +214,7 @@ class FifoKeeperClient:
         if rotate is not None:
             req["rotate"] = list(rotate)
         try:
-            resp = await self.request(req)
+            resp = await self.request(self._with_agent(req))
         except (OSError, ValueError) as exc:
             log.warning(
                 "fifo keeper unreachable; the plugin copies the console itself, "
@@ -232,6 +234,12 @@ class FifoKeeperClient:
             self._hold_own(key, fifo)
         self._ensure_supervisor()
         return resp
+
+    def _with_agent(self, req: Message) -> Message:
+        """``req`` saying which Nomad agent reads the FIFO: our parent, while we have one (see
+        the keeper's ``agent_gone``).  Copies into log files have no logmon to care about."""
+        agent = os.getppid() if self.announce_agent and "rotate" not in req else 1
+        return {**req, "agent": agent} if agent > 1 else req
 
     def _hold_own(self, key: str, fifo: str) -> None:
         """Our idle write descriptor on the FIFO (see the module's docstring); retried by the
@@ -323,7 +331,7 @@ class FifoKeeperClient:
             if req is None:
                 continue  # released meanwhile
             try:
-                again = await self.request(req)
+                again = await self.request(self._with_agent(req))
             except (OSError, ValueError):
                 return missing
             if not again.get("ok"):

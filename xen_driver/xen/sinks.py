@@ -70,6 +70,9 @@ class FifoSink(_DescriptorSink):
         self.path = os.fspath(path)
         self.write_timeout_s = write_timeout_s
         self.on_fifo_open = on_fifo_open  # called each time the FIFO is opened (it has a reader then)
+        #: While set, :meth:`write` takes nothing and says why (the keeper holds the bytes back
+        #: from a reader that is about to exit: see :mod:`xen_driver.xen.agentwatch`).
+        self.held: str | None = None
         self._fd = None
 
     @staticmethod
@@ -114,6 +117,8 @@ class FifoSink(_DescriptorSink):
             self.on_fifo_open()
 
     async def write(self, data: bytes) -> None:
+        if self.held is not None:
+            raise SinkUnavailable(f"{self.path}: {self.held}")
         fd = self._open()
         deadline = time.monotonic() + self.write_timeout_s
         view = memoryview(data)

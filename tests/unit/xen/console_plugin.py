@@ -5,7 +5,8 @@ the FIFO (``FifoKeeperClient.copy``) and do nothing else with it.
 ``--mode self``: what the plugin did before — copy the log into the FIFO itself with a
 ``ConsolePump`` and commit the offset to ``console.offset`` after each write.
 
-Either way it prints ``ready`` once the copy is set up and then waits to be killed.  With
+With ``--announce-agent`` (as the driver does) the keeper is told that this process's parent is
+the Nomad agent.  Either way it prints ``ready`` once the copy is set up and then waits to be killed.  With
 ``XEN_DRIVER_TEST_COMMIT_GATE`` in the environment, the copier (this process in ``self`` mode,
 the keeper it starts in ``keeper`` mode) stops after a write and before its commit while the gate
 file exists: the window in which a crash makes a successor copy the same bytes again.
@@ -23,7 +24,7 @@ async def main(args: argparse.Namespace) -> None:
     if args.mode == "keeper":
         from xen_driver.xen.keeperclient import FifoKeeperClient
 
-        client = FifoKeeperClient(args.state_dir, idle_exit_s=2.0)
+        client = FifoKeeperClient(args.state_dir, idle_exit_s=2.0, announce_agent=args.announce_agent)
         resp = await client.copy(args.key, args.fifo, args.log, offset=0, offset_file=args.offset_file)
         assert resp.get("ok"), resp
     else:
@@ -50,4 +51,5 @@ if __name__ == "__main__":
     ap.add_argument("--mode", choices=("keeper", "self"), required=True)
     for opt in ("--state-dir", "--key", "--fifo", "--log", "--offset-file"):
         ap.add_argument(opt, required=True)
+    ap.add_argument("--announce-agent", action="store_true", help="tell the keeper our parent is the Nomad agent")
     asyncio.run(main(ap.parse_args(sys.argv[1:])))
