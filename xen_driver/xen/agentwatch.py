@@ -113,7 +113,7 @@ class ExitWatch:
             return True
         try:
             fd = os.pidfd_open(pid)
-        except ProcessLookupError:
+        except OSError:  # gone already (ESRCH), or a kernel without pidfds (before Linux 5.3)
             return False
         self._fds[pid] = fd
 
