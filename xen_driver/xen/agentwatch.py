@@ -2,15 +2,16 @@
 
 Why the keeper needs this: Nomad's logmon buffers what it reads from a task's ``.stdout.fifo``
 and writes it into the log files every 100 ms.  When the agent dies (SIGKILL, or a plain stop),
-its logmon processes live on, orphaned; the agent that comes back does not reuse them: in Nomad
-1.6 the reattached logmon exits as the new agent connects to it, and the agent starts another.
-Whatever the old one had read and not yet written is lost at that moment.  So from the agent's
-death until the readers it left behind have exited, the keeper holds a task's console bytes
-back (they stay in the console log) instead of feeding a reader that is about to vanish; the
-new logmon gets them.  See :meth:`xen_driver.xen.fifokeeper.Keeper.agent_gone`.
+its logmon processes live on, orphaned.  The agent that comes back either replaces one (Nomad 1.6.3
+after a clean stop: the old logmon exits as the new agent connects to it, and whatever it had
+read and not yet written is lost) or reattaches to it (after a SIGKILL: logmon then closes its
+reader of the FIFO and opens a new one).  So from the agent's death until a reader it left
+closes the FIFO or exits, the keeper holds a task's console bytes back (they stay in the console
+log) instead of feeding a reader that may vanish.  See
+:meth:`xen_driver.xen.fifokeeper.Keeper.agent_gone`.
 
 Everything here reads ``/proc`` (Linux) and waits on process exits with pidfds, so an exit is
-seen at once, without polling.
+seen at once, without polling (the keeper watches the FIFOs' closes with inotify).
 """
 
 from __future__ import annotations

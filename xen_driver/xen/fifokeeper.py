@@ -29,10 +29,10 @@ Guarantees (console bytes in the log, as seen by the FIFO's reader):
   delivered when the keeper died are lost: the offset file knows only the current file.)
 * **Both dead at once: as before, logmon sees end-of-file** and log collection stops for the
   task until Nomad restarts it; the console log file itself keeps every byte.
-* **Agent restart (stopped or SIGKILLed, then started): exactly once.**  The logmon processes of
-  the agent that exited lose what they read and had not yet written when the new agent replaces
-  them, so from the agent's exit until they are gone the keeper holds each console back
-  (:meth:`Keeper.agent_gone`; at most ``HOLD_MAX_S``).
+* **Agent restart (stopped or SIGKILLed, then started): exactly once.**  A logmon process of the
+  agent that exited loses what it read and had not yet written if the new agent replaces it, so
+  from the agent's exit until each FIFO's old reader has closed it or exited, the keeper holds
+  that console back (:meth:`Keeper.agent_gone`; at most ``HOLD_MAX_S``).
 
 Protocol: a unix stream socket (``<state_dir>/fifo-keeper.sock``), one JSON object per line in
 each direction, answered in order on each connection:
@@ -53,7 +53,8 @@ each direction, answered in order on each connection:
   (``{"ok": true, "caught_up": true, "offset": n}``) or ``T`` seconds passed (``caught_up`` false);
 * ``{"op": "release", "key": K}``: stop copying and close the FIFO (the task exited or was destroyed);
 * ``{"op": "keys"}``: the keys held or copied, for diagnostics, tests and the plugin's supervision
-  (and ``"held"``: the copies held back across an agent restart, with their undelivered bytes).
+  (and, once an agent restart made the keeper hold copies back, ``"held"``: those held now, with
+  their undelivered bytes, and ``"hold_ends"``: how the holds ended so far, by reason).
 
 Any request may carry ``"agent": <pid>``, the Nomad agent the plugin runs under (its parent):
 the keeper watches it for the exit above.
@@ -80,6 +81,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from xen_driver.xen.agentwatch import ExitWatch, Identity, fifo_readers, find_process, identity
+from xen_driver.xen.inotify import IN_CLOSE_NOWRITE, Inotify
 
 if TYPE_CHECKING:
     from xen_driver.xen.console import ConsolePump, ConsoleStream
@@ -195,6 +197,9 @@ class Keeper:
         self.agent_deaths = 0
         self.holds: dict[str, set[int]] = {}
         self._exits = ExitWatch()
+        self._closes: Inotify | None = None  # reader closes of held FIFOs (IN_CLOSE_NOWRITE)
+        #: How the holds ended: "close", "exit", "expired", "drain" or "release" -> count.
+        self.hold_ends: dict[str, int] = {}
 
     # ------------------------------------------------------------ hold only
     def hold(self, key: str, path: str) -> None:
@@ -305,10 +310,12 @@ class Keeper:
 
     def agent_gone(self, pid: int) -> None:
         """The agent exited: its logmon processes live on, orphaned, until the agent that comes
-        back connects to them and they exit, losing what they read and had not yet written
-        (see :mod:`xen_driver.xen.agentwatch`).  So each FIFO copy is held back from the readers
-        it has now until they have all exited (the next reader is the new agent's), or for at
-        most ``hold_max_s``.  The bytes wait in the console log; nothing is skipped."""
+        back deals with them: it replaces one (which exits, losing what it read and had not yet
+        written) or reattaches to it (which then closes its reader of the FIFO and opens a new
+        one; see :mod:`xen_driver.xen.agentwatch`).  So each FIFO copy is held back from the
+        readers it has now until one of them closes the FIFO or exits (whoever reads it next was
+        set up by the new agent), or for at most ``hold_max_s``.  The bytes wait in the console
+        log; nothing is skipped."""
         from xen_driver.xen.sinks import FifoSink
 
         if pid != self.agent_pid:
@@ -323,27 +330,59 @@ class Keeper:
                 self.holds[key] = live
                 sink.held = f"held back from the readers the exited Nomad agent left (pids {sorted(live)})"
         if self.holds:
+            self._watch_closes()
             asyncio.get_running_loop().call_later(self.hold_max_s, self._hold_expired, self.agent_deaths)
+
+    def _watch_closes(self) -> None:
+        """Have a reader's close of a held FIFO end its hold (without inotify, only the readers'
+        exit or ``hold_max_s`` end one)."""
+        try:
+            if self._closes is None:
+                self._closes = Inotify()
+                asyncio.get_running_loop().add_reader(self._closes.fd, self._on_closes)
+            for key in self.holds:
+                directory = os.path.dirname(os.path.abspath(self.copies[key].fifo))
+                self._closes.add(directory, IN_CLOSE_NOWRITE)
+        except OSError:
+            pass
+
+    def _on_closes(self) -> None:
+        if self._closes is None:
+            return
+        closed = {os.path.join(d, name) for d, name, _mask in self._closes.read() if d is not None}
+        for key in [k for k in self.holds if k in self.copies and os.path.abspath(self.copies[k].fifo) in closed]:
+            self.lift(key, "close")
+
+    def _stop_closes(self) -> None:
+        if self._closes is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self._closes.fd)
+            self._closes.close()
+            self._closes = None
 
     def _reader_gone(self, pid: int) -> None:
         for key in [k for k, pids in self.holds.items() if pid in pids]:
             self.holds[key].discard(pid)
             if not self.holds[key]:
-                self.lift(key)
+                self.lift(key, "exit")
 
     def _hold_expired(self, death: int) -> None:
         if death == self.agent_deaths:
             for key in list(self.holds):
-                self.lift(key)
+                self.lift(key, "expired")
 
-    def lift(self, key: str) -> None:
-        """End ``key``'s hold: its bytes go to whatever reads the FIFO now."""
+    def lift(self, key: str, why: str) -> None:
+        """End ``key``'s hold (``why``: see :attr:`hold_ends`): its bytes go to whatever reads
+        the FIFO now."""
         pids = self.holds.pop(key, None)
         if pids is None:
             return
+        self.hold_ends[why] = self.hold_ends.get(why, 0) + 1
         still = set().union(*self.holds.values()) if self.holds else set()
         for pid in pids - still:
             self._exits.forget(pid)
+        if not self.holds:
+            self._stop_closes()
         cur = self.copies.get(key)
         if cur is not None:
             cur.stream.sink.held = None  # type: ignore[attr-defined]
@@ -361,12 +400,12 @@ class Keeper:
         cur = self.copies.get(key)
         if cur is None:
             return {"ok": False, "error": f"no console copy under {key!r}"}
-        self.lift(key)  # the guest is gone: its last lines go to whatever reads now
+        self.lift(key, "drain")  # the guest is gone: its last lines go to whatever reads now
         caught_up = await self.pump.drain(key, timeout_s)
         return {"ok": True, "caught_up": caught_up, "offset": cur.stream.offset}
 
     async def _drop_copy(self, key: str) -> None:
-        self.lift(key)
+        self.lift(key, "release")
         if self.copies.pop(key, None) is not None:
             await self.pump.remove(key)  # closes the sink: our write end of the FIFO
 
@@ -438,9 +477,9 @@ class Keeper:
                 await self.release(str(req["key"]))
                 return {"ok": True}
             if op == "keys":
-                if not self.holds:
+                if not self.holds and not self.hold_ends:
                     return {"ok": True, "keys": self.keys()}
-                return {"ok": True, "keys": self.keys(), "held": self.held()}
+                return {"ok": True, "keys": self.keys(), "held": self.held(), "hold_ends": self.hold_ends}
             return {"ok": False, "error": f"unknown op {op!r}"}
         except OSError as exc:
             return {"ok": False, "error": f"{errno.errorcode.get(exc.errno or 0, exc.errno)}: {exc.strerror}"}
@@ -486,6 +525,7 @@ class Keeper:
                 os.unlink(self.socket_path)
             await self.pump.stop()
             self._exits.close()
+            self._stop_closes()
         return 0
 
 

@@ -8,7 +8,7 @@ import os
 import struct
 
 # inotify(7): the events that can mean "this file has new bytes, or is another file now".
-IN_MODIFY, IN_ATTRIB, IN_CLOSE_WRITE = 0x2, 0x4, 0x8
+IN_MODIFY, IN_ATTRIB, IN_CLOSE_WRITE, IN_CLOSE_NOWRITE = 0x2, 0x4, 0x8, 0x10
 IN_MOVED_FROM, IN_MOVED_TO, IN_CREATE, IN_DELETE = 0x40, 0x80, 0x100, 0x200
 IN_DELETE_SELF, IN_MOVE_SELF, IN_Q_OVERFLOW, IN_IGNORED = 0x400, 0x800, 0x4000, 0x8000
 IN_NONBLOCK, IN_CLOEXEC = os.O_NONBLOCK, os.O_CLOEXEC
@@ -49,8 +49,10 @@ class Inotify:
         self.fd = fd
         self._dirs: dict[int, str] = {}
 
-    def add(self, directory: str) -> int:
-        wd = int(self._add(self.fd, os.fsencode(directory), _WATCH_MASK))
+    def add(self, directory: str, mask: int = _WATCH_MASK) -> int:
+        """Watch ``directory`` for ``mask`` (by default: a file in it has new bytes, or is
+        another file now)."""
+        wd = int(self._add(self.fd, os.fsencode(directory), mask))
         if wd < 0:
             err = ctypes.get_errno()
             raise OSError(err, f"inotify_add_watch {directory}: {os.strerror(err)}")

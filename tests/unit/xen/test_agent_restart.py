@@ -15,49 +15,58 @@ buffer, the way a logmon killed within 100 ms of a read loses it.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.unit.xen.test_fifokeeper import gone, keeper_pids, kill_keepers, until
+from tests.unit.xen.test_fifokeeper import end_process, gone, kill_keepers, until
 from xen_driver.xen.agentwatch import ExitWatch, fifo_readers, find_process, identity
 from xen_driver.xen.console import ConsolePump
 from xen_driver.xen.fifokeeper import SOCKET_NAME, Keeper
+from xen_driver.xen.keeperclient import FifoKeeperClient
 
 REPO = Path(__file__).resolve().parents[3]
+pytestmark = pytest.mark.usefixtures("no_leftover_keepers")
 
 #: A FIFO reader like logmon: opens the FIFO (blocking until a writer appears), says "reading",
-#: counts what it read in <status>, and writes it into <out> on SIGUSR1 or at once ("now").
+#: counts what it read in <status>, and writes it into <out> on SIGUSR1 or at once ("now").  On
+#: SIGUSR2 it closes the FIFO and opens it again, as logmon does when an agent reattaches to it.
 READER = r"""
 import os, signal, sys
 fifo, out, status, mode = sys.argv[1:5]
 buf = bytearray()
+class Reopen(Exception):
+    pass
 def flush(*_):
     with open(out, "ab") as f:
         f.write(buf)
     buf.clear()
+def reopen(*_):
+    raise Reopen
 signal.signal(signal.SIGUSR1, flush)
-fd = os.open(fifo, os.O_RDONLY)
-print("reading", flush=True)
+signal.signal(signal.SIGUSR2, reopen)
 total = 0
 while True:
-    data = os.read(fd, 65536)
-    if not data:
+    fd = os.open(fifo, os.O_RDONLY)
+    print("reading", flush=True)
+    try:
+        while data := os.read(fd, 65536):
+            buf += data
+            total += len(data)
+            with open(status + ".tmp", "w") as f:
+                f.write(str(total))
+            os.replace(status + ".tmp", status)
+            if mode == "now":
+                flush()
         break
-    buf += data
-    total += len(data)
-    with open(status + ".tmp", "w") as f:
-        f.write(str(total))
-    os.replace(status + ".tmp", status)
-    if mode == "now":
-        flush()
+    except Reopen:
+        os.close(fd)
 flush()
 """
 
@@ -74,13 +83,16 @@ class Procs:
     """Every process a test starts, killed at the end."""
 
     def __init__(self) -> None:
-        self.pids: list[int] = []
+        self.pids: list[int] = []  # started by others (a plugin the agent started)
         self.popens: list[subprocess.Popen[bytes]] = []
 
     def start(self, argv: list[str], **kw) -> subprocess.Popen[bytes]:  # type: ignore[no-untyped-def]
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, cwd=REPO, **kw)
         self.popens.append(proc)
         return proc
+
+    def sleeper(self) -> subprocess.Popen[bytes]:
+        return self.start([sys.executable, "-c", "import time; time.sleep(3600)"])
 
     def close(self) -> None:
         for pid in self.pids:
@@ -89,14 +101,17 @@ class Procs:
             except ProcessLookupError:
                 pass
         for proc in self.popens:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.close()
+            end_process(proc)
         deadline = time.monotonic() + 10
         while not all(gone(p) for p in self.pids) and time.monotonic() < deadline:
             time.sleep(0.02)
+
+
+@pytest.fixture
+def procs() -> Iterator[Procs]:
+    p = Procs()
+    yield p
+    p.close()
 
 
 class Reader:
@@ -119,77 +134,59 @@ class Reader:
         return self.out.read_bytes() if self.out.exists() else b""
 
 
-def keys_answer(sock: str) -> dict:
-    with socket.socket(socket.AF_UNIX) as s:
-        s.settimeout(10)
-        s.connect(sock)
-        s.sendall(b'{"op": "keys"}\n')
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    return json.loads(data)
-
-
-def test_a_line_read_by_a_dead_agents_logmon_is_not_lost(tmp_path: Path) -> None:
+async def test_a_line_read_by_a_dead_agents_logmon_is_not_lost(tmp_path: Path, procs: Procs) -> None:
     """Agent SIGKILL, a line printed, the old logmon killed with its buffer, a new one started:
     every line reaches the log files exactly once."""
+    fifo, log = tmp_path / "t.stdout.fifo", tmp_path / "guest-t.log"
+    os.mkfifo(fifo)
+    log.write_bytes(b"line 1\n")
+    keeper = FifoKeeperClient(tmp_path)  # the test's own connection, to ask what the keeper holds
 
-    async def main() -> None:
-        procs = Procs()
-        fifo, log, sock = tmp_path / "t.stdout.fifo", tmp_path / "guest-t.log", str(tmp_path / SOCKET_NAME)
-        os.mkfifo(fifo)
-        log.write_bytes(b"line 1\n")
+    async def held(what: str = "held") -> dict[str, int]:
+        return (await keeper.request({"op": "keys"}, spawn=False)).get(what) or {}
+
+    try:
+        old = Reader(procs, fifo, tmp_path / "out.0", "on-signal")  # logmon, before the task starts
+        plugin = [sys.executable, "-m", "tests.unit.xen.console_plugin", "--mode", "keeper", "--announce-agent"]
+        plugin += ["--state-dir", str(tmp_path), "--key", "t", "--fifo", str(fifo), "--log", str(log)]
+        plugin += ["--offset-file", str(tmp_path / "console.offset")]
+        agent = procs.start([sys.executable, "-c", AGENT, *plugin], env=dict(os.environ, PYTHONPATH=str(REPO)))
+        assert agent.stdout is not None
+        procs.pids.append(int(await asyncio.to_thread(agent.stdout.readline)))
+        assert (await asyncio.to_thread(agent.stdout.readline)).strip() == b"ready"
+        await old.reading()
+        await until(lambda: old.received() == 7, timeout=20)
+        os.kill(old.proc.pid, signal.SIGUSR1)  # logmon's periodic flush
+        await until(lambda: old.written() == b"line 1\n", timeout=20)
+
+        agent.kill()  # the agent dies; its plugin and its logmon live on
+        agent.wait()
+        with open(log, "ab") as f:
+            f.write(b"line 2\n")  # the guest prints meanwhile
+        # Taken by the old logmon (and lost with it), or held back by the keeper:
+        deadline = time.monotonic() + 20
+        while old.received() < 14 and (await held()).get("t", 0) < 7:
+            assert time.monotonic() < deadline, "line 2 was neither delivered nor held back"
+            await asyncio.sleep(0.02)
+        old.proc.kill()  # the new agent connects to the old logmon: it exits, unflushed
+        old.proc.wait()
+        new = Reader(procs, fifo, tmp_path / "out.1", "now")  # and starts a new one
+        await new.reading()
+        with open(log, "ab") as f:
+            f.write(b"line 3\n")
+        want = b"line 1\nline 2\nline 3\n"
         try:
-            old = Reader(procs, fifo, tmp_path / "out.0", "on-signal")  # logmon, before the task starts
-            plugin = [sys.executable, "-m", "tests.unit.xen.console_plugin", "--mode", "keeper", "--announce-agent"]
-            plugin += ["--state-dir", str(tmp_path), "--key", "t", "--fifo", str(fifo), "--log", str(log)]
-            plugin += ["--offset-file", str(tmp_path / "console.offset")]
-            env = dict(os.environ, PYTHONPATH=str(REPO))
-            agent = procs.start([sys.executable, "-c", AGENT, *plugin], env=env)
-            assert agent.stdout is not None
-            procs.pids.append(int(await asyncio.to_thread(agent.stdout.readline)))
-            assert (await asyncio.to_thread(agent.stdout.readline)).strip() == b"ready"
-            await old.reading()
-            await until(lambda: old.received() == 7, timeout=20)
-            os.kill(old.proc.pid, signal.SIGUSR1)  # logmon's periodic flush
-            await until(lambda: old.written() == b"line 1\n", timeout=20)
-
-            agent.kill()  # the agent dies; its plugin and its logmon live on
-            agent.wait()
-            with open(log, "ab") as f:
-                f.write(b"line 2\n")  # the guest prints meanwhile
-
-            def taken() -> bool:  # by the old logmon (and lost with it) or held back by the keeper
-                return old.received() == 14 or keys_answer(sock).get("held", {}).get("t", 0) >= 7
-
-            await until(taken, timeout=20)
-            old.proc.kill()  # the new agent connects to the old logmon: it exits, unflushed
-            old.proc.wait()
-            new = Reader(procs, fifo, tmp_path / "out.1", "now")  # and starts a new one
-            await new.reading()
-            with open(log, "ab") as f:
-                f.write(b"line 3\n")
-            want = b"line 1\nline 2\nline 3\n"
-            try:
-                await until(lambda: len(old.written() + new.written()) >= len(want), timeout=20)
-            finally:
-                assert old.written() + new.written() == want
-            assert keys_answer(sock).get("held") is None  # the hold ended with the old reader
+            await until(lambda: len(old.written() + new.written()) >= len(want), timeout=20)
         finally:
-            procs.close()
-            kill_keepers(sock)
-
-    asyncio.run(asyncio.wait_for(main(), 90))
+            assert old.written() + new.written() == want
+        assert await held() == {}  # the hold ended with the old reader: its close or its exit
+        assert sum((await held("hold_ends")).values()) == 1 and "expired" not in await held("hold_ends")
+    finally:
+        await keeper.close()
+        kill_keepers(str(tmp_path / SOCKET_NAME))
 
 
 # ---------------------------------------------------------------------------- the keeper's parts
-
-
-def _sleeper(procs: Procs) -> subprocess.Popen[bytes]:
-    return procs.start([sys.executable, "-c", "import time; time.sleep(3600)"])
 
 
 async def _held_copy(tmp_path: Path, procs: Procs, hold_max_s: float) -> tuple[Keeper, Reader, float]:
@@ -201,7 +198,7 @@ async def _held_copy(tmp_path: Path, procs: Procs, hold_max_s: float) -> tuple[K
     reader = Reader(procs, fifo, tmp_path / "out", "now")
     keeper = Keeper(str(tmp_path / "k.sock"), pump=ConsolePump(tick_s=0.02), hold_max_s=hold_max_s)
     keeper.pump.start()
-    agent = _sleeper(procs)
+    agent = procs.sleeper()
     await until(lambda: identity(agent.pid) is not None)  # its command line is set once exec is done
     req = {"op": "hold", "key": "t", "path": str(fifo), "log": str(log), "offset": 0, "agent": agent.pid}
     assert (await keeper.answer(req))["ok"]
@@ -219,105 +216,75 @@ async def _held_copy(tmp_path: Path, procs: Procs, hold_max_s: float) -> tuple[K
     return keeper, reader, killed
 
 
-def test_a_hold_ends_after_hold_max_when_the_old_reader_stays(tmp_path: Path) -> None:
+async def test_a_hold_ends_after_hold_max_when_the_old_reader_stays(tmp_path: Path, procs: Procs) -> None:
     """An agent that reattached to its logmon: the reader never exits, and gets the bytes late."""
-
-    async def main() -> None:
-        procs = Procs()
-        try:
-            keeper, reader, killed = await _held_copy(tmp_path, procs, hold_max_s=0.5)
-            await until(lambda: reader.written() == b"line 1\nline 2\n")
-            assert keeper.holds == {}
-            assert time.monotonic() - killed >= 0.5  # not before the hold expired
-            await keeper.pump.stop()
-        finally:
-            procs.close()
-
-    asyncio.run(asyncio.wait_for(main(), 60))
+    keeper, reader, killed = await _held_copy(tmp_path, procs, hold_max_s=0.5)
+    await until(lambda: reader.written() == b"line 1\nline 2\n")
+    assert keeper.holds == {} and keeper.hold_ends == {"expired": 1}
+    assert time.monotonic() - killed >= 0.5  # not before the hold expired
+    await keeper.pump.stop()
 
 
-def test_drain_ends_the_hold_so_an_exited_guests_last_lines_are_delivered(tmp_path: Path) -> None:
-    async def main() -> None:
-        procs = Procs()
-        try:
-            keeper, reader, _ = await _held_copy(tmp_path, procs, hold_max_s=3600)
-            assert (await keeper.answer({"op": "drain", "key": "t", "timeout": 10}))["caught_up"]
-            await until(lambda: reader.written() == b"line 1\nline 2\n")
-            assert keeper.holds == {}
-            await keeper.pump.stop()
-        finally:
-            procs.close()
+async def test_a_hold_ends_when_the_old_reader_reopens_the_fifo(tmp_path: Path, procs: Procs) -> None:
+    """An agent that reattached to its logmon (Nomad 1.6.3 after an agent SIGKILL): logmon closes
+    its reader of the FIFO and opens a new one, in the same process.  The close ends the hold."""
+    keeper, reader, _ = await _held_copy(tmp_path, procs, hold_max_s=3600)
+    assert keeper._closes is not None
+    os.kill(reader.proc.pid, signal.SIGUSR2)
+    await reader.reading()
+    await until(lambda: reader.written() == b"line 1\nline 2\n")
+    assert keeper.holds == {} and keeper._closes is None and keeper.hold_ends == {"close": 1}
+    assert reader.proc.poll() is None  # the same reader, going on
+    await keeper.pump.stop()
+    keeper._exits.close()
 
-    asyncio.run(asyncio.wait_for(main(), 60))
+
+async def test_drain_ends_the_hold_so_an_exited_guests_last_lines_are_delivered(tmp_path: Path, procs: Procs) -> None:
+    keeper, reader, _ = await _held_copy(tmp_path, procs, hold_max_s=3600)
+    assert (await keeper.answer({"op": "drain", "key": "t", "timeout": 10}))["caught_up"]
+    await until(lambda: reader.written() == b"line 1\nline 2\n")
+    assert keeper.holds == {} and keeper.hold_ends == {"drain": 1}
+    await keeper.pump.stop()
 
 
-def test_the_keeper_watches_the_agent_started_again(tmp_path: Path) -> None:
+async def test_the_keeper_watches_the_agent_started_again(tmp_path: Path, procs: Procs) -> None:
     """The agent's successor (same executable, same command line) is found and watched, so a
     plugin that outlived the agent (its parent is gone) does not leave the next exit unseen."""
-
-    async def main() -> None:
-        procs = Procs()
-        try:
-            keeper, reader, _ = await _held_copy(tmp_path, procs, hold_max_s=3600)
-            successor = _sleeper(procs)
-            await until(lambda: identity(successor.pid) is not None)
-            keeper.find_agent()
-            assert keeper.agent_pid == successor.pid
-            reader.proc.kill()  # the old logmon exits: the copy goes on
-            await until(lambda: keeper.holds == {})
-            assert not keeper._exits.watching(reader.proc.pid)
-            await keeper.pump.stop()
-            keeper._exits.close()
-        finally:
-            procs.close()
-
-    asyncio.run(asyncio.wait_for(main(), 60))
+    keeper, reader, _ = await _held_copy(tmp_path, procs, hold_max_s=3600)
+    successor = procs.sleeper()
+    await until(lambda: identity(successor.pid) is not None)
+    keeper.find_agent()
+    assert keeper.agent_pid == successor.pid
+    reader.proc.kill()  # the old logmon exits: the copy goes on
+    await until(lambda: keeper.holds == {})
+    assert not keeper._exits.watching(reader.proc.pid)
+    await keeper.pump.stop()
+    keeper._exits.close()
 
 
-def test_fifo_readers_are_the_processes_that_opened_it_for_reading(tmp_path: Path) -> None:
-    async def main() -> None:
-        procs = Procs()
-        fifo, other = tmp_path / "a.fifo", tmp_path / "b.fifo"
-        os.mkfifo(fifo)
-        os.mkfifo(other)
-        try:
-            reader = Reader(procs, fifo, tmp_path / "out", "now")
-            wfd = os.open(fifo, os.O_WRONLY)  # this process writes: not a reader (nor excluded)
-            await reader.reading()
-            found = fifo_readers({"a": str(fifo), "b": str(other), "c": str(tmp_path / "none")}, exclude=set())
-            assert found == {"a": {reader.proc.pid}, "b": set(), "c": set()}
-            os.close(wfd)
-        finally:
-            procs.close()
-
-    asyncio.run(asyncio.wait_for(main(), 30))
+async def test_fifo_readers_are_the_processes_that_opened_it_for_reading(tmp_path: Path, procs: Procs) -> None:
+    fifo, other = tmp_path / "a.fifo", tmp_path / "b.fifo"
+    os.mkfifo(fifo)
+    os.mkfifo(other)
+    reader = Reader(procs, fifo, tmp_path / "out", "now")
+    wfd = os.open(fifo, os.O_WRONLY)  # this process writes: not a reader (nor excluded)
+    try:
+        await reader.reading()
+        found = fifo_readers({"a": str(fifo), "b": str(other), "c": str(tmp_path / "none")}, exclude=set())
+        assert found == {"a": {reader.proc.pid}, "b": set(), "c": set()}
+    finally:
+        os.close(wfd)
 
 
-def test_exit_watch_fires_once_per_process_and_not_for_the_gone(tmp_path: Path) -> None:
-    async def main() -> None:
-        procs = Procs()
-        try:
-            proc = _sleeper(procs)
-            seen: list[int] = []
-            watch = ExitWatch()
-            assert watch.watch(proc.pid, seen.append)
-            proc.kill()
-            proc.wait()  # reaped: the pid is gone
-            await until(lambda: seen == [proc.pid])
-            assert not watch.watching(proc.pid)
-            assert not watch.watch(proc.pid, seen.append)  # gone already: no watch, no call
-            assert find_process(("/nonexistent", b"x\0")) is None
-            watch.close()
-        finally:
-            procs.close()
-
-    asyncio.run(asyncio.wait_for(main(), 30))
-
-
-@pytest.fixture(autouse=True)
-def _no_leftover_keepers(tmp_path: Path):  # type: ignore[no-untyped-def]
-    yield
-    deadline = time.monotonic() + 5
-    while keeper_pids(str(tmp_path / SOCKET_NAME)) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert keeper_pids(str(tmp_path / SOCKET_NAME)) == []
+async def test_exit_watch_fires_once_per_process_and_not_for_the_gone(procs: Procs) -> None:
+    proc = procs.sleeper()
+    seen: list[int] = []
+    watch = ExitWatch()
+    assert watch.watch(proc.pid, seen.append)
+    proc.kill()
+    proc.wait()  # reaped: the pid is gone
+    await until(lambda: seen == [proc.pid])
+    assert not watch.watching(proc.pid)
+    assert not watch.watch(proc.pid, seen.append)  # gone already: no watch, no call
+    assert find_process(("/nonexistent", b"x\0")) is None
+    watch.close()

@@ -17,16 +17,16 @@ import asyncio
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.unit.xen.test_fifokeeper import _read_all, gone, keeper_pids, kill_keepers, until
+from tests.unit.xen.test_fifokeeper import _read_all, end_process, gone, keeper_pids, kill_keepers, until
 from xen_driver.xen.fifokeeper import COMMIT_GATE_ENV, SOCKET_NAME, read_offset
 from xen_driver.xen.keeperclient import FifoKeeperClient
 
 REPO = Path(__file__).resolve().parents[3]
+pytestmark = pytest.mark.usefixtures("no_leftover_keepers")
 
 
 class Task:
@@ -85,11 +85,7 @@ class Task:
 
     def close(self) -> None:
         for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.close()
+            end_process(proc)
         kill_keepers(self.socket)
         os.close(self.rfd)
 
@@ -162,12 +158,3 @@ def test_keeper_killed_in_the_window_repeats_at_most_that_piece(tmp_path: Path) 
 
     got = asyncio.run(asyncio.wait_for(main(), 60))
     assert got == b"committed\nin flight\nin flight\n"
-
-
-@pytest.fixture(autouse=True)
-def _no_leftover_keepers(tmp_path: Path):  # type: ignore[no-untyped-def]
-    yield
-    deadline = time.monotonic() + 5
-    while keeper_pids(str(tmp_path / SOCKET_NAME)) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert keeper_pids(str(tmp_path / SOCKET_NAME)) == []

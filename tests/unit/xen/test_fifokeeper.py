@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -402,6 +403,15 @@ def gone(pid: int) -> bool:
         return True
 
 
+def end_process(proc: subprocess.Popen[bytes]) -> None:
+    """Kill ``proc`` if it still runs, reap it and close its stdout pipe."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
 def kill_keepers(socket_path: str) -> None:
     for pid in keeper_pids(socket_path):
         try:
@@ -579,6 +589,41 @@ def test_copy_into_nomads_log_files_rotates_resumes_and_goes_on_unattended(tmp_p
         )
         assert text.endswith(b"line 3\n") and text.count(b"line 3\n") == 1
         assert len(list(logs.iterdir())) <= 2  # at most max_files kept
+
+    run(main())
+
+
+def test_switching_to_driver_logs_goes_on_in_logmons_files_exactly_once(tmp_path):
+    """The operator sets ``log_collection = "driver"`` and restarts the agent: the recovered task's
+    copy request names Nomad's log files instead of the FIFO.  The keeper stops writing the FIFO
+    and resumes from the recorded offset in the newest file logmon wrote, so the task's log goes
+    on in the same file, without a gap or a repeat."""
+
+    async def main() -> None:
+        logs, log, off = tmp_path / "alloc" / "logs", tmp_path / "guest-a.log", tmp_path / "console.offset"
+        logs.mkdir(parents=True)
+        fifo = logs / ".web.stdout.fifo"
+        os.mkfifo(fifo)
+        log.write_bytes(b"line 1\nline 2\n")
+        rfd = _reader(fifo)
+        keeper = _keeper(tmp_path)
+        keeper.pump.start()
+        try:
+            assert (await keeper.answer(_copy_req("a", fifo, log, offset_file=off)))["ok"]
+            await until(lambda: read_offset(str(off)) == 14)
+            (logs / "web.stdout.0").write_bytes(_read_all(rfd))  # what logmon wrote
+            with open(log, "ab") as f:
+                f.write(b"line 3\n")  # printed while the agent restarts
+            switched = {**_copy_req("a", logs / "web.stdout", log, offset_file=off), "rotate": [10, 1 << 20]}
+            resp = await keeper.answer(switched)
+            assert resp["ok"] and resp["offset"] == 14 and resp["resumed"], resp
+            await until(lambda: read_offset(str(off)) == 21)
+            assert _eof(rfd)  # the FIFO was let go: logmon's copy ends
+            assert sorted(p.name for p in logs.iterdir()) == [".web.stdout.fifo", "web.stdout.0"]
+            assert (logs / "web.stdout.0").read_bytes() == b"line 1\nline 2\nline 3\n"
+        finally:
+            await keeper.pump.stop()
+            os.close(rfd)
 
     run(main())
 
