@@ -285,7 +285,10 @@ class TaskLifecycle(StartSteps):
     async def recover_task(self, recovered: RecoveredTask) -> None:
         spec = recovered.spec
         if spec.id in self._tasks:
-            return  # already adopted: recovery is idempotent
+            # Already adopted (the agent restarted; this plugin did not): recovery is idempotent.
+            # The keeper may hold the console back from the logmon the old agent left.
+            self._keeper.recovered(self._tasks[spec.id].state.domain_name)
+            return
         try:
             state = DriverState.decode(recovered.driver_state)
         except DriverStateError as exc:

@@ -4,11 +4,12 @@ Why the keeper needs this: Nomad's logmon buffers what it reads from a task's ``
 and writes it into the log files every 100 ms.  When the agent dies (SIGKILL, or a plain stop),
 its logmon processes live on, orphaned.  The agent that comes back either replaces one (Nomad 1.6.3
 after a clean stop: the old logmon exits as the new agent connects to it, and whatever it had
-read and not yet written is lost) or reattaches to it (after a SIGKILL: logmon then closes its
-reader of the FIFO and opens a new one).  So from the agent's death until a reader it left
-closes the FIFO or exits, the keeper holds a task's console bytes back (they stay in the console
-log) instead of feeding a reader that may vanish.  See
-:meth:`xen_driver.xen.fifokeeper.Keeper.agent_gone`.
+read and not yet written is lost) or reattaches to it (after a SIGKILL; logmon may then restart
+its reader of the FIFO, closing the old one and opening a new one, and a piece it was writing at
+that moment can be lost).  So from the agent's death until a reader it left closes the FIFO or
+exits, or the new agent has recovered the task and left the reader as it was, the keeper holds a
+task's console bytes back (they stay in the console log) instead of feeding a reader that may
+vanish.  See :meth:`xen_driver.xen.fifokeeper.Keeper.agent_gone`.
 
 Everything here reads ``/proc`` (Linux) and waits on process exits with pidfds, so an exit is
 seen at once, without polling (the keeper watches the FIFOs' closes with inotify).

@@ -31,8 +31,9 @@ Guarantees (console bytes in the log, as seen by the FIFO's reader):
   task until Nomad restarts it; the console log file itself keeps every byte.
 * **Agent restart (stopped or SIGKILLed, then started): exactly once.**  A logmon process of the
   agent that exited loses what it read and had not yet written if the new agent replaces it, so
-  from the agent's exit until each FIFO's old reader has closed it or exited, the keeper holds
-  that console back (:meth:`Keeper.agent_gone`; at most ``HOLD_MAX_S``).
+  from the agent's exit until each FIFO's old reader has closed it or exited (or the new agent
+  recovered the task and left that reader as it was), the keeper holds that console back
+  (:meth:`Keeper.agent_gone`).
 
 Protocol: a unix stream socket (``<state_dir>/fifo-keeper.sock``), one JSON object per line in
 each direction, answered in order on each connection:
@@ -52,6 +53,8 @@ each direction, answered in order on each connection:
 * ``{"op": "drain", "key": K, "timeout": T}``: answer once everything in the log was delivered
   (``{"ok": true, "caught_up": true, "offset": n}``) or ``T`` seconds passed (``caught_up`` false);
 * ``{"op": "release", "key": K}``: stop copying and close the FIFO (the task exited or was destroyed);
+* ``{"op": "recovered", "key": K}``: the agent recovered K's task in a plugin that was running
+  already (see :meth:`Keeper.recovered`; a copy request for a key copied already says the same);
 * ``{"op": "keys"}``: the keys held or copied, for diagnostics, tests and the plugin's supervision
   (and, once an agent restart made the keeper hold copies back, ``"held"``: those held now, with
   their undelivered bytes, and ``"hold_ends"``: how the holds ended so far, by reason).
@@ -98,10 +101,14 @@ SWEEP_S = 10.0
 #: to start a Python process), and how long before a keeper that did not appear is started again.
 CONNECT_TIMEOUT_S = 120.0
 RESPAWN_AFTER_S = 30.0
-#: The longest the keeper holds a task's console back from the FIFO readers a dead agent left
-#: (see :meth:`Keeper.agent_gone`); a reader still there by then (an agent that reattached to
-#: it) gets the bytes again.
-HOLD_MAX_S = 60.0
+#: After the new agent recovered a task (RecoverTask) whose console is held back, how long its
+#: old FIFO reader gets to close the FIFO or exit (see :meth:`Keeper.agent_gone`).  Nomad sets up
+#: the task's logmon right after recovering it; a reader still there, unchanged, after this was
+#: reattached as it was, and gets the bytes again.
+REATTACH_GRACE_S = 20.0
+#: The longest any hold lasts, whatever happens (a backstop: the agent that never comes back
+#: reads no logs either).
+HOLD_MAX_S = 600.0
 #: Test hook (environment of the keeper): while the file it names exists, every commit waits
 #: after its write, and ``<file>.reached`` says one is waiting — the window a crash duplicates.
 COMMIT_GATE_ENV = "XEN_DRIVER_TEST_COMMIT_GATE"
@@ -175,6 +182,7 @@ class Keeper:
         pump: ConsolePump | None = None,
         gate: str | None = None,
         hold_max_s: float = HOLD_MAX_S,
+        reattach_grace_s: float = REATTACH_GRACE_S,
     ):
         from xen_driver.xen.console import ConsolePump
 
@@ -192,13 +200,15 @@ class Keeper:
         # The Nomad agent whose logmon processes read the FIFOs (announced by the plugin, its
         # child), and the copies held back from the readers a dead agent left: key -> their pids.
         self.hold_max_s = hold_max_s
+        self.reattach_grace_s = reattach_grace_s
+        self._graced: set[str] = set()  # held keys whose task the new agent recovered
         self.agent_pid: int | None = None
         self.agent_ident: Identity | None = None
         self.agent_deaths = 0
         self.holds: dict[str, set[int]] = {}
         self._exits = ExitWatch()
         self._closes: Inotify | None = None  # reader closes of held FIFOs (IN_CLOSE_NOWRITE)
-        #: How the holds ended: "close", "exit", "expired", "drain" or "release" -> count.
+        #: How the holds ended: "close", "exit", "recovered", "expired", "drain" or "release" -> count.
         self.hold_ends: dict[str, int] = {}
 
     # ------------------------------------------------------------ hold only
@@ -242,6 +252,7 @@ class Keeper:
             # A restarted plugin re-adopting its task: our own progress stands.  (If Nomad made
             # the FIFO anew meanwhile, e.g. an agent restart, write into the new one from now on.)
             held = cur.stream.sink
+            self.recovered(key)  # a plugin the new agent started, recovering the task
             if isinstance(held, FifoSink):
                 self._follow_new_fifo(held, fifo)
                 return {"ok": True, "offset": cur.stream.offset, "resumed": False, "fifo_open": held.is_open}
@@ -314,8 +325,9 @@ class Keeper:
         written) or reattaches to it (which then closes its reader of the FIFO and opens a new
         one; see :mod:`xen_driver.xen.agentwatch`).  So each FIFO copy is held back from the
         readers it has now until one of them closes the FIFO or exits (whoever reads it next was
-        set up by the new agent), or for at most ``hold_max_s``.  The bytes wait in the console
-        log; nothing is skipped."""
+        set up by the new agent), or until ``reattach_grace_s`` after the new agent recovered the
+        task (:meth:`recovered`: the reader was reattached as it was), and never beyond
+        ``hold_max_s``.  The bytes wait in the console log; nothing is skipped."""
         from xen_driver.xen.sinks import FifoSink
 
         if pid != self.agent_pid:
@@ -366,6 +378,17 @@ class Keeper:
             if not self.holds[key]:
                 self.lift(key, "exit")
 
+    def recovered(self, key: str) -> None:
+        """The new agent recovered ``key``'s task: give its old reader ``reattach_grace_s`` to
+        close the FIFO or exit, then end the hold anyway."""
+        if key in self.holds and key not in self._graced:
+            self._graced.add(key)
+            asyncio.get_running_loop().call_later(self.reattach_grace_s, self._grace_over, key, self.agent_deaths)
+
+    def _grace_over(self, key: str, death: int) -> None:
+        if death == self.agent_deaths:
+            self.lift(key, "recovered")
+
     def _hold_expired(self, death: int) -> None:
         if death == self.agent_deaths:
             for key in list(self.holds):
@@ -375,6 +398,7 @@ class Keeper:
         """End ``key``'s hold (``why``: see :attr:`hold_ends`): its bytes go to whatever reads
         the FIFO now."""
         pids = self.holds.pop(key, None)
+        self._graced.discard(key)
         if pids is None:
             return
         self.hold_ends[why] = self.hold_ends.get(why, 0) + 1
@@ -475,6 +499,9 @@ class Keeper:
                 return await self.drain(str(req["key"]), float(req.get("timeout", 5.0)))
             if op == "release":
                 await self.release(str(req["key"]))
+                return {"ok": True}
+            if op == "recovered":
+                self.recovered(str(req["key"]))
                 return {"ok": True}
             if op == "keys":
                 if not self.holds and not self.hold_ends:

@@ -186,6 +186,12 @@ class FifoKeeperClient:
         plugin copies itself because no keeper could take the copy."""
         self._background(self._safe({"op": "hold", "key": key, "path": path}))
 
+    def recovered(self, key: str) -> None:
+        """Tell the keeper (in the background) that the agent recovered ``key``'s task, which this
+        plugin was running already (the agent restarted; see the keeper's ``recovered``)."""
+        if key in self.copies:
+            self._background(self._safe({"op": "recovered", "key": key}, spawn=False))
+
     # ------------------------------------------------------------ copy
     async def copy(
         self,

@@ -189,14 +189,21 @@ async def test_a_line_read_by_a_dead_agents_logmon_is_not_lost(tmp_path: Path, p
 # ---------------------------------------------------------------------------- the keeper's parts
 
 
-async def _held_copy(tmp_path: Path, procs: Procs, hold_max_s: float) -> tuple[Keeper, Reader, float]:
+async def _held_copy(
+    tmp_path: Path, procs: Procs, hold_max_s: float, reattach_grace_s: float = 3600
+) -> tuple[Keeper, Reader, float]:
     """A keeper copying a console into a FIFO read by another process, whose agent then died
     (when, on the monotonic clock, is returned with them)."""
     fifo, log = tmp_path / "t.stdout.fifo", tmp_path / "guest-t.log"
     os.mkfifo(fifo)
     log.write_bytes(b"line 1\n")
     reader = Reader(procs, fifo, tmp_path / "out", "now")
-    keeper = Keeper(str(tmp_path / "k.sock"), pump=ConsolePump(tick_s=0.02), hold_max_s=hold_max_s)
+    keeper = Keeper(
+        str(tmp_path / "k.sock"),
+        pump=ConsolePump(tick_s=0.02),
+        hold_max_s=hold_max_s,
+        reattach_grace_s=reattach_grace_s,
+    )
     keeper.pump.start()
     agent = procs.sleeper()
     await until(lambda: identity(agent.pid) is not None)  # its command line is set once exec is done
@@ -216,8 +223,23 @@ async def _held_copy(tmp_path: Path, procs: Procs, hold_max_s: float) -> tuple[K
     return keeper, reader, killed
 
 
-async def test_a_hold_ends_after_hold_max_when_the_old_reader_stays(tmp_path: Path, procs: Procs) -> None:
-    """An agent that reattached to its logmon: the reader never exits, and gets the bytes late."""
+async def test_a_recovered_tasks_hold_ends_after_the_grace_when_the_old_reader_stays(
+    tmp_path: Path, procs: Procs
+) -> None:
+    """The new agent recovered the task and reattached to its logmon as it was (no reopen, no
+    exit): the hold ends ``reattach_grace_s`` after the recovery, and the reader gets the bytes."""
+    keeper, reader, _ = await _held_copy(tmp_path, procs, hold_max_s=3600, reattach_grace_s=0.3)
+    assert (await keeper.answer({"op": "recovered", "key": "t"})) == {"ok": True}
+    recovered = time.monotonic()
+    await until(lambda: reader.written() == b"line 1\nline 2\n")
+    assert time.monotonic() - recovered >= 0.3  # not before the grace was over
+    assert keeper.holds == {} and keeper.hold_ends == {"recovered": 1}
+    await keeper.pump.stop()
+    keeper._exits.close()
+
+
+async def test_a_hold_ends_at_hold_max_whatever_happens(tmp_path: Path, procs: Procs) -> None:
+    """The backstop: no recovery, the reader stays: the hold still ends, at ``hold_max_s``."""
     keeper, reader, killed = await _held_copy(tmp_path, procs, hold_max_s=0.5)
     await until(lambda: reader.written() == b"line 1\nline 2\n")
     assert keeper.holds == {} and keeper.hold_ends == {"expired": 1}
