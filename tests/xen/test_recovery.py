@@ -46,7 +46,7 @@ from pathlib import Path
 
 import pytest
 
-from testbed.nomad import BACKENDS, CONSOLE_DIR, IMAGE_DIR, REPO, NomadDom0, plugin_pids
+from testbed.nomad import BACKENDS, CONSOLE_DIR, IMAGE_DIR, REPO, STATE_DIR, NomadDom0, plugin_pids
 
 pytestmark = [
     pytest.mark.xen,
@@ -288,6 +288,68 @@ def guest_ticks(tb, domain: str) -> int:
     return len(TICK.findall(r.stdout.encode())) if r.rc == 0 else 0
 
 
+#: Asks the plugin's FIFO keeper in dom0 which console copies it holds back (``keys``, ``held``).
+KEEPER_HELD = f"""
+import json, socket
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(20)
+s.connect({STATE_DIR + "/fifo-keeper.sock"!r})
+s.sendall(b'{{"op": "keys"}}\\n')
+data = b""
+while not data.endswith(b"\\n"):
+    chunk = s.recv(65536)
+    if not chunk:
+        break
+    data += chunk
+answer = json.loads(data)
+print(json.dumps({{"held": answer.get("held") or {{}}, "hold_ends": answer.get("hold_ends") or {{}}}}))
+"""
+
+
+def keeper_held(tb, what: str = "held") -> dict[str, int]:
+    """The consoles the keeper holds back from the logmon processes an exited agent left
+    (``what="hold_ends"``: how many holds ended so far, by reason)."""
+    return json.loads(tb.run(["python3", "-c", KEEPER_HELD]).stdout)[what]
+
+
+def logmon_pids(tb) -> set[int]:
+    out = tb.run(["pgrep", "-f", "^/usr/local/bin/nomad logmon"], check=False).stdout
+    return {int(p) for p in out.split()}
+
+
+def wait_held(nomad: NomadDom0, tb, before: Before) -> None:
+    """After the agent exited: the keeper holds every guest's console back from the logmon
+    processes the agent left, which lose what they read and had not yet written if they exit
+    (see xen_driver/xen/agentwatch.py)."""
+    assert before.logmons, "no logmon process: the recovery agent must use Nomad's log collection"
+    nomad.wait_until(
+        lambda: set(keeper_held(tb)) == set(before.domains),
+        30,
+        "the keeper to hold every console back from the logmon processes the agent left",
+        every=0.5,
+    )
+
+
+def holds_end(nomad: NomadDom0, tb, before: Before, ends: dict[str, int]) -> str:
+    """After the agent's start: every hold ends because its old logmon closed the FIFO (the new
+    agent reattached to it and restarted its reader), exited (the new agent replaced it) or was
+    left as it was after the new agent recovered the task; none by the keeper's backstop.
+    ``ends``: the keeper's ``hold_ends`` before the agent exited."""
+    t0 = time.monotonic()
+    nomad.wait_until(lambda: keeper_held(tb) == {}, 120, "the keeper's holds to end", every=0.5)
+    took = time.monotonic() - t0
+    now = keeper_held(tb, "hold_ends")
+    how = {why: n - ends.get(why, 0) for why, n in now.items() if n != ends.get(why, 0)}
+    kept = len(before.logmons & logmon_pids(tb))
+    note = (
+        f"{GUESTS} consoles held back while the agent was away, released {took:.0f} s after its start"
+        f" ({', '.join(f'{n} by {why}' for why, n in sorted(how.items()))});"
+        f" old logmon processes still running: {kept} of {len(before.logmons)}"
+    )
+    assert set(how) <= {"close", "exit", "recovered"} and sum(how.values()) == GUESTS, note
+    return note
+
+
 def gaps_and_repeats(ticks: list[int]) -> tuple[int, int]:
     """(missing numbers in 1..max, repeated lines)."""
     if not ticks:
@@ -418,6 +480,7 @@ class Before:
     allocs: list[str]
     ticks: dict[str, int]  # alloc id → highest tick Nomad had
     plugin: list[int]
+    logmons: set[int] = field(default_factory=set)  # Nomad's logmon processes (agent restarts)
 
 
 def snapshot(nomad: NomadDom0, tb, job: str) -> Before:
@@ -502,26 +565,36 @@ def test_plugin_crash_recovers_every_guest(nomad, testbed, recovery_job, summary
 def test_agent_clean_restart_recovers_every_guest(nomad, testbed, recovery_job, summary):
     with summary.scenario("agent stop + start") as row:
         before = snapshot(nomad, testbed, recovery_job)
+        before.logmons = logmon_pids(testbed)
+        ends = keeper_held(testbed, "hold_ends")
         nomad.stop()  # SIGINT: a clean shutdown; the tasks stay, the plugin is stopped
         nomad.wait_until(lambda: not plugin_pids(testbed), 60, "the plugin to exit with the agent", every=1)
         assert xl_domains(testbed) == before.domains, "stopping the agent touched the guests"
+        wait_held(nomad, testbed, before)
         time.sleep(3)  # guests print while nobody streams their console
         nomad.start()
         back = dom0_now_ns(testbed)
+        held = holds_end(nomad, testbed, before, ends)
         check_recovered(nomad, testbed, before, back, row)
         assert plugin_pids(testbed) != before.plugin
+        row.note = f"{held}; {row.note}"
 
 
 def test_agent_sigkill_reattaches_to_the_surviving_plugin(nomad, testbed, recovery_job, summary):
     with summary.scenario("agent SIGKILL + start") as row:
         before = snapshot(nomad, testbed, recovery_job)
+        before.logmons = logmon_pids(testbed)
+        ends = keeper_held(testbed, "hold_ends")
         nomad.stop(9)
+        wait_held(nomad, testbed, before)
         time.sleep(3)
         assert plugin_pids(testbed) == before.plugin, "the plugin must survive the agent's SIGKILL"
         nomad.start()
         back = dom0_now_ns(testbed)
+        held = holds_end(nomad, testbed, before, ends)
         check_recovered(nomad, testbed, before, back, row)
         assert plugin_pids(testbed) == before.plugin, "the agent should have reattached to the same plugin"
+        row.note = f"{held}; {row.note}"
 
 
 def test_libvirtd_restart_keeps_every_guest(backend, nomad, testbed, recovery_job, summary):
