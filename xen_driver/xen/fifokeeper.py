@@ -322,8 +322,8 @@ class Keeper:
     def agent_gone(self, pid: int) -> None:
         """The agent exited: its logmon processes live on, orphaned, until the agent that comes
         back deals with them: it replaces one (which exits, losing what it read and had not yet
-        written) or reattaches to it (which then closes its reader of the FIFO and opens a new
-        one; see :mod:`xen_driver.xen.agentwatch`).  So each FIFO copy is held back from the
+        written) or reattaches to it (which may restart its reader of the FIFO, losing the piece
+        it was writing; see :mod:`xen_driver.xen.agentwatch`).  So each FIFO copy is held back from the
         readers it has now until one of them closes the FIFO or exits (whoever reads it next was
         set up by the new agent), or until ``reattach_grace_s`` after the new agent recovered the
         task (:meth:`recovered`: the reader was reattached as it was), and never beyond

@@ -59,7 +59,9 @@ class FifoKeeperClient:
         env: dict[str, str] | None = None,
         announce_agent: bool = False,
     ):
-        self.announce_agent = announce_agent  # tell the keeper our parent, the Nomad agent
+        #: Our parent at start-up, the Nomad agent, which the keeper is told about (see
+        #: :meth:`_with_agent`); None when not asked to.
+        self.agent = os.getppid() if announce_agent else None
         self.socket_path = str(Path(state_dir) / SOCKET_NAME)
         self.python = python
         self.idle_exit_s = idle_exit_s
@@ -242,10 +244,13 @@ class FifoKeeperClient:
         return resp
 
     def _with_agent(self, req: Message) -> Message:
-        """``req`` saying which Nomad agent reads the FIFO: our parent, while we have one (see
-        the keeper's ``agent_gone``).  Copies into log files have no logmon to care about."""
-        agent = os.getppid() if self.announce_agent and "rotate" not in req else 1
-        return {**req, "agent": agent} if agent > 1 else req
+        """``req`` saying which Nomad agent reads the FIFO (see the keeper's ``agent_gone``): the
+        parent we started under, while it is still our parent (once it has exited, whoever
+        adopted us is not an agent; the keeper finds the next agent itself).  Copies into log
+        files have no logmon to care about."""
+        if self.agent is None or self.agent <= 1 or os.getppid() != self.agent or "rotate" in req:
+            return req
+        return {**req, "agent": self.agent}
 
     def _hold_own(self, key: str, fifo: str) -> None:
         """Our idle write descriptor on the FIFO (see the module's docstring); retried by the

@@ -310,3 +310,15 @@ async def test_exit_watch_fires_once_per_process_and_not_for_the_gone(procs: Pro
     assert not watch.watch(proc.pid, seen.append)  # gone already: no watch, no call
     assert find_process(("/nonexistent", b"x\0")) is None
     watch.close()
+
+
+def test_the_plugin_names_its_parent_only_while_it_is_still_its_parent(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """After the agent exited, whoever adopted the plugin (init, a subreaper) is not an agent: the
+    copy requests stop naming one, and the keeper looks for the agent's successor itself."""
+    client = FifoKeeperClient(tmp_path, announce_agent=True)
+    req = {"op": "hold", "key": "t", "path": "p", "log": "l"}
+    assert client._with_agent(req) == {**req, "agent": os.getppid()}
+    assert client._with_agent({**req, "rotate": [1, 1]}) == {**req, "rotate": [1, 1]}  # no logmon there
+    monkeypatch.setattr(os, "getppid", lambda: 4242)  # reparented
+    assert client._with_agent(req) == req
+    assert FifoKeeperClient(tmp_path)._with_agent(req) == req  # not asked to name one
