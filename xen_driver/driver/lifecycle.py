@@ -75,6 +75,12 @@ from xen_driver.xen.xenstore import XenStore, XenStoreError
 
 __all__ = ["TaskLifecycle", "XenTask", "domain_name_for"]
 
+#: How long RecoverTask waits for the backend to say whether a task's domain still runs.  Nomad
+#: calls RecoverTask for each of its tasks in turn while its client starts, before its HTTP API
+#: serves anything, and with no deadline: a toolstack that does not answer (a hung libvirtd) would
+#: otherwise hang the agent itself.
+RECOVER_LOOKUP_TIMEOUT_S = 15.0
+
 
 class TaskLifecycle(StartSteps):
     """Starts, follows, stops and re-adopts the domains of Nomad tasks on one host."""
@@ -117,6 +123,8 @@ class TaskLifecycle(StartSteps):
         self._exit_tasks: set[asyncio.Task[None]] = set()
         self._fifo_jobs: set[asyncio.Task[bool]] = set()
         self._console_handoffs: dict[str, asyncio.Task[None]] = {}
+        #: A RecoverTask lookup the backend has not answered (see :meth:`_recover_lookup`).
+        self._unanswered: asyncio.Future[DomainInfo] | None = None
         #: Pre-built domains for tasks with ``pool`` (xen_driver/driver/pool.py).
         self.pool = WarmPool(self)
 
@@ -142,17 +150,30 @@ class TaskLifecycle(StartSteps):
                 # The watcher still works by re-scanning; ClickOS pushes will fail clearly.
                 self._log.warn("xenstored not reachable; following domains by re-scan only", error=str(exc))
                 self._xenstore = None
-            self._watcher = DomainWatcher(
-                self.backend,
-                xenstore=self._xenstore,
-                rescan_interval_s=self._rescan_s if self._xenstore is None else 15.0,
-            )
-            self._watcher.add_listener(self._on_domain_exit)
-            await self._watcher.start()
+            self._watcher = self._new_watcher()
+            try:
+                await self._watcher.start()
+            except XenStoreError as exc:  # it took the connection but not the watch (a stalled xenstored)
+                self._log.warn("xenstored did not register the domain watch; following by re-scan only", error=str(exc))
+                await self._watcher.stop()
+                xenstore, self._xenstore = self._xenstore, None
+                if xenstore is not None:
+                    await xenstore.close()
+                self._watcher = self._new_watcher()
+                await self._watcher.start()
             self._keeper.start()
             self._pump.start()
             self._sampler.start()
             self._started = True
+
+    def _new_watcher(self) -> DomainWatcher:
+        watcher = DomainWatcher(
+            self.backend,
+            xenstore=self._xenstore,
+            rescan_interval_s=self._rescan_s if self._xenstore is None else 15.0,
+        )
+        watcher.add_listener(self._on_domain_exit)
+        return watcher
 
     async def _reconnect_xenstore(self) -> None:
         """xenstored refused us when the plugin started: try again now that a ClickOS push needs it
@@ -282,6 +303,26 @@ class TaskLifecycle(StartSteps):
             self._sampler.unsubscribe(task.name, queue)
 
     # ------------------------------------------------------------------ RecoverTask
+    async def _recover_lookup(self, name: str) -> DomainInfo | None | str:
+        """The backend's view of ``name`` for RecoverTask: its info, None when it does not exist,
+        or, when the backend gave no answer within :data:`RECOVER_LOOKUP_TIMEOUT_S` (or failed),
+        why not.  Once one lookup is left waiting, later ones do not wait behind it: Nomad
+        recovers its tasks one after another, so a hung toolstack would cost each of them."""
+        if self._unanswered is not None and not self._unanswered.done():
+            return f"the {self.backend.kind} toolstack has not answered an earlier lookup yet"
+        call = asyncio.ensure_future(self.backend.domain(name))
+        try:
+            async with asyncio.timeout(RECOVER_LOOKUP_TIMEOUT_S):
+                return await asyncio.shield(call)
+        except DomainNotFound:
+            return None
+        except TimeoutError:
+            self._unanswered = call
+            call.add_done_callback(lambda f: None if f.cancelled() else f.exception())  # retrieved, never raised
+            return f"the {self.backend.kind} toolstack did not answer within {RECOVER_LOOKUP_TIMEOUT_S:.0f} s"
+        except XenBackendError as exc:
+            return f"the {self.backend.kind} toolstack failed to look the domain up ({exc})"
+
     async def recover_task(self, recovered: RecoveredTask) -> None:
         spec = recovered.spec
         if spec.id in self._tasks:
@@ -296,14 +337,24 @@ class TaskLifecycle(StartSteps):
         await self._ensure_started()
         assert self._watcher is not None
         log = self._log.bind(task_id=spec.id, domain=state.domain_name)
-        try:
-            info: DomainInfo | None = await self.backend.domain(state.domain_name)
-        except DomainNotFound:
-            info = None
+        looked = await self._recover_lookup(state.domain_name)
         started = dt.datetime.fromtimestamp(state.started_at_ns / 1e9, dt.UTC)
         task = XenTask(spec=spec, state=state, started_at=started)
         self._tasks[spec.id] = task
         self._by_domain[state.domain_name] = task
+        if isinstance(looked, str):
+            # The toolstack did not say.  Failing RecoverTask would make Nomad destroy the task
+            # and start it again, a second guest beside a first that may well be running; so the
+            # task is adopted as its handle describes it, and the watcher's next answered scan
+            # judges it (a domain absent then is reported gone, as for any task).
+            log.warn("recovered task adopted without checking its domain", reason=looked)
+            self._event(task, f"Recovery: {looked}; the task is adopted as it was, checked once the toolstack answers")
+            self._hand_console(
+                spec, state.domain_name, state.console_path, Path(state.task_state_dir), self._read_offset(state)
+            )
+            self._watcher.subscribe(state.domain_name, state.domid)
+            return
+        info = looked
         if info is not None and info.domid is None:
             info = None  # only a definition is left (libvirt keeps one): the domain itself is gone
         if info is None or info.domid != state.domid:

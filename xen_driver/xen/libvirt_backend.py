@@ -59,6 +59,10 @@ log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
+#: How long the fingerprint's health check waits for libvirtd to answer: a libvirtd that does not
+#: answer makes the node unhealthy, never a fingerprint stream that stops.
+HEALTH_TIMEOUT_S = 10.0
+
 _ERR_NO_DOMAIN = 42
 _ERR_OPERATION_INVALID = 55
 #: virErrorNumber values of a broken connection (libvirtd gone or restarting): VIR_ERR_NO_CONNECT,
@@ -109,6 +113,7 @@ class LibvirtBackend:
         self.uri = uri
         self.domain_type = domain_type or ("test" if uri.startswith("test:") else "xen")
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="libvirt")
+        self._health_call: asyncio.Future[int] | None = None
         self._conn: Any = None
         self._conn_lock = threading.Lock()
         #: When the connection was last found broken / re-opened, and why it is down now.
@@ -180,10 +185,18 @@ class LibvirtBackend:
         and what happened to the connection: ``(True, "")`` if nothing, ``(True, "libvirt
         connection lost at …, reconnected at …")`` after a libvirtd restart, ``(False, why)``
         while libvirtd does not answer."""
+        since = f" since {_hms(self.lost_at)}" if self.lost_at is not None else ""
+        if self._health_call is not None and not self._health_call.done():
+            # The last check is still waiting: a worker thread each time would pile up.
+            return False, f"libvirt at {self.uri} has not answered for {HEALTH_TIMEOUT_S:.0f} s or more"
+        call = self._health_call = asyncio.ensure_future(self._call(lambda: self._connection().getLibVersion()))
+        call.add_done_callback(lambda f: None if f.cancelled() else f.exception())  # retrieved here or below
         try:
-            await self._call(lambda: self._connection().getLibVersion())
+            async with asyncio.timeout(HEALTH_TIMEOUT_S):
+                await asyncio.shield(call)
+        except TimeoutError:
+            return False, f"libvirt at {self.uri} did not answer within {HEALTH_TIMEOUT_S:.0f} s"
         except (BackendUnavailable, LibvirtError, self._libvirt.libvirtError) as exc:
-            since = f" since {_hms(self.lost_at)}" if self.lost_at is not None else ""
             return False, f"libvirt at {self.uri} does not answer{since}: {self.down_error or exc}"
         if self.lost_at is not None and self.reconnected_at is not None:
             return True, (

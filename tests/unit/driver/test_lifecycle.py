@@ -7,6 +7,7 @@ clean-up after failures).  The same behaviours are shown on real Xen by ``tests/
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 from pathlib import Path
@@ -14,12 +15,14 @@ from pathlib import Path
 import pytest
 
 from tests.unit.xen.xen_fakes import FakeXenstored
+from xen_driver.driver import lifecycle as lifecycle_mod
 from xen_driver.driver.config import PluginConfig, TaskConfig
 from xen_driver.driver.errors import ConfigError, NotSupported, RecoverableError, TaskNotFound
 from xen_driver.driver.lifecycle import TaskLifecycle, domain_name_for
 from xen_driver.driver.models import RecoveredTask, TaskSpec, TaskState
 from xen_driver.driver.state import DriverState
 from xen_driver.xen.backend import (
+    BackendUnavailable,
     CreatedDomain,
     DomainInfo,
     DomainNotFound,
@@ -391,6 +394,57 @@ async def test_recover_vanished_domain_reports_exit(host, left):
         await lc2.close()
 
 
+@pytest.mark.parametrize("toolstack", ["hangs", "fails"])
+async def test_recover_adopts_the_task_when_the_toolstack_does_not_answer(host, monkeypatch, toolstack):
+    """Nomad calls RecoverTask for each task in turn while its client starts, before its HTTP API
+    serves, and with no deadline: a lookup the toolstack never answers (a hung libvirtd) hung the
+    whole agent.  Failing instead would make Nomad destroy the guest and start a second one.  So
+    the task is adopted as its handle says, and followed as usual once the toolstack answers."""
+    tmp_path, config, fake = host
+    monkeypatch.setattr(lifecycle_mod, "RECOVER_LOOKUP_TIMEOUT_S", 0.3, raising=False)
+    lc = await _lifecycle(config, fake)
+    specs = [make_spec(tmp_path, task_id=f"a1b2c3d{i}-0000-0000-0000-000000000000/web/5f6e7d8c") for i in (0, 1)]
+    handles = [await lc.start_task(spec) for spec in specs]
+    names = [DriverState.decode(h.driver_state).domain_name for h in handles]
+    await lc.close()
+
+    answer = asyncio.Event()
+    asked: list[str] = []
+    real_domain = fake.domain
+
+    async def domain(name: str) -> DomainInfo:
+        asked.append(name)
+        if toolstack == "fails":
+            raise BackendUnavailable("cannot connect to libvirt: connection refused")
+        await answer.wait()
+        return await real_domain(name)
+
+    fake.domain = domain  # type: ignore[method-assign]
+    events: list = []
+    lc2 = await _lifecycle(config, fake, events)
+    try:
+        for spec, handle in zip(specs, handles, strict=True):
+            recovered = RecoveredTask(
+                spec=spec, version=handle.version, state=handle.state, driver_state=handle.driver_state
+            )
+            await asyncio.wait_for(lc2.recover_task(recovered), 10)
+        # A hung toolstack is waited for once, not once per task.
+        assert asked == (names[:1] if toolstack == "hangs" else names)
+        for spec in specs:
+            assert (await lc2.inspect_task(spec.id)).state is TaskState.RUNNING
+        assert not [c for c in fake.calls if c[0] in ("destroy", "forget")], fake.calls
+        said = [e.message for e in events if "adopted as it was" in e.message]
+        assert len(said) == 2, [e.message for e in events]
+        assert ("did not answer within" if toolstack == "hangs" else "connection refused") in said[0]
+        answer.set()
+        # Followed like any task from then on: its exit is seen.
+        fake.power_off(names[1], ExitReason.POWEROFF)
+        assert (await asyncio.wait_for(lc2.wait_task(specs[1].id), 5)).exit_code == 0
+        assert (await lc2.inspect_task(specs[0].id)).state is TaskState.RUNNING
+    finally:
+        await lc2.close()
+
+
 async def test_unknown_ids_and_signals(host):
     tmp_path, config, fake = host
     lc = await _lifecycle(config, fake)
@@ -519,6 +573,34 @@ def test_failed_create_reports_the_cause_not_the_clean_up():
     assert "Could not find bridge device nosuchbr0" in message and "unable to add vif devices" in message
     assert "destroy" not in message.lower()
     assert "Non-existant" in str(XlError(["xl", "destroy", "d"], 1, "libxl: error: Domain 12:Non-existant domain\n"))
+
+
+async def test_a_xenstored_that_takes_the_connection_but_never_answers_leaves_re_scans(host, monkeypatch):
+    """xenstored accepts the plugin's connection and then answers nothing (stalled): the domain
+    watch cannot be registered.  The plugin follows its guests by re-scanning instead of failing
+    the task it was asked to start or recover (a failed RecoverTask costs the guest)."""
+    tmp_path, config, fake = host
+    got: list[bytes] = []
+
+    async def stalled(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while chunk := await reader.read(4096):
+            got.append(chunk)  # read, never answered
+        writer.close()
+
+    server = await asyncio.start_unix_server(stalled, path=config.xenstored_socket)
+    monkeypatch.setattr(lifecycle_mod, "XenStore", functools.partial(lifecycle_mod.XenStore, request_timeout_s=0.3))
+    lc = await _lifecycle(config, fake)
+    try:
+        spec = make_spec(tmp_path)
+        handle = await asyncio.wait_for(lc.start_task(spec), 10)
+        assert got, "the plugin never asked xenstored for its watch"
+        name = DriverState.decode(handle.driver_state).domain_name
+        fake.power_off(name, ExitReason.POWEROFF)
+        assert (await asyncio.wait_for(lc.wait_task(spec.id), 5)).exit_code == 0
+    finally:
+        await lc.close()
+        server.close()
+        await server.wait_closed()
 
 
 async def test_clickos_start_reconnects_to_a_xenstored_that_refused_at_first(host):

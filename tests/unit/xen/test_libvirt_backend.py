@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -211,6 +212,47 @@ def test_reconnects_after_libvirtd_restart_and_says_so(monkeypatch: pytest.Monke
             await be.destroy(spec.name)
             keep.close()
         finally:
+            await be.close()
+
+    asyncio.run(main())
+
+
+def test_health_check_of_a_hung_libvirtd_says_so_instead_of_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A libvirtd that takes the connection but never answers: the fingerprint's check says the
+    node is unhealthy after HEALTH_TIMEOUT_S instead of waiting with it (the fingerprint stream
+    stopped), and while that call hangs, later checks do not start another."""
+    libvirt = pytest.importorskip("libvirt")
+    from xen_driver.xen import libvirt_backend
+
+    monkeypatch.setattr(libvirt_backend, "HEALTH_TIMEOUT_S", 0.2)
+    release = threading.Event()
+    calls: list[int] = []
+
+    class Hung(_BrokenConnection):
+        def isAlive(self) -> int:
+            return 1
+
+        def getLibVersion(self) -> int:
+            calls.append(1)
+            release.wait(10)
+            return 1
+
+    async def main() -> None:
+        be = libvirt_backend.LibvirtBackend("test:///default")
+        try:
+            be._conn = Hung(libvirt)
+            for _ in range(2):
+                ok, note = await asyncio.wait_for(be.connection_health(), 5)
+                assert not ok and "test:///default" in note, note
+            assert calls == [1]
+            release.set()
+            for _ in range(100):
+                if be._health_call is not None and be._health_call.done():
+                    break
+                await asyncio.sleep(0.02)
+            assert await be.connection_health() == (True, "")
+        finally:
+            release.set()
             await be.close()
 
     asyncio.run(main())
