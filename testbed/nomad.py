@@ -53,10 +53,14 @@ LIBVIRT_LIST = (
     " print('\\n'.join(d.name() for d in c.listAllDomains(0)))"
 )
 #: Destroy and undefine libvirt's nomad-* domains, when libvirtd runs (an earlier module's).
+# A libvirtd that does not finish this within a minute is hung (it would hold libxl's domain locks,
+# and `xl destroy` would wait for them too): it is killed, and started again when a module needs it.
 LIBVIRT_PURGE = (
-    'pgrep -x libvirtd >/dev/null && python3 -c "import libvirt; libvirt.registerErrorHandler(lambda *a: None, None);'
+    'pgrep -x libvirtd >/dev/null && { timeout 60 python3 -c "import libvirt;'
+    " libvirt.registerErrorHandler(lambda *a: None, None);"
     " c = libvirt.open('xen:///system'); ds = [d for d in c.listAllDomains(0) if d.name().startswith('nomad-')];"
-    ' [d.destroy() for d in ds if d.isActive()]; [d.undefine() for d in ds if d.isPersistent()]" || true'
+    ' [d.destroy() for d in ds if d.isActive()]; [d.undefine() for d in ds if d.isPersistent()]"'
+    ' || { echo "libvirtd did not answer: killed" >&2; pkill -9 -x libvirtd; }; } || true'
 )
 
 
@@ -133,7 +137,8 @@ class NomadDom0:
             " for i in $(seq 1 100); do pgrep -x nomad >/dev/null || pgrep -f '[n]omad-driver-xen' >/dev/null || break;"
             " sleep 0.1; done; pkill -9 -x nomad || true; pkill -9 -f '[n]omad-driver-xen' || true;"
             f" {LIBVIRT_PURGE};"
-            " for d in $(xl list | awk 'NR > 1 && $1 != \"Domain-0\" {print $1}'); do xl destroy $d || true; done;"
+            " for d in $(xl list | awk 'NR > 1 && $1 != \"Domain-0\" {print $1}');"
+            " do timeout 60 xl destroy $d || true; done;"
             f" rm -rf {DATA_DIR} {STATE_DIR}/tasks {STATE_DIR}/domains {STATE_DIR}/pool;"
             f" rm -f {CONSOLE_DIR}/guest-*",
             timeout=300,
@@ -145,7 +150,21 @@ class NomadDom0:
             f"exec {NOMAD} agent -config {NOMAD_DIR}/agent.hcl >>{AGENT_LOG} 2>&1",
             env={"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
         )
-        self.wait_until(self._driver_healthy, timeout, "the node to report driver xen healthy")
+        try:
+            self.wait_until(self._driver_healthy, timeout, "the node to report driver xen healthy")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.diagnosis()}") from None
+
+    def diagnosis(self) -> str:
+        """What an agent that does not come up was doing: its process, the plugin's, libvirtd's,
+        and the end of the agent log (a failed CI run keeps only its own output)."""
+        r = self.tb.run(
+            "ps -eo pid,ppid,stat,etimes,wchan:20,args | grep -E '[n]omad|[l]ibvirtd|[f]ifokeeper' | cut -c1-200;"
+            f" echo '--- the agent log, last 40 lines:'; tail -n 40 {AGENT_LOG} | cut -c1-400",
+            check=False,
+            timeout=60,
+        )
+        return r.stdout + r.stderr
 
     def stop(self, sig: int = 2) -> None:
         """Stop the agent (SIGINT = graceful leave by default) and wait until it is gone."""
