@@ -67,9 +67,10 @@ dist:
 	$(PYTHON) tools/dist.py
 
 # lint is the first prerequisite: a finding fails the build before the Nomad agent, the testbed
-# images and dist/ are built.
+# images and dist/ are built.  The 40 slowest test steps are listed at the end, where the tail of
+# a CI log shows them.
 test: lint deps nomad testbed dist
-	$(PY) -m pytest -v tests
+	$(PY) -m pytest -v --durations=40 tests
 
 demo: deps nomad testbed
 	$(PY) tools/demo.py
