@@ -53,15 +53,24 @@ LIBVIRT_LIST = (
     " print('\\n'.join(d.name() for d in c.listAllDomains(0)))"
 )
 #: Destroy and undefine libvirt's nomad-* domains, when libvirtd runs (an earlier module's).
+# Every `nomad-` domain libvirt knows, destroyed and undefined (a shell snippet for reset's script).
 # A libvirtd that does not finish this within a minute is hung (it would hold libxl's domain locks,
 # and `xl destroy` would wait for them too): it is killed, and started again when a module needs it.
-LIBVIRT_PURGE = (
-    'pgrep -x libvirtd >/dev/null && { timeout 60 python3 -c "import libvirt;'
-    " libvirt.registerErrorHandler(lambda *a: None, None);"
-    " c = libvirt.open('xen:///system'); ds = [d for d in c.listAllDomains(0) if d.name().startswith('nomad-')];"
-    ' [d.destroy() for d in ds if d.isActive()]; [d.undefine() for d in ds if d.isPersistent()]"'
-    ' || { echo "libvirtd did not answer: killed" >&2; pkill -9 -x libvirtd; }; } || true'
-)
+LIBVIRT_PURGE = """if pgrep -x libvirtd >/dev/null; then
+timeout 60 python3 - <<'PY'
+import libvirt
+libvirt.registerErrorHandler(lambda *a: None, None)
+conn = libvirt.open("xen:///system")
+for d in conn.listAllDomains(0):
+    if d.name().startswith("nomad-"):
+        for step in ("destroy", "undefine"):
+            try:
+                getattr(d, step)()
+            except libvirt.libvirtError:
+                pass
+PY
+if [ $? -eq 124 ]; then echo "libvirtd did not answer within 60 s: killed" >&2; pkill -9 -x libvirtd; fi
+fi"""
 
 
 def agent_config(backend: str = "xl") -> str:
@@ -131,19 +140,33 @@ class NomadDom0:
         compete with its own jobs for disk and memory.  So no agent or plugin of an earlier
         module runs on, its guests are destroyed, and its data and the driver's state are removed.
         """
-        self.tb.run(
-            # ([n]omad…: a pattern that does not match this shell's own command line)
-            "pkill -x nomad || true; pkill -f '[n]omad-driver-xen' || true; pkill -f '[f]ifokeeper' || true;"
-            " for i in $(seq 1 100); do pgrep -x nomad >/dev/null || pgrep -f '[n]omad-driver-xen' >/dev/null || break;"
-            " sleep 0.1; done; pkill -9 -x nomad || true; pkill -9 -f '[n]omad-driver-xen' || true;"
-            f" {LIBVIRT_PURGE};"
-            " for d in $(xl list | awk 'NR > 1 && $1 != \"Domain-0\" {print $1}');"
-            " do timeout 60 xl destroy $d || true; done;"
-            f" rm -rf {DATA_DIR} {STATE_DIR}/tasks {STATE_DIR}/domains {STATE_DIR}/pool;"
-            f" rm -f {CONSOLE_DIR}/guest-*",
-            timeout=300,
-            check=False,
+        # A script file, not `sh -c`: the patterns below would match the shell's own command
+        # line (it names the driver's state directory), and pkill would end the reset half-way.
+        script = "\n".join(
+            [
+                "pkill -x nomad; pkill -f 'nomad-driver-xen'; pkill -f 'fifokeeper'",
+                "for i in $(seq 1 100); do"
+                " pgrep -x nomad >/dev/null || pgrep -f 'nomad-driver-xen' >/dev/null || break; sleep 0.1; done",
+                "pkill -9 -x nomad; pkill -9 -f 'nomad-driver-xen'; pkill -9 -f 'fifokeeper'",
+                LIBVIRT_PURGE,
+                "for d in $(xl list | awk 'NR > 1 && $1 != \"Domain-0\" {print $1}');"
+                " do timeout 60 xl destroy $d; done",
+                # (Nomad mounts each task's secrets directory: unmounted first, or rm stops there)
+                f"grep -o ' {DATA_DIR}/[^ ]*' /proc/mounts | sort -r | xargs -r umount -l",
+                f"rm -rf {DATA_DIR} {STATE_DIR}/tasks {STATE_DIR}/domains {STATE_DIR}/pool",
+                f"rm -f {CONSOLE_DIR}/guest-*",
+                f"if [ -e {DATA_DIR} ]; then echo 'left: {DATA_DIR}'; fi",
+                'xl list | awk \'NR > 1 && $1 != "Domain-0" {print "left: domain " $1}\'',
+                "exit 0",
+            ]
         )
+        self.tb.write_file("/run/ndx-reset.sh", script + "\n", mode=0o755)
+        r = self.tb.run(["sh", "/run/ndx-reset.sh"], timeout=300, check=False)
+        left = [line for line in r.stdout.splitlines() if line.startswith("left: ")]
+        if r.rc != 0 or left:
+            raise AssertionError(
+                f"dom0 could not be reset for this module's agent (rc {r.rc}): {left} {r.stderr[-800:]}"
+            )
 
     def start(self, timeout: float = 240) -> None:
         self.pid = self.tb.spawn(
