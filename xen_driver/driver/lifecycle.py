@@ -303,6 +303,16 @@ class TaskLifecycle(StartSteps):
             self._sampler.unsubscribe(task.name, queue)
 
     # ------------------------------------------------------------------ RecoverTask
+    async def _forget_vanished(self, state: DriverState) -> None:
+        """The console of a task whose domain vanished, delivered (as far as it can be) and let go,
+        and its files removed."""
+        with contextlib.suppress(Exception):
+            await self._drain_console(state.domain_name, DRAIN_TIMEOUT_S)
+        with contextlib.suppress(Exception):
+            await self._pump.remove(state.domain_name)
+        self._release_console(state.domain_name)
+        await self._remove_files(state.domain_name, Path(state.task_state_dir), state.console_path)
+
     async def _recover_lookup(self, name: str) -> DomainInfo | None | str:
         """The backend's view of ``name`` for RecoverTask: its info, None when it does not exist,
         or, when the backend gave no answer within :data:`RECOVER_LOOKUP_TIMEOUT_S` (or failed),
@@ -372,12 +382,13 @@ class TaskLifecycle(StartSteps):
             self._hand_console(
                 spec, state.domain_name, state.console_path, Path(state.task_state_dir), self._read_offset(state)
             )
-            with contextlib.suppress(Exception):
-                await self._drain_console(state.domain_name, DRAIN_TIMEOUT_S)
-            with contextlib.suppress(Exception):
-                await self._pump.remove(state.domain_name)
-            self._release_console(state.domain_name)
-            await self._remove_files(state.domain_name, Path(state.task_state_dir), state.console_path)
+            # Drained and cleaned up in the background (DestroyTask waits for it): Nomad recovers
+            # its tasks one after another before its client serves anything, and after an agent
+            # restart no logmon reads the FIFO yet, so a drain here would cost every dead task
+            # its whole timeout on the agent's start.
+            job = asyncio.get_running_loop().create_task(self._forget_vanished(state), name=f"exit-{task.name}")
+            self._exit_tasks.add(job)
+            job.add_done_callback(self._exit_tasks.discard)
             return
         offset = self._read_offset(state)
         self._hand_console(spec, state.domain_name, state.console_path, Path(state.task_state_dir), offset)

@@ -387,9 +387,52 @@ async def test_recover_vanished_domain_reports_exit(host, left):
         )
         result = await asyncio.wait_for(lc2.wait_task(spec.id), 2)
         assert result.exit_code != 0 and "vanished" in result.err, result.err
+        await lc2.destroy_task(spec.id, False)  # what Nomad does next
         assert ("forget", name) in fake.calls  # the definition goes with the task's files
         fake.domains.pop(name, None)
         assert _leftovers(tmp_path, fake) == []
+    finally:
+        await lc2.close()
+
+
+async def test_recovering_a_vanished_task_does_not_wait_for_its_console(host, monkeypatch):
+    """Nomad recovers its tasks one after another before its client serves anything, and after an
+    agent restart no logmon reads a FIFO yet: a RecoverTask that drained the console of a task
+    whose domain vanished cost the agent's start the whole drain timeout for each dead task.
+    The drain and the clean-up now follow in the background, and DestroyTask waits for them."""
+    tmp_path, config, fake = host
+    lc = await _lifecycle(config, fake)
+    spec = make_spec(tmp_path)
+    handle = await lc.start_task(spec)
+    await lc.close()
+    name = DriverState.decode(handle.driver_state).domain_name
+    fake.domains.clear()
+    lc2 = await _lifecycle(config, fake)
+    delivered = asyncio.Event()
+    drains: list[str] = []
+
+    async def drain(domain: str, timeout_s: float) -> bool:
+        drains.append(domain)
+        await delivered.wait()  # no reader yet: as long as the drain may take
+        return True
+
+    monkeypatch.setattr(lc2, "_drain_console", drain)
+    try:
+        recovered = RecoveredTask(
+            spec=spec, version=handle.version, state=handle.state, driver_state=handle.driver_state
+        )
+        await asyncio.wait_for(lc2.recover_task(recovered), 5)
+        result = await asyncio.wait_for(lc2.wait_task(spec.id), 2)
+        assert "vanished" in result.err
+        destroy = asyncio.ensure_future(lc2.destroy_task(spec.id, False))
+        while not drains:
+            await asyncio.sleep(0.01)
+        for _ in range(50):  # every step DestroyTask can take without the drain
+            await asyncio.sleep(0)
+        assert drains == [name] and not destroy.done(), "DestroyTask must wait for the console's drain"
+        delivered.set()
+        await asyncio.wait_for(destroy, 5)
+        assert ("forget", name) in fake.calls and _leftovers(tmp_path, fake) == []
     finally:
         await lc2.close()
 
