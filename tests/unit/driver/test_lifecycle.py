@@ -368,14 +368,19 @@ async def test_recover_adopts_live_domain_and_resumes_console(host):
         await lc2.close()
 
 
-@pytest.mark.parametrize("left", ["nothing", "an inactive definition"])
-async def test_recover_vanished_domain_reports_exit(host, left):
-    tmp_path, config, fake = host
+async def _started_then_plugin_gone(tmp_path: Path, config, fake):
+    """A task started by one plugin, which then exits: (spec, handle, domain name)."""
     lc = await _lifecycle(config, fake)
     spec = make_spec(tmp_path)
     handle = await lc.start_task(spec)
     await lc.close()
-    name = DriverState.decode(handle.driver_state).domain_name
+    return spec, handle, DriverState.decode(handle.driver_state).domain_name
+
+
+@pytest.mark.parametrize("left", ["nothing", "an inactive definition"])
+async def test_recover_vanished_domain_reports_exit(host, left):
+    tmp_path, config, fake = host
+    spec, handle, name = await _started_then_plugin_gone(tmp_path, config, fake)
     if left == "nothing":
         fake.domains.clear()  # destroyed behind Nomad's back while the plugin was down
     else:  # libvirt keeps a destroyed domain's definition: a domain with no domid, not a new one
@@ -401,11 +406,7 @@ async def test_recovering_a_vanished_task_does_not_wait_for_its_console(host, mo
     whose domain vanished cost the agent's start the whole drain timeout for each dead task.
     The drain and the clean-up now follow in the background, and DestroyTask waits for them."""
     tmp_path, config, fake = host
-    lc = await _lifecycle(config, fake)
-    spec = make_spec(tmp_path)
-    handle = await lc.start_task(spec)
-    await lc.close()
-    name = DriverState.decode(handle.driver_state).domain_name
+    spec, handle, name = await _started_then_plugin_gone(tmp_path, config, fake)
     fake.domains.clear()
     lc2 = await _lifecycle(config, fake)
     delivered = asyncio.Event()
