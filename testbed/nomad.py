@@ -52,8 +52,8 @@ LIBVIRT_LIST = (
     "import libvirt; libvirt.registerErrorHandler(lambda *a: None, None); c = libvirt.open('xen:///system');"
     " print('\\n'.join(d.name() for d in c.listAllDomains(0)))"
 )
-#: Destroy and undefine libvirt's nomad-* domains, when libvirtd runs (an earlier module's).
-# Every `nomad-` domain libvirt knows, destroyed and undefined (a shell snippet for reset's script).
+#: Destroy and undefine libvirt's nomad-* domains, when libvirtd runs (an earlier module's); a
+#: shell snippet for reset's script.
 # A libvirtd that does not finish this within a minute is hung (it would hold libxl's domain locks,
 # and `xl destroy` would wait for them too): it is killed, and started again when a module needs it.
 LIBVIRT_PURGE = """if pgrep -x libvirtd >/dev/null; then

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import os
 import signal as signal_mod
+from collections.abc import Coroutine
 
 from xen_driver.driver import policy
 from xen_driver.driver.consoles import DRAIN_TIMEOUT_S, ConsoleAttachment
@@ -51,7 +52,12 @@ class ExitHandling(ConsoleAttachment):
         task = self._by_domain.get(exit_.name)
         if task is None or not task.running:
             return
-        job = asyncio.get_running_loop().create_task(self._finish_exit(task, exit_), name=f"exit-{exit_.name}")
+        self._exit_job(self._finish_exit(task, exit_), f"exit-{exit_.name}")
+
+    def _exit_job(self, work: Coroutine[object, object, None], name: str) -> None:
+        """Run ``work`` in the background as one of the jobs a guest's end waits for (DestroyTask
+        waits for a task's ``exit-<domain>`` job; closing the plugin cancels them)."""
+        job = asyncio.get_running_loop().create_task(work, name=name)
         self._exit_tasks.add(job)
         job.add_done_callback(self._exit_tasks.discard)
 
@@ -191,9 +197,7 @@ class ExitHandling(ConsoleAttachment):
             except XenBackendError as exc:
                 self._log.warn("shutdown request through the toolstack failed", domain=task.name, error=str(exc))
 
-        job = asyncio.get_running_loop().create_task(via_toolstack(), name=f"shutdown-{task.name}")
-        self._exit_tasks.add(job)
-        job.add_done_callback(self._exit_tasks.discard)
+        self._exit_job(via_toolstack(), f"shutdown-{task.name}")
 
     async def signal_task(self, task_id: str, signal: str) -> None:
         task = self._get(task_id)

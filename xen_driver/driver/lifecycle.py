@@ -70,6 +70,7 @@ from xen_driver.xen.backend import (
 from xen_driver.xen.console import ConsolePump
 from xen_driver.xen.keeperclient import FifoKeeperClient
 from xen_driver.xen.stats import DomainGone, SamplerFailure, StatsSampler
+from xen_driver.xen.unanswered import Unanswered
 from xen_driver.xen.watcher import DomainWatcher
 from xen_driver.xen.xenstore import XenStore, XenStoreError
 
@@ -123,8 +124,8 @@ class TaskLifecycle(StartSteps):
         self._exit_tasks: set[asyncio.Task[None]] = set()
         self._fifo_jobs: set[asyncio.Task[bool]] = set()
         self._console_handoffs: dict[str, asyncio.Task[None]] = {}
-        #: A RecoverTask lookup the backend has not answered (see :meth:`_recover_lookup`).
-        self._unanswered: asyncio.Future[DomainInfo] | None = None
+        #: RecoverTask's lookups, one of which the backend may leave unanswered (see :meth:`_recover_lookup`).
+        self._lookups = Unanswered()
         #: Pre-built domains for tasks with ``pool`` (xen_driver/driver/pool.py).
         self.pool = WarmPool(self)
 
@@ -318,17 +319,13 @@ class TaskLifecycle(StartSteps):
         or, when the backend gave no answer within :data:`RECOVER_LOOKUP_TIMEOUT_S` (or failed),
         why not.  Once one lookup is left waiting, later ones do not wait behind it: Nomad
         recovers its tasks one after another, so a hung toolstack would cost each of them."""
-        if self._unanswered is not None and not self._unanswered.done():
+        if self._lookups.waiting:
             return f"the {self.backend.kind} toolstack has not answered an earlier lookup yet"
-        call = asyncio.ensure_future(self.backend.domain(name))
         try:
-            async with asyncio.timeout(RECOVER_LOOKUP_TIMEOUT_S):
-                return await asyncio.shield(call)
+            return await self._lookups.call(self.backend.domain(name), RECOVER_LOOKUP_TIMEOUT_S)
         except DomainNotFound:
             return None
         except TimeoutError:
-            self._unanswered = call
-            call.add_done_callback(lambda f: None if f.cancelled() else f.exception())  # retrieved, never raised
             return f"the {self.backend.kind} toolstack did not answer within {RECOVER_LOOKUP_TIMEOUT_S:.0f} s"
         except XenBackendError as exc:
             return f"the {self.backend.kind} toolstack failed to look the domain up ({exc})"
@@ -352,6 +349,8 @@ class TaskLifecycle(StartSteps):
         task = XenTask(spec=spec, state=state, started_at=started)
         self._tasks[spec.id] = task
         self._by_domain[state.domain_name] = task
+        # (a domid of None: only a definition is left, libvirt keeps one; the domain itself is gone)
+        info = looked if isinstance(looked, DomainInfo) and looked.domid is not None else None
         if isinstance(looked, str):
             # The toolstack did not say.  Failing RecoverTask would make Nomad destroy the task
             # and start it again, a second guest beside a first that may well be running; so the
@@ -359,15 +358,7 @@ class TaskLifecycle(StartSteps):
             # judges it (a domain absent then is reported gone, as for any task).
             log.warn("recovered task adopted without checking its domain", reason=looked)
             self._event(task, f"Recovery: {looked}; the task is adopted as it was, checked once the toolstack answers")
-            self._hand_console(
-                spec, state.domain_name, state.console_path, Path(state.task_state_dir), self._read_offset(state)
-            )
-            self._watcher.subscribe(state.domain_name, state.domid)
-            return
-        info = looked
-        if info is not None and info.domid is None:
-            info = None  # only a definition is left (libvirt keeps one): the domain itself is gone
-        if info is None or info.domid != state.domid:
+        elif info is None or info.domid != state.domid:
             why = (
                 f"domain {state.domain_name} (domid {state.domid}) vanished while the plugin was not watching it"
                 if info is None
@@ -386,9 +377,7 @@ class TaskLifecycle(StartSteps):
             # its tasks one after another before its client serves anything, and after an agent
             # restart no logmon reads the FIFO yet, so a drain here would cost every dead task
             # its whole timeout on the agent's start.
-            job = asyncio.get_running_loop().create_task(self._forget_vanished(state), name=f"exit-{task.name}")
-            self._exit_tasks.add(job)
-            job.add_done_callback(self._exit_tasks.discard)
+            self._exit_job(self._forget_vanished(state), f"exit-{task.name}")
             return
         offset = self._read_offset(state)
         self._hand_console(spec, state.domain_name, state.console_path, Path(state.task_state_dir), offset)
@@ -397,6 +386,6 @@ class TaskLifecycle(StartSteps):
             "task recovered",
             domid=state.domid,
             console_offset=offset,
-            domain_state=info.state.value,
+            domain_state=info.state.value if info is not None else "unknown",
             network=network.describe(state.network),
         )

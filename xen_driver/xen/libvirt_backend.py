@@ -54,6 +54,7 @@ from xen_driver.xen.backend import (
 )
 from xen_driver.xen.libvirtxml import domain_xml, map_state
 from xen_driver.xen.spec import DomainSpec
+from xen_driver.xen.unanswered import Unanswered
 
 log = structlog.get_logger(__name__)
 
@@ -113,7 +114,7 @@ class LibvirtBackend:
         self.uri = uri
         self.domain_type = domain_type or ("test" if uri.startswith("test:") else "xen")
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="libvirt")
-        self._health_call: asyncio.Future[int] | None = None
+        self._health = Unanswered()
         self._conn: Any = None
         self._conn_lock = threading.Lock()
         #: When the connection was last found broken / re-opened, and why it is down now.
@@ -186,14 +187,10 @@ class LibvirtBackend:
         connection lost at …, reconnected at …")`` after a libvirtd restart, ``(False, why)``
         while libvirtd does not answer."""
         since = f" since {_hms(self.lost_at)}" if self.lost_at is not None else ""
-        if self._health_call is not None and not self._health_call.done():
-            # The last check is still waiting: a worker thread each time would pile up.
+        if self._health.waiting:
             return False, f"libvirt at {self.uri} has not answered for {HEALTH_TIMEOUT_S:.0f} s or more"
-        call = self._health_call = asyncio.ensure_future(self._call(lambda: self._connection().getLibVersion()))
-        call.add_done_callback(lambda f: None if f.cancelled() else f.exception())  # retrieved here or below
         try:
-            async with asyncio.timeout(HEALTH_TIMEOUT_S):
-                await asyncio.shield(call)
+            await self._health.call(self._call(lambda: self._connection().getLibVersion()), HEALTH_TIMEOUT_S)
         except TimeoutError:
             return False, f"libvirt at {self.uri} did not answer within {HEALTH_TIMEOUT_S:.0f} s"
         except (BackendUnavailable, LibvirtError, self._libvirt.libvirtError) as exc:

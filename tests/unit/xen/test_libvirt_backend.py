@@ -247,7 +247,7 @@ def test_health_check_of_a_hung_libvirtd_says_so_instead_of_waiting(monkeypatch:
             assert calls == [1]
             release.set()
             for _ in range(100):
-                if be._health_call is not None and be._health_call.done():
+                if not be._health.waiting:
                     break
                 await asyncio.sleep(0.02)
             assert await be.connection_health() == (True, "")
