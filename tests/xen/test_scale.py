@@ -22,6 +22,13 @@ N is also capped at ``MAX_GUESTS`` (``NDX_SCALE_MAX_GUESTS`` sets another cap, n
 per-allocation work (task directory, a logmon process) and ``xl create`` share dom0's two emulated
 CPUs, and at the 55 allocations Nomad's accounting admits on the testbed, 11 guests were running
 after 6 minutes (logmon launches timing out, domain builds of 30-190 s).
+
+The agent runs the plugin with ``log_collection = "driver"``, the setting the README gives for a
+dense node: the driver writes each task's log files, and Nomad starts no logmon process per task.
+With Nomad's logmon, the launch of 24 logmon processes at once (each a copy of the Nomad binary,
+which go-plugin gives a minute to answer) on dom0's two emulated CPUs timed out for 3 of 24
+allocations in one CI run, and those tasks failed before the driver saw them.  The logmon path
+itself is proven by the other modules, one allocation at a time.
 """
 
 from __future__ import annotations
@@ -40,9 +47,11 @@ from testbed.nomad import (
     CONSOLE_DIR,
     DATA_DIR,
     IMAGE_DIR,
+    NOMAD_DIR,
     REPO,
     STATE_DIR,
     NomadDom0,
+    agent_config,
     plugin_pids,
 )
 from xen_driver import breakdown as bd
@@ -68,6 +77,26 @@ RUNNING_DEADLINE_S = 600
 LOGS_DEADLINE_S = 180
 STOPPED_DEADLINE_S = 600
 GC_DEADLINE_S = 180
+
+
+def scale_agent_config() -> str:
+    """nomad-jobs/agent.hcl with the driver writing the tasks' log files (no logmon per task)."""
+    text = agent_config("xl")
+    line = 'clickos_layout     = "cosmos"'
+    assert line in text, "nomad-jobs/agent.hcl no longer has the clickos_layout line this test extends"
+    # (the job's own `logs {}` block does not reach the driver: the same limits, set here)
+    settings = 'log_collection     = "driver"\n    log_max_files      = 2\n    log_max_file_size_mb = 2'
+    return text.replace(line, f"{line}\n    {settings}")
+
+
+@pytest.fixture(scope="module")
+def nomad(testbed, testbed_run_dir, unikernel):
+    agent = NomadDom0(testbed, testbed_run_dir, unikernel)
+    agent.install()
+    testbed.write_file(f"{NOMAD_DIR}/agent.hcl", scale_agent_config())
+    agent.start()
+    yield agent
+    agent.stop()
 
 
 def scale_job(count: int) -> str:
@@ -250,7 +279,8 @@ def test_many_guests_in_one_job_run_log_and_stop_cleanly(nomad, testbed, testbed
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "conditions": (
             "Xen 4.17 testbed under QEMU emulation (TCG, 2 vCPUs, 3 GiB, dom0 1 GiB) on a shared 2-core host; "
-            "Nomad 1.6.3 server + client in dom0 with the example agent.hcl (xl backend); test unikernel "
+            "Nomad 1.6.3 server + client in dom0 with the example agent.hcl (xl backend) and "
+            'log_collection = "driver" (no logmon per task); test unikernel '
             f"({GUEST_MEMORY_MIB} MiB, 1 vCPU, no vif, tick={TICK_S}); restart/reschedule off; "
             "times measured on the host, polling the agent's HTTP API once a second"
         ),
@@ -327,6 +357,8 @@ def test_many_guests_in_one_job_run_log_and_stop_cleanly(nomad, testbed, testbed
         doc["xen_free_memory_mib_running"] = xen_free_mib(tb)
         doc["dom0_used_mib"] = {"before": dom0_used_before, "running": dom0_used_mib(tb)}
         doc["plugin_rss_mib_running"] = plugin_rss_mib(tb)
+        logmons = tb.run(["pgrep", "-f", "nomad logmon"], check=False).stdout.split()
+        assert logmons == [], f"{len(logmons)} logmon processes run although the driver collects the logs"
 
         # ---- every guest's console in its allocation's logs (what `nomad alloc logs` prints)
         def logs_of(alloc_id: str) -> str:
