@@ -50,6 +50,7 @@ LAUNCH_HEAVY = (
     "TestSetConfigAcceptsDefaults",
     "TestSetConfigRejectsBadConfig",
     "TestShutdownExitsPromptly",  # in dom0: TestXenShutdownLeavesGuestsRunning, with a guest
+    "TestConfigSchema",  # the schema the plugin serves, whatever the host: about a minute in dom0
 )
 #: What runs in dom0: the lifecycle tests, and the host tests again on a real Xen host
 #: (healthy fingerprint with real attributes, schema, capabilities, unknown ids).
