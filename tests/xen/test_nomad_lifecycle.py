@@ -8,8 +8,8 @@ The module runs twice, once per toolstack the plugin can use (``backend = "xl"``
 ``backend = "libvirt"``, libvirtd with its libxl driver), each with a fresh agent: the same jobs,
 the same expectations.  With libvirt "nothing left" also means no persistent definition in
 libvirtd (NomadDom0.leftovers).  Configs the driver refuses before it asks the backend anything
-(bad fields, a bridge or a Click configuration outside the plugin's limits) are sent with xl only;
-a job's own hotplug script, a security matter, is refused on both.
+(bad fields, a job's own hotplug script, a bridge or a Click configuration outside the plugin's
+limits) are sent with xl only; a stock script and an allowed bridge run on both.
 """
 
 from __future__ import annotations
@@ -271,9 +271,10 @@ def _with_template(job: str, destination: str, data: str, perms: str = "755") ->
     return job.replace("      resources {", block, 1)
 
 
-def test_job_scripts_never_run_in_dom0(nomad, testbed):
+def test_job_scripts_never_run_in_dom0(backend, nomad, testbed):
     """A job naming a hotplug script of its own (written by its template into the task directory,
     or any absolute path) is refused, naming the field and the plugin setting; nothing runs."""
+    _checked_before_any_backend_call(backend)
     testbed.run(f"rm -f {MARKER}; printf '%s' '{EVIL}' > /tmp/evil; chmod 755 /tmp/evil")
     jobs = {
         "sec-task-dir-script": _with_template(

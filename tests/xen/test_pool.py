@@ -346,6 +346,11 @@ def test_job_run_to_started_pool_vs_cold(nomad, testbed, testbed_report):
 def test_a_booted_member_takes_its_click_config_with_no_unpause_or_boot(nomad, testbed, testbed_report):
     """``idle = "booted"``: the member runs before any task, waiting for its Click configuration;
     the claim pushes it and waits for the line the guest prints once it has taken it."""
+    if nomad.backend != "xl":
+        pytest.skip(
+            "run with xl only: a booted member differs from a paused one in the driver alone (unpaused"
+            " after its build); its claim asks the backend nothing the paused claim does not"
+        )
     nomad.wait_until(lambda: pool_attrs(nomad, "booted") == (1, 1), 600, "driver.xen.pool.booted.ready = 1", every=2)
     (member, domid), *_ = booted_ready(testbed).items()
     assert "p" not in xl_domains(testbed)[member][1]  # booted, not paused
