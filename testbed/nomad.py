@@ -94,13 +94,15 @@ class NomadDom0:
     """Install, start, stop and query one Nomad agent in dom0.
 
     ``backend`` is the plugin's toolstack (``"xl"`` or ``"libvirt"``): the example agent config
-    with its ``backend`` line set to it; for libvirt, libvirtd (libxl driver) is started first."""
+    with its ``backend`` line set to it; for libvirt, libvirtd (libxl driver) is started first.
+    ``config``, when given, is the agent config to install instead (a module's own settings)."""
 
-    def __init__(self, tb: Testbed, run_dir: Path, unikernel: str, backend: str = "xl"):
+    def __init__(self, tb: Testbed, run_dir: Path, unikernel: str, backend: str = "xl", config: str | None = None):
         self.tb = tb
         self.run_dir = run_dir
         self.unikernel = unikernel
         self.backend = backend
+        self.config = config
         self.pid: int | None = None
         self.addr = f"http://127.0.0.1:{tb.host_port(4646)}"
 
@@ -126,8 +128,8 @@ class NomadDom0:
             " mountpoint -q /sys/fs/cgroup || mount -t cgroup2 none /sys/fs/cgroup || true",
             timeout=120,
         )
-        # Agent config: the example, with nothing changed but the backend.
-        self.tb.write_file(f"{NOMAD_DIR}/agent.hcl", agent_config(self.backend))
+        # Agent config: the module's own, or the example with nothing changed but the backend.
+        self.tb.write_file(f"{NOMAD_DIR}/agent.hcl", self.config or agent_config(self.backend))
         if self.backend == "libvirt":
             self.tb.ensure_libvirtd()
 

@@ -23,7 +23,6 @@ from testbed.nomad import (
     CONSOLE_DIR,
     DATA_DIR,
     IMAGE_DIR,
-    NOMAD_DIR,
     REPO,
     STATE_DIR,
     NomadDom0,
@@ -144,9 +143,8 @@ LIBVIRT_PURGE_MEMBERS = (
 
 @pytest.fixture(scope="module")
 def nomad(testbed, testbed_run_dir, unikernel, backend):
-    agent = NomadDom0(testbed, testbed_run_dir, unikernel, backend=backend)
+    agent = NomadDom0(testbed, testbed_run_dir, unikernel, backend=backend, config=agent_config(backend))
     agent.install()
-    testbed.write_file(f"{NOMAD_DIR}/agent.hcl", agent_config(backend))
     agent.start()
     try:
         yield agent

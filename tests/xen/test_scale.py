@@ -47,7 +47,6 @@ from testbed.nomad import (
     CONSOLE_DIR,
     DATA_DIR,
     IMAGE_DIR,
-    NOMAD_DIR,
     REPO,
     STATE_DIR,
     NomadDom0,
@@ -91,9 +90,8 @@ def scale_agent_config() -> str:
 
 @pytest.fixture(scope="module")
 def nomad(testbed, testbed_run_dir, unikernel):
-    agent = NomadDom0(testbed, testbed_run_dir, unikernel)
+    agent = NomadDom0(testbed, testbed_run_dir, unikernel, config=scale_agent_config())
     agent.install()
-    testbed.write_file(f"{NOMAD_DIR}/agent.hcl", scale_agent_config())
     agent.start()
     yield agent
     agent.stop()
